@@ -1,0 +1,1 @@
+//! Vivarium's KVM backend (Linux, x86_64).

@@ -1,0 +1,42 @@
+//! `cargo xtask ...`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! Commands:
+//! - `test`: the whole test suite as CI runs it (installs what it needs first).
+//! - `bench clone`: clone benchmarks, side by side with `cp`.
+
+use std::process::ExitCode;
+
+mod test;
+mod util;
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>\n\
+     \n\
+     commands:\n\
+     \x20 test           install what the tests need, then run fmt, clippy and every test\n\
+     \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n"
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprint!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match command.as_str() {
+        "test" => test::run(rest),
+        "help" | "--help" | "-h" => {
+            print!("{}", usage());
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{}", usage())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

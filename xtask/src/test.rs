@@ -1,0 +1,43 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it on a clean Debian/Ubuntu machine.
+//!
+//! It installs what the tests need (Debian packages), then checks formatting and lints, builds
+//! the workspace and runs every test. Any failure fails the command.
+
+use std::process::Command;
+
+use crate::util::{self, ensure_apt_packages, workspace_root};
+
+/// Debian packages the tests use: `qemu-utils` gives `qemu-img`, which checks the qcow2 images
+/// Vivarium writes (`qemu-img check`, `qemu-img compare`).
+const APT_PACKAGES: &[&str] = &["qemu-utils"];
+
+/// Entry point of `cargo xtask test`. `--no-install` skips the package step (for machines set
+/// up by hand).
+pub fn run(args: &[String]) -> Result<(), String> {
+    let install = !args.iter().any(|a| a == "--no-install");
+    if install {
+        ensure_apt_packages(APT_PACKAGES)?;
+    }
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let step = |args: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root).args(args);
+        util::run(&mut cmd)
+    };
+    step(&["fmt", "--all", "--", "--check"])?;
+    step(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The end-to-end tests run the `vivarium` binary, so it is built first.
+    step(&["build", "--workspace"])?;
+    step(&["test", "--workspace", "--no-fail-fast"])?;
+    eprintln!("xtask: the whole suite passed");
+    Ok(())
+}
+
