@@ -1,1 +1,14 @@
-//! core
+//! The core of Vivarium: the VM library on disk (bundles, `vm.toml`, disks, clones, imports)
+//! and the types the app, the CLI and the backends share.
+//!
+//! Nothing here touches a hypervisor API; the backends do.
+
+pub mod config;
+pub mod disk;
+pub mod error;
+pub mod fsutil;
+pub mod library;
+
+pub use config::VmConfig;
+pub use error::{Error, ErrorKind, Result};
+pub use library::{CloneMode, Library, NewDisk, NewVm, VmEntry};

@@ -1,0 +1,641 @@
+//! Disk images: create, recognise, copy (sparse, reflink), flatten, and qcow2 overlays.
+//!
+//! qcow2 is read and written with the `imago` crate. Raw images are plain files; copies keep
+//! them sparse by copying only the data extents (`SEEK_DATA`/`SEEK_HOLE`), or share every block
+//! with a reflink (`FICLONE`) where the file system can.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping};
+use imago::{PermissiveImplicitOpenGate, Storage, StorageCreateOptions};
+
+use crate::config::DiskFormat;
+use crate::error::{Error, Result};
+
+/// The qcow2 magic number, `QFI\xfb`.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// Unit in which copies check for cancellation and report progress.
+const COPY_CHUNK: u64 = 8 << 20;
+
+/// What a disk image file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format found in the file.
+    pub format: DiskFormat,
+    /// The size the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// For qcow2: the backing file named in the header, if any.
+    pub backing_file: Option<String>,
+}
+
+/// Receives progress of long operations and tells them when to stop.
+pub trait Progress: Sync {
+    /// `done` of `total` bytes have been handled.
+    fn update(&self, done: u64, total: u64);
+    /// Whether the operation should stop (it then undoes itself and returns
+    /// [`Error::Cancelled`]).
+    fn cancelled(&self) -> bool;
+}
+
+/// A [`Progress`] that reports nothing and never cancels.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn update(&self, _done: u64, _total: u64) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A [`Progress`] that forwards updates to a closure and cancels when a flag is set.
+pub struct ProgressFn<'a, F: Fn(u64, u64) + Sync> {
+    /// Called with (done, total).
+    pub on_update: F,
+    /// Set to true to cancel.
+    pub cancel: &'a AtomicBool,
+}
+
+impl<F: Fn(u64, u64) + Sync> Progress for ProgressFn<'_, F> {
+    fn update(&self, done: u64, total: u64) {
+        (self.on_update)(done, total)
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Creates a new, empty (sparse) disk image of `size` bytes. Fails if `path` exists.
+pub fn create(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
+    let ctx = || format!("could not create disk image `{}`", path.display());
+    match format {
+        DiskFormat::Raw => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| Error::io(ctx(), e))?;
+            file.set_len(size).map_err(|e| Error::io(ctx(), e))?;
+            file.sync_all().map_err(|e| Error::io(ctx(), e))
+        }
+        DiskFormat::Qcow2 => create_qcow2(path, size, None),
+    }
+}
+
+/// Creates a qcow2 copy-on-write overlay at `path` over `backing`, whose path is written into
+/// the header relative to the overlay's directory, as qcow2 defines it.
+pub fn create_overlay(
+    path: &Path,
+    backing_relative: &str,
+    backing_format: DiskFormat,
+    size: u64,
+) -> Result<()> {
+    create_qcow2(path, size, Some((backing_relative, backing_format)))
+}
+
+fn create_qcow2(path: &Path, size: u64, backing: Option<(&str, DiskFormat)>) -> Result<()> {
+    let ctx = || format!("could not create qcow2 image `{}`", path.display());
+    // imago creates the file with O_EXCL (it never clobbers an existing file).
+    let storage = imago::file::File::create_open(StorageCreateOptions::new().filename(path))
+        .map_err(|e| Error::io(ctx(), e))?;
+    let result = (|| -> std::io::Result<()> {
+        let mut builder = Qcow2::<imago::file::File>::create_builder(storage).size(size);
+        if let Some((file, format)) = backing {
+            builder = builder.backing(file.to_string(), format.extension().to_string());
+        }
+        builder.create()?;
+        File::open(path)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(path);
+        return Err(Error::io(ctx(), e));
+    }
+    Ok(())
+}
+
+/// Recognises a disk image: qcow2 by its header, raw otherwise; refuses files that are
+/// clearly something else (an ISO, another VM format, an empty file, a directory).
+pub fn probe(path: &Path) -> Result<ImageInfo> {
+    let not_image = |why: String| Error::NotADiskImage {
+        path: path.to_path_buf(),
+        why,
+    };
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => not_image("the file does not exist".into()),
+        std::io::ErrorKind::PermissionDenied => {
+            not_image("you have no permission to read it".into())
+        }
+        _ => Error::io(format!("could not read `{}`", path.display()), e),
+    })?;
+    if meta.is_dir() {
+        return Err(not_image("it is a folder, not a file".into()));
+    }
+    if !meta.is_file() {
+        return Err(not_image("it is not a regular file".into()));
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Err(not_image("it is empty".into()));
+    }
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            not_image("you have no permission to read it".into())
+        }
+        _ => Error::io(format!("could not open `{}`", path.display()), e),
+    })?;
+    let mut head = vec![0u8; 4096.min(len as usize)];
+    file.read_exact(&mut head)
+        .map_err(|e| Error::io(format!("could not read `{}`", path.display()), e))?;
+
+    if head.starts_with(&QCOW2_MAGIC) {
+        return probe_qcow2(path, &head).map_err(not_image);
+    }
+    if let Some(other) = foreign_format(&mut file, &head, len) {
+        return Err(not_image(other));
+    }
+    if len % 512 != 0 {
+        return Err(not_image(format!(
+            "its size ({len} bytes) is not a multiple of 512 bytes, so it is not a raw disk image"
+        )));
+    }
+    Ok(ImageInfo {
+        format: DiskFormat::Raw,
+        virtual_size: len,
+        backing_file: None,
+    })
+}
+
+/// Names formats that are not disk images Vivarium can use directly, with what to do.
+fn foreign_format(file: &mut File, head: &[u8], len: u64) -> Option<String> {
+    let convert = |name: &str| {
+        format!(
+            "it is a {name} image; convert it first, e.g. `qemu-img convert -O qcow2 FILE disk.qcow2`"
+        )
+    };
+    if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+        return Some(convert("VMDK"));
+    }
+    if head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
+        return Some(convert("VirtualBox VDI"));
+    }
+    if head.starts_with(b"vhdxfile") {
+        return Some(convert("VHDX"));
+    }
+    if head.starts_with(b"conectix") {
+        return Some(convert("VHD"));
+    }
+    let mut footer = [0u8; 512];
+    if len >= 512
+        && file.seek(SeekFrom::Start(len - 512)).is_ok()
+        && file.read_exact(&mut footer).is_ok()
+        && footer.starts_with(b"conectix")
+    {
+        return Some(convert("VHD"));
+    }
+    let mut volume_descriptor = [0u8; 6];
+    if len >= 0x8006
+        && file.read_exact_at(&mut volume_descriptor, 0x8000).is_ok()
+        && &volume_descriptor[1..6] == b"CD001"
+    {
+        return Some(
+            "it is a CD/DVD image (ISO 9660): create a VM from it with `vivarium create --iso`"
+                .into(),
+        );
+    }
+    None
+}
+
+fn probe_qcow2(path: &Path, head: &[u8]) -> std::result::Result<ImageInfo, String> {
+    let backing_file = qcow2_backing_from_header(path, head)?;
+    // Open without following the backing chain: only this file's header is checked here.
+    let image = Qcow2::<imago::file::File>::builder_path(path)
+        .backing(None)
+        .write(false)
+        .open(PermissiveImplicitOpenGate::default())
+        .map_err(|e| format!("its qcow2 header is damaged ({e})"))?;
+    let access = FormatAccess::new(image);
+    Ok(ImageInfo {
+        format: DiskFormat::Qcow2,
+        virtual_size: access.size(),
+        backing_file,
+    })
+}
+
+/// Reads the backing file name from a qcow2 header (bytes 8..20 point at it).
+fn qcow2_backing_from_header(
+    path: &Path,
+    head: &[u8],
+) -> std::result::Result<Option<String>, String> {
+    if head.len() < 72 {
+        return Err("it is too short for a qcow2 header".into());
+    }
+    let be64 = |at: usize| u64::from_be_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+    let offset = be64(8);
+    let size = be32(16) as usize;
+    if offset == 0 || size == 0 {
+        return Ok(None);
+    }
+    if size > 1023 {
+        return Err("its backing file name is longer than qcow2 allows".into());
+    }
+    let mut name = vec![0u8; size];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut name, offset))
+        .map_err(|_| "its backing file name lies beyond the end of the file".to_string())?;
+    String::from_utf8(name)
+        .map(Some)
+        .map_err(|_| "its backing file name is not UTF-8".into())
+}
+
+/// The backing file named in a qcow2 image's header (`None` for raw images and qcow2 images
+/// without a backing file).
+pub fn backing_file(path: &Path) -> Result<Option<String>> {
+    let mut head = [0u8; 72];
+    let file = File::open(path)
+        .map_err(|e| Error::io(format!("could not open `{}`", path.display()), e))?;
+    if file.read_exact_at(&mut head, 0).is_err() || !head.starts_with(&QCOW2_MAGIC) {
+        return Ok(None);
+    }
+    qcow2_backing_from_header(path, &head).map_err(|why| Error::NotADiskImage {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
+/// How a copy was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// Every block shared with the source (copy-on-write file system).
+    Reflink,
+    /// Only the data extents were copied; holes stay holes.
+    Sparse,
+    /// A qcow2 chain was read through and written out as one raw image.
+    Flatten,
+}
+
+/// Copies the image file `src` to the new file `dst` (which must not exist), keeping it sparse.
+/// A reflink is tried first unless `allow_reflink` is false. On error or cancel, `dst` is
+/// removed.
+pub fn copy_file(
+    src: &Path,
+    dst: &Path,
+    allow_reflink: bool,
+    progress: &dyn Progress,
+) -> Result<CopyMethod> {
+    let result = copy_file_inner(src, dst, allow_reflink, progress);
+    if result.is_err() {
+        let _ = fs::remove_file(dst);
+    }
+    result
+}
+
+fn copy_file_inner(
+    src: &Path,
+    dst: &Path,
+    allow_reflink: bool,
+    progress: &dyn Progress,
+) -> Result<CopyMethod> {
+    let ctx = || format!("could not copy `{}` to `{}`", src.display(), dst.display());
+    let input = File::open(src).map_err(|e| Error::io(ctx(), e))?;
+    let output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let len = input.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+    if allow_reflink && reflink(&input, &output).is_ok() {
+        output.sync_all().map_err(|e| Error::io(ctx(), e))?;
+        progress.update(len, len);
+        return Ok(CopyMethod::Reflink);
+    }
+    output.set_len(len).map_err(|e| Error::io(ctx(), e))?;
+    let mut done = 0u64;
+    progress.update(0, len);
+    let mut position = 0u64;
+    while position < len {
+        let Some((start, end)) =
+            next_data_extent(&input, position, len).map_err(|e| Error::io(ctx(), e))?
+        else {
+            break;
+        };
+        let mut at = start;
+        while at < end {
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let n = (end - at).min(COPY_CHUNK);
+            copy_range(&input, &output, at, n).map_err(|e| Error::io(ctx(), e))?;
+            at += n;
+            done += n;
+            progress.update(done, len);
+        }
+        position = end;
+    }
+    output.sync_all().map_err(|e| Error::io(ctx(), e))?;
+    progress.update(len, len);
+    Ok(CopyMethod::Sparse)
+}
+
+/// Shares all blocks of `input` with `output` (btrfs, XFS, bcachefs, APFS-like file systems).
+fn reflink(input: &File, output: &File) -> std::io::Result<()> {
+    // FICLONE = _IOW(0x94, 9, int). Written out because libc does not export it on every
+    // target; its value is part of the kernel ABI.
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are open files owned by the caller for the whole call; FICLONE
+    // takes the source descriptor as its integer argument and touches no user memory.
+    let rc = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE as _, input.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The next extent of data at or after `from`: `Some((start, end))`, or `None` when only
+/// holes remain. File systems without `SEEK_DATA` make the whole rest one extent.
+fn next_data_extent(file: &File, from: u64, len: u64) -> std::io::Result<Option<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    // SAFETY: lseek on a descriptor we own; it only moves the file offset.
+    let start = unsafe { libc::lseek(fd, from as libc::off_t, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((from, len))),
+            _ => Err(err),
+        };
+    }
+    let start = start as u64;
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
+    if end < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((start, (end as u64).min(len))))
+}
+
+/// Copies `len` bytes at `offset` from `input` to the same offset of `output`, in the kernel
+/// where possible (`copy_file_range`), else through a buffer.
+fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let mut copied = 0u64;
+    while copied < len {
+        let mut off_in = (offset + copied) as libc::loff_t;
+        let mut off_out = off_in;
+        // SAFETY: both descriptors are open and owned by the caller; the offsets are local
+        // variables that outlive the call; no user buffers are involved.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &mut off_in,
+                output.as_raw_fd(),
+                &mut off_out,
+                (len - copied) as usize,
+                0,
+            )
+        };
+        if n > 0 {
+            copied += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the source file ended early",
+            ));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EXDEV)
+            | Some(libc::ENOSYS)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::EINVAL) => {
+                return copy_range_buffered(input, output, offset + copied, len - copied);
+            }
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_buffered(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut at = 0u64;
+    while at < len {
+        let n = buf.len().min((len - at) as usize);
+        input.read_exact_at(&mut buf[..n], offset + at)?;
+        output.write_all_at(&buf[..n], offset + at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads the qcow2 image `src` through its whole backing chain and writes the disk's contents
+/// to the new raw file `dst`, leaving zero ranges as holes. On error or cancel, `dst` is
+/// removed.
+pub fn flatten_to_raw(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyMethod> {
+    let result = flatten_inner(src, dst, progress);
+    if result.is_err() {
+        let _ = fs::remove_file(dst);
+    }
+    result.map(|()| CopyMethod::Flatten)
+}
+
+fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> {
+    let ctx = || {
+        format!(
+            "could not flatten `{}` into `{}`",
+            src.display(),
+            dst.display()
+        )
+    };
+    let image = Qcow2::<imago::file::File>::builder_path(src)
+        .write(false)
+        .open(PermissiveImplicitOpenGate::default())
+        .map_err(|e| Error::io(ctx(), e))?;
+    let access = FormatAccess::new(image);
+    let size = access.size();
+    let output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(|e| Error::io(ctx(), e))?;
+    output.set_len(size).map_err(|e| Error::io(ctx(), e))?;
+    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut offset = 0u64;
+    progress.update(0, size);
+    while offset < size {
+        if progress.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let want = (size - offset).min(COPY_CHUNK);
+        let (mapping, len) = access
+            .get_mapping(offset, want)
+            .map_err(|e| Error::io(ctx(), e))?;
+        let len = len.min(want);
+        match mapping {
+            Mapping::Zero { .. } => {}
+            Mapping::Eof { .. } => break,
+            _ => {
+                let chunk = &mut buf[..len as usize];
+                access
+                    .read(&mut *chunk, offset)
+                    .map_err(|e| Error::io(ctx(), e))?;
+                if chunk.iter().any(|&b| b != 0) {
+                    output
+                        .write_all_at(chunk, offset)
+                        .map_err(|e| Error::io(ctx(), e))?;
+                }
+            }
+        }
+        if len == 0 {
+            return Err(Error::io(
+                ctx(),
+                std::io::Error::other("the image reported an empty mapping"),
+            ));
+        }
+        offset += len;
+        progress.update(offset, size);
+    }
+    output.sync_all().map_err(|e| Error::io(ctx(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_disks_are_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        create(&path, DiskFormat::Raw, 10 << 30).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 10 << 30);
+        assert!(crate::fsutil::allocated_bytes(&path).unwrap() < 1 << 20);
+        let info = probe(&path).unwrap();
+        assert_eq!(info.format, DiskFormat::Raw);
+        assert_eq!(info.virtual_size, 10 << 30);
+        assert!(
+            create(&path, DiskFormat::Raw, 1 << 20).is_err(),
+            "must not clobber"
+        );
+    }
+
+    #[test]
+    fn qcow2_disks_probe_and_overlays_name_their_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        create(&base, DiskFormat::Qcow2, 1 << 30).unwrap();
+        let info = probe(&base).unwrap();
+        assert_eq!(info.format, DiskFormat::Qcow2);
+        assert_eq!(info.virtual_size, 1 << 30);
+        assert_eq!(info.backing_file, None);
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.qcow2", DiskFormat::Qcow2, 1 << 30).unwrap();
+        assert_eq!(backing_file(&top).unwrap().as_deref(), Some("base.qcow2"));
+        assert_eq!(
+            probe(&top).unwrap().backing_file.as_deref(),
+            Some("base.qcow2")
+        );
+    }
+
+    #[test]
+    fn probe_refuses_what_is_not_a_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |name: &str, contents: &[u8], expect: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, contents).unwrap();
+            let err = probe(&path).unwrap_err().to_string();
+            assert!(err.contains(expect), "{name}: {err}");
+        };
+        check("empty", b"", "empty");
+        check("odd", b"hello", "multiple of 512");
+        let mut iso = vec![0u8; 0x8800];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        check("x.iso", &iso, "--iso");
+        let mut vmdk = vec![0u8; 1024];
+        vmdk[..4].copy_from_slice(b"KDMV");
+        check("x.vmdk", &vmdk, "VMDK");
+        let mut qcow = vec![0u8; 512];
+        qcow[..4].copy_from_slice(&QCOW2_MAGIC);
+        check("broken.qcow2", &qcow, "qcow2");
+        let err = probe(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("folder"), "{err}");
+        let err = probe(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn sparse_copy_keeps_data_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.raw");
+        create(&src, DiskFormat::Raw, 1 << 30).unwrap();
+        let file = OpenOptions::new().write(true).open(&src).unwrap();
+        file.write_all_at(b"first", 0).unwrap();
+        file.write_all_at(&[7u8; 3 << 20], 500 << 20).unwrap();
+        file.write_all_at(b"last", (1 << 30) - 4).unwrap();
+        drop(file);
+        let dst = dir.path().join("dst.raw");
+        let method = copy_file(&src, &dst, false, &NoProgress).unwrap();
+        assert_eq!(method, CopyMethod::Sparse);
+        assert_eq!(fs::metadata(&dst).unwrap().len(), 1 << 30);
+        let out = File::open(&dst).unwrap();
+        let mut buf = [0u8; 5];
+        out.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"first");
+        let mut mid = vec![0u8; 3 << 20];
+        out.read_exact_at(&mut mid, 500 << 20).unwrap();
+        assert!(mid.iter().all(|&b| b == 7));
+        let mut tail = [0u8; 4];
+        out.read_exact_at(&mut tail, (1 << 30) - 4).unwrap();
+        assert_eq!(&tail, b"last");
+        assert!(crate::fsutil::allocated_bytes(&dst).unwrap() < 16 << 20);
+    }
+
+    #[test]
+    fn cancelled_copy_leaves_nothing() {
+        struct CancelAfterFirst(AtomicBool);
+        impl Progress for CancelAfterFirst {
+            fn update(&self, done: u64, _total: u64) {
+                if done > 0 {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            fn cancelled(&self) -> bool {
+                self.0.load(Ordering::Relaxed)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.raw");
+        fs::write(&src, vec![1u8; 32 << 20]).unwrap();
+        let dst = dir.path().join("dst.raw");
+        let err = copy_file(&src, &dst, false, &CancelAfterFirst(AtomicBool::new(false)));
+        assert!(matches!(err, Err(Error::Cancelled)), "{err:?}");
+        assert!(!dst.exists());
+    }
+
+    #[test]
+    fn flatten_reads_through_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        fs::write(&base, {
+            let mut v = vec![0u8; 4 << 20];
+            v[..4].copy_from_slice(b"base");
+            v
+        })
+        .unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 4 << 20).unwrap();
+        let out = dir.path().join("flat.raw");
+        flatten_to_raw(&top, &out, &NoProgress).unwrap();
+        let data = fs::read(&out).unwrap();
+        assert_eq!(data.len(), 4 << 20);
+        assert_eq!(&data[..4], b"base");
+        assert!(data[4..].iter().all(|&b| b == 0));
+    }
+}

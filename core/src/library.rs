@@ -1,0 +1,1234 @@
+//! The VM library: a folder of VM bundles, and every operation on them.
+//!
+//! Layout under the library root:
+//!
+//! ```text
+//! vms/<name>.vivm/        one bundle per VM: vm.toml, disks/, state/, logs/, .lock
+//! bases/<id>.vivbase/     shared, read-only base images of linked clones (disks/<file>)
+//! .staging/<id>/          bundles being built; they appear in vms/ by one rename
+//! .trash/<id>/            bundles being deleted; they left vms/ by one rename
+//! .journal/<id>.toml      intent records of multi-step operations (linked clone)
+//! .library.lock           serialises operations that change the library
+//! ```
+//!
+//! Every change is atomic: a crash or `kill -9` at any moment leaves the library as it was
+//! before or after the operation, and [`Library::open`] finishes or undoes what a crashed
+//! operation left behind.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{
+    BootSource, CONFIG_FORMAT, CdromConfig, DiskConfig, DiskFormat, DisplayConfig, NetworkConfig,
+    OsInfo, VmConfig, validate_cpus, validate_memory_mib, validate_name,
+};
+use crate::disk::{self, CopyMethod, Progress};
+use crate::error::{Error, Result};
+use crate::fsutil::{allocated_bytes_in, atomic_write, format_size, free_space, sync_dir};
+
+/// Extension of a VM bundle folder.
+pub const BUNDLE_EXTENSION: &str = "vivm";
+/// Extension of a base image folder.
+const BASE_EXTENSION: &str = "vivbase";
+/// Name of the configuration file in a bundle.
+pub const CONFIG_FILE: &str = "vm.toml";
+/// Name of the lock file a running VM holds in its bundle.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The library of VMs under one root folder.
+#[derive(Debug, Clone)]
+pub struct Library {
+    root: PathBuf,
+}
+
+/// A VM as the library sees it: its folder, and its configuration or why it cannot be read.
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    /// The VM's name (its folder's name without the extension).
+    pub name: String,
+    /// The bundle folder.
+    pub path: PathBuf,
+    /// The configuration, or the reason it cannot be loaded.
+    pub config: std::result::Result<VmConfig, String>,
+    /// Whether a VM process holds the bundle (it is running).
+    pub running: bool,
+    /// Bytes the bundle's own disk files occupy (shared bases not included).
+    pub disk_usage: u64,
+}
+
+impl VmEntry {
+    /// The configuration, or an error saying the VM is broken and why.
+    pub fn config(&self) -> Result<&VmConfig> {
+        self.config.as_ref().map_err(|reason| Error::Broken {
+            name: self.name.clone(),
+            reason: reason.clone(),
+        })
+    }
+}
+
+/// What to put in a new VM.
+#[derive(Debug, Clone)]
+pub struct NewVm {
+    /// Name of the VM.
+    pub name: String,
+    /// Guest OS.
+    pub os: OsInfo,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// How it boots.
+    pub boot: BootSource,
+    /// Its first disk.
+    pub disk: NewDisk,
+    /// An ISO to insert in the CD-ROM drive.
+    pub cdrom: Option<PathBuf>,
+    /// Network card.
+    pub network: NetworkConfig,
+    /// Display.
+    pub display: DisplayConfig,
+    /// Notes.
+    pub notes: String,
+}
+
+impl NewVm {
+    /// A VM with the defaults a desktop user expects: 2 CPUs, 2 GiB, a 20 GiB sparse disk, user
+    /// networking, a 1024x768 screen.
+    pub fn with_defaults(name: impl Into<String>, boot: BootSource) -> Self {
+        NewVm {
+            name: name.into(),
+            os: OsInfo::other(),
+            cpus: 2,
+            memory_mib: 2048,
+            boot,
+            disk: NewDisk::Blank {
+                size: 20 << 30,
+                format: DiskFormat::Raw,
+            },
+            cdrom: None,
+            network: NetworkConfig::user_with_random_mac(),
+            display: DisplayConfig::default_framebuffer(),
+            notes: String::new(),
+        }
+    }
+}
+
+/// The first disk of a new VM.
+#[derive(Debug, Clone)]
+pub enum NewDisk {
+    /// No disk.
+    None,
+    /// A new, empty, sparse disk.
+    Blank {
+        /// Size the guest sees, in bytes.
+        size: u64,
+        /// Image format.
+        format: DiskFormat,
+    },
+    /// A copy of an existing raw or qcow2 image (a qcow2 chain is flattened into raw).
+    Import {
+        /// The image to copy.
+        path: PathBuf,
+    },
+}
+
+/// Full or linked clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneMode {
+    /// An independent copy of every disk.
+    Full,
+    /// Copy-on-write overlays over a shared base image: instant, at any disk size.
+    Linked,
+}
+
+/// Result of an operation that succeeded, with anything the user should know.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The VM's configuration after the operation.
+    pub config: VmConfig,
+    /// Things worth telling the user (e.g. little free space).
+    pub warnings: Vec<String>,
+}
+
+/// A held exclusive lock on a VM bundle. The VM runner holds one while the VM runs; library
+/// operations that change a VM hold one for their duration. Released on drop.
+#[derive(Debug)]
+pub struct BundleLock {
+    _file: File,
+}
+
+/// A held lock on the whole library (released on drop).
+struct LibraryLock {
+    _file: File,
+}
+
+/// Record of a linked clone in progress, so that a crash can be finished or undone.
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkedCloneJournal {
+    parent: String,
+    /// Disk files the parent uses before the operation (relative to its bundle).
+    old_disks: Vec<PathBuf>,
+    /// Overlays the parent uses after it (relative to its bundle).
+    new_disks: Vec<PathBuf>,
+    /// Base folders created by the operation.
+    new_bases: Vec<Uuid>,
+    /// The clone's bundle, built in staging.
+    clone_staging: PathBuf,
+    /// The clone's name.
+    clone_name: String,
+}
+
+impl Library {
+    /// Opens the library at the default place: `$VIVARIUM_HOME` if set, else the user's data
+    /// directory (e.g. `~/.local/share/vivarium` on Linux).
+    pub fn open_default() -> Result<Library> {
+        Library::open(&default_root()?)
+    }
+
+    /// Opens (creating if needed) the library at `root`, and repairs what an interrupted
+    /// operation left behind.
+    pub fn open(root: &Path) -> Result<Library> {
+        let library = Library {
+            root: root.to_path_buf(),
+        };
+        for dir in [
+            library.vms_dir(),
+            library.bases_dir(),
+            library.staging_dir(),
+            library.trash_dir(),
+            library.journal_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| {
+                Error::io(
+                    format!(
+                        "could not create the library folder `{}` (set VIVARIUM_HOME to a folder \
+                         you can write to)",
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        let _lock = library.lock_library()?;
+        library.recover()?;
+        Ok(library)
+    }
+
+    /// The library's root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn vms_dir(&self) -> PathBuf {
+        self.root.join("vms")
+    }
+    fn bases_dir(&self) -> PathBuf {
+        self.root.join("bases")
+    }
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+    fn trash_dir(&self) -> PathBuf {
+        self.root.join(".trash")
+    }
+    fn journal_dir(&self) -> PathBuf {
+        self.root.join(".journal")
+    }
+
+    /// The bundle folder a VM of this name has (whether or not it exists).
+    pub fn bundle_path(&self, name: &str) -> PathBuf {
+        self.vms_dir().join(format!("{name}.{BUNDLE_EXTENSION}"))
+    }
+
+    fn lock_library(&self) -> Result<LibraryLock> {
+        let path = self.root.join(".library.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("could not open `{}`", path.display()), e))?;
+        file.lock()
+            .map_err(|e| Error::io(format!("could not lock `{}`", path.display()), e))?;
+        Ok(LibraryLock { _file: file })
+    }
+
+    /// Takes the bundle's lock without waiting. Fails with [`Error::Busy`] when a VM process
+    /// (or another operation) holds it. The VM runner calls this before it starts a VM.
+    pub fn lock_bundle(&self, name: &str) -> Result<BundleLock> {
+        let bundle = self.bundle_path(name);
+        if !bundle.is_dir() {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        let path = bundle.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("could not open `{}`", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(BundleLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+                name: name.to_string(),
+                what: "running (or in use by another operation)".into(),
+                todo: "shut it down first, or wait for the other operation to finish".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("could not lock `{}`", path.display()), e))
+            }
+        }
+    }
+
+    fn is_running(bundle: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().write(true).open(bundle.join(LOCK_FILE)) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Every VM in the library, sorted by name. A VM whose `vm.toml` cannot be loaded is listed
+    /// with the reason instead of being hidden.
+    pub fn list(&self) -> Result<Vec<VmEntry>> {
+        let dir = self.vms_dir();
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("could not read `{}`", dir.display()), e))?;
+        let mut vms: Vec<VmEntry> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let name = bundle_name(&path)?;
+                path.is_dir().then(|| self.load_entry(name, path))
+            })
+            .collect();
+        vms.sort_by_key(|vm| vm.name.to_lowercase());
+        Ok(vms)
+    }
+
+    /// One VM by name.
+    pub fn get(&self, name: &str) -> Result<VmEntry> {
+        let path = self.bundle_path(name);
+        if validate_name(name).is_err() || !path.is_dir() {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(self.load_entry(name.to_string(), path))
+    }
+
+    fn load_entry(&self, name: String, path: PathBuf) -> VmEntry {
+        let config = read_config(&path).and_then(|mut config| {
+            // The folder name is the VM's name; a rename interrupted between renaming the
+            // folder and rewriting vm.toml is repaired at the next open.
+            config.name = name.clone();
+            Ok(config)
+        });
+        VmEntry {
+            running: Library::is_running(&path),
+            disk_usage: allocated_bytes_in(&path.join("disks")),
+            config: config.map_err(|e| e.to_string()),
+            name,
+            path,
+        }
+    }
+
+    /// Whether a name is free: no VM has it (ignoring case, so that the library can move to a
+    /// case-insensitive file system) and no operation in progress reserved it.
+    fn check_name_free(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let wanted = name.to_lowercase();
+        let taken_by_vm = fs::read_dir(self.vms_dir())
+            .map_err(|e| Error::io("could not read the library", e))?
+            .flatten()
+            .filter_map(|entry| bundle_name(&entry.path()))
+            .any(|existing| existing.to_lowercase() == wanted);
+        let reserved = self
+            .live_reservations()
+            .iter()
+            .any(|reserved| reserved.to_lowercase() == wanted);
+        if taken_by_vm || reserved {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Names reserved by staging folders whose operations are still running.
+    fn live_reservations(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.staging_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|entry| staging_owner_alive(&entry.path()))
+            .filter_map(|entry| fs::read_to_string(entry.path().join("reservation")).ok())
+            .collect()
+    }
+
+    /// Creates a VM. Its bundle is built in staging and appears in the library by one rename.
+    pub fn create(&self, spec: &NewVm, progress: &dyn Progress) -> Result<Outcome> {
+        validate_name(&spec.name)?;
+        validate_cpus(spec.cpus)?;
+        validate_memory_mib(spec.memory_mib)?;
+        let boot = check_boot_source(&spec.boot)?;
+        let cdrom = match &spec.cdrom {
+            Some(iso) => Some(CdromConfig {
+                image: Some(check_readable_file(iso, "CD-ROM image")?),
+            }),
+            None => None,
+        };
+        let mut warnings = Vec::new();
+        let import_info = match &spec.disk {
+            NewDisk::Import { path } => Some((path.clone(), disk::probe(path)?)),
+            _ => None,
+        };
+
+        let staging = self.begin_staging(&spec.name)?;
+        let bundle = staging.bundle();
+        let disks_dir = bundle.join("disks");
+        let mut disks = Vec::new();
+        match (&spec.disk, import_info) {
+            (NewDisk::None, _) => {}
+            (NewDisk::Blank { size, format }, _) => {
+                if *size < 1 << 20 {
+                    return Err(Error::InvalidInput(format!(
+                        "a disk of {} is too small: give at least 1 MiB",
+                        format_size(*size)
+                    )));
+                }
+                let free = free_space(&self.root)?;
+                if *size > free {
+                    warnings.push(format!(
+                        "the disk can grow to {} but only {} is free where the library is; \
+                         the guest will see write errors if it fills the disk",
+                        format_size(*size),
+                        format_size(free)
+                    ));
+                }
+                let file = PathBuf::from(format!("disks/disk0.{}", format.extension()));
+                disk::create(&bundle.join(&file), *format, *size)?;
+                disks.push(DiskConfig {
+                    file,
+                    format: *format,
+                    size: *size,
+                    read_only: false,
+                    base: None,
+                });
+            }
+            (NewDisk::Import { path }, Some((_, info))) => {
+                let needed = crate::fsutil::allocated_bytes(path).unwrap_or(0);
+                let free = free_space(&self.root)?;
+                if needed > free {
+                    return Err(Error::InvalidInput(format!(
+                        "importing `{}` needs {} but only {} is free where the library is",
+                        path.display(),
+                        format_size(needed),
+                        format_size(free)
+                    )));
+                }
+                let (format, method_target) = match (&info.format, &info.backing_file) {
+                    (DiskFormat::Qcow2, Some(_)) => (DiskFormat::Raw, "disks/disk0.raw"),
+                    (DiskFormat::Qcow2, None) => (DiskFormat::Qcow2, "disks/disk0.qcow2"),
+                    (DiskFormat::Raw, _) => (DiskFormat::Raw, "disks/disk0.raw"),
+                };
+                let target = bundle.join(method_target);
+                if info.backing_file.is_some() {
+                    disk::flatten_to_raw(path, &target, progress)?;
+                    warnings.push(format!(
+                        "`{}` is an overlay over `{}`; its contents were flattened into one \
+                         independent raw disk",
+                        path.display(),
+                        info.backing_file.clone().unwrap_or_default()
+                    ));
+                } else {
+                    disk::copy_file(path, &target, true, progress)?;
+                }
+                disks.push(DiskConfig {
+                    file: method_target.into(),
+                    format,
+                    size: info.virtual_size,
+                    read_only: false,
+                    base: None,
+                });
+            }
+            (NewDisk::Import { .. }, None) => unreachable!("import info probed above"),
+        }
+        fs::create_dir_all(&disks_dir).map_err(|e| Error::io("could not create disks/", e))?;
+        let config = VmConfig {
+            format: CONFIG_FORMAT,
+            id: Uuid::new_v4(),
+            name: spec.name.clone(),
+            created: now_rfc3339(),
+            os: spec.os.clone(),
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            boot,
+            disks,
+            cdrom,
+            network: spec.network.clone(),
+            display: spec.display,
+            notes: spec.notes.clone(),
+        };
+        config.validate()?;
+        atomic_write(&bundle.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        self.commit_staging(staging, &spec.name)?;
+        Ok(Outcome { config, warnings })
+    }
+
+    /// Renames a stopped VM.
+    pub fn rename(&self, old: &str, new: &str) -> Result<VmConfig> {
+        let _lock = self.lock_library()?;
+        let entry = self.get(old)?;
+        let mut config = entry.config()?.clone();
+        let _bundle_lock = self.lock_bundle(old)?;
+        if old == new {
+            return Ok(config);
+        }
+        if old.to_lowercase() != new.to_lowercase() {
+            self.check_name_free(new)?;
+        } else {
+            validate_name(new)?;
+        }
+        let from = self.bundle_path(old);
+        let to = self.bundle_path(new);
+        // The folder rename is the commit point; vm.toml follows (and is repaired at the next
+        // open if a crash comes in between).
+        fs::rename(&from, &to)
+            .map_err(|e| Error::io(format!("could not rename `{old}` to `{new}`"), e))?;
+        sync_dir(&self.vms_dir()).map_err(|e| Error::io("could not sync the library", e))?;
+        config.name = new.to_string();
+        atomic_write(&to.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        Ok(config)
+    }
+
+    /// Changes the settings of a VM through `edit`, validates them and saves atomically.
+    /// A running VM can only have its notes changed.
+    pub fn update(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut VmConfig) -> Result<()>,
+    ) -> Result<VmConfig> {
+        let _lock = self.lock_library()?;
+        let entry = self.get(name)?;
+        let before = entry.config()?.clone();
+        let mut after = before.clone();
+        edit(&mut after)?;
+        after.id = before.id;
+        after.name = before.name.clone();
+        after.format = CONFIG_FORMAT;
+        after.created = before.created.clone();
+        after.disks = before.disks.clone();
+        after.boot = check_boot_source(&after.boot)?;
+        if let Some(CdromConfig { image: Some(iso) }) = &after.cdrom {
+            let checked = check_readable_file(iso, "CD-ROM image")?;
+            after.cdrom = Some(CdromConfig {
+                image: Some(checked),
+            });
+        }
+        after.validate()?;
+        let only_notes = VmConfig {
+            notes: before.notes.clone(),
+            ..after.clone()
+        } == before;
+        let _bundle_lock = if only_notes {
+            None
+        } else {
+            Some(self.lock_bundle(name)?)
+        };
+        atomic_write(&entry.path.join(CONFIG_FILE), after.to_toml().as_bytes())?;
+        Ok(after)
+    }
+
+    /// Deletes a stopped VM and its disks. Base images other VMs still use stay.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let _lock = self.lock_library()?;
+        let entry = self.get(name)?;
+        let bundle_lock = self.lock_bundle(name)?;
+        let trash = self.trash_dir().join(Uuid::new_v4().to_string());
+        fs::rename(&entry.path, &trash)
+            .map_err(|e| Error::io(format!("could not delete `{name}`"), e))?;
+        drop(bundle_lock);
+        sync_dir(&self.vms_dir()).map_err(|e| Error::io("could not sync the library", e))?;
+        fs::remove_dir_all(&trash)
+            .map_err(|e| Error::io(format!("could not remove the files of `{name}`"), e))?;
+        self.collect_unused_bases()?;
+        Ok(())
+    }
+
+    /// Clones a stopped VM under a new name: a new id and MAC address, and either independent
+    /// copies of the disks (full) or copy-on-write overlays over a shared base (linked).
+    pub fn clone_vm(
+        &self,
+        source: &str,
+        name: &str,
+        mode: CloneMode,
+        progress: &dyn Progress,
+    ) -> Result<Outcome> {
+        match mode {
+            CloneMode::Full => self.full_clone(source, name, progress),
+            CloneMode::Linked => self.linked_clone(source, name),
+        }
+    }
+
+    fn clone_config(source: &VmConfig, name: &str) -> VmConfig {
+        let mut config = source.clone();
+        config.id = Uuid::new_v4();
+        config.name = name.to_string();
+        config.created = now_rfc3339();
+        if let NetworkConfig::User { mac, .. } = &mut config.network {
+            *mac = crate::config::MacAddress::random();
+        }
+        config
+    }
+
+    fn full_clone(&self, source: &str, name: &str, progress: &dyn Progress) -> Result<Outcome> {
+        let entry = self.get(source)?;
+        let source_config = entry.config()?.clone();
+        let _source_lock = self.lock_bundle(source)?;
+        let needed: u64 = allocated_bytes_in(&entry.path.join("disks"));
+        let free = free_space(&self.root)?;
+        if needed > free {
+            return Err(Error::InvalidInput(format!(
+                "a full clone of `{source}` needs {} but only {} is free; a linked clone \
+                 (--linked) needs almost none",
+                format_size(needed),
+                format_size(free)
+            )));
+        }
+        let staging = self.begin_staging(name)?;
+        let bundle = staging.bundle();
+        let mut config = Library::clone_config(&source_config, name);
+        let total: u64 = source_config
+            .disks
+            .iter()
+            .map(|d| {
+                fs::metadata(entry.path.join(&d.file))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        let mut done_before = 0u64;
+        for (index, disk_config) in config.disks.iter_mut().enumerate() {
+            let src = entry.path.join(&disk_config.file);
+            let offset = done_before;
+            let sub = SubProgress {
+                inner: progress,
+                offset,
+                total,
+            };
+            let has_backing = disk::backing_file(&src)?.is_some();
+            let (file, method) = if has_backing {
+                let file = PathBuf::from(format!("disks/disk{index}.raw"));
+                let method = disk::flatten_to_raw(&src, &bundle.join(&file), &sub)?;
+                disk_config.format = DiskFormat::Raw;
+                disk_config.base = None;
+                (file, method)
+            } else {
+                let file = PathBuf::from(format!(
+                    "disks/disk{index}.{}",
+                    disk_config.format.extension()
+                ));
+                let method = disk::copy_file(&src, &bundle.join(&file), true, &sub)?;
+                (file, method)
+            };
+            tracing::debug!(?method, "cloned {}", src.display());
+            let _: CopyMethod = method;
+            disk_config.file = file;
+            done_before += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+        }
+        config.validate()?;
+        atomic_write(&bundle.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        self.commit_staging(staging, name)?;
+        Ok(Outcome {
+            config,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn linked_clone(&self, source: &str, name: &str) -> Result<Outcome> {
+        let _lock = self.lock_library()?;
+        let entry = self.get(source)?;
+        let parent = entry.config()?.clone();
+        let _parent_lock = self.lock_bundle(source)?;
+        self.check_name_free(name)?;
+        if parent.disks.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "`{source}` has no disks, so there is nothing to link: use a full clone"
+            )));
+        }
+
+        let journal_id = Uuid::new_v4();
+        let staging = self.staging_dir().join(journal_id.to_string());
+        let mut journal = LinkedCloneJournal {
+            parent: source.to_string(),
+            old_disks: parent.disks.iter().map(|d| d.file.clone()).collect(),
+            new_disks: Vec::new(),
+            new_bases: Vec::new(),
+            clone_staging: staging.clone(),
+            clone_name: name.to_string(),
+        };
+        let short = &journal_id.simple().to_string()[..8];
+        for (index, _) in parent.disks.iter().enumerate() {
+            journal
+                .new_disks
+                .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
+            journal.new_bases.push(Uuid::new_v4());
+        }
+        let journal_path = self.journal_dir().join(format!("{journal_id}.toml"));
+        let journal_text = toml::to_string(&journal).expect("journal serialises");
+        atomic_write(&journal_path, journal_text.as_bytes())?;
+
+        let result = self.linked_clone_steps(&entry.path, &parent, &journal, name);
+        match result {
+            Ok(outcome) => {
+                let _ = fs::remove_file(&journal_path);
+                let _ = sync_dir(&self.journal_dir());
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Undo whatever was done, from the journal, exactly as recovery would.
+                if let Err(undo) = self.recover_linked_clone(&journal) {
+                    tracing::error!("could not undo a failed linked clone: {undo}");
+                } else {
+                    let _ = fs::remove_file(&journal_path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn linked_clone_steps(
+        &self,
+        parent_path: &Path,
+        parent: &VmConfig,
+        journal: &LinkedCloneJournal,
+        name: &str,
+    ) -> Result<Outcome> {
+        let staging_bundle = journal.clone_staging.join("bundle");
+        fs::create_dir_all(staging_bundle.join("disks"))
+            .map_err(|e| Error::io("could not create the clone's folder", e))?;
+        let mut parent_after = parent.clone();
+        let mut clone = Library::clone_config(parent, name);
+        for (index, disk_config) in parent.disks.iter().enumerate() {
+            let base_id = journal.new_bases[index];
+            let current = parent_path.join(&disk_config.file);
+            let file_name = current
+                .file_name()
+                .ok_or_else(|| Error::InvalidInput("a disk has no file name".into()))?;
+            let base_dir = self
+                .bases_dir()
+                .join(format!("{base_id}.{BASE_EXTENSION}"))
+                .join("disks");
+            fs::create_dir_all(&base_dir)
+                .map_err(|e| Error::io("could not create a base image folder", e))?;
+            // The base shares the parent's current disk file (a hard link, so instant);
+            // base paths resolve the same from `vms/X/disks/` and `bases/Y/disks/`, so a
+            // qcow2 overlay's own backing path stays valid when it becomes a base.
+            fs::hard_link(&current, base_dir.join(file_name)).map_err(|e| {
+                Error::io(
+                    format!("could not turn `{}` into a base image", current.display()),
+                    e,
+                )
+            })?;
+            sync_dir(&base_dir).map_err(|e| Error::io("could not sync a base folder", e))?;
+            let backing = format!(
+                "../../../bases/{base_id}.{BASE_EXTENSION}/disks/{}",
+                file_name.to_string_lossy()
+            );
+            let parent_overlay = parent_path.join(&journal.new_disks[index]);
+            disk::create_overlay(
+                &parent_overlay,
+                &backing,
+                disk_config.format,
+                disk_config.size,
+            )?;
+            let clone_file = PathBuf::from(format!("disks/disk{index}.qcow2"));
+            disk::create_overlay(
+                &staging_bundle.join(&clone_file),
+                &backing,
+                disk_config.format,
+                disk_config.size,
+            )?;
+            parent_after.disks[index] = DiskConfig {
+                file: journal.new_disks[index].clone(),
+                format: DiskFormat::Qcow2,
+                base: Some(base_id),
+                ..disk_config.clone()
+            };
+            clone.disks[index] = DiskConfig {
+                file: clone_file,
+                format: DiskFormat::Qcow2,
+                base: Some(base_id),
+                ..disk_config.clone()
+            };
+        }
+        sync_dir(&parent_path.join("disks")).map_err(|e| Error::io("could not sync disks/", e))?;
+        clone.validate()?;
+        atomic_write(
+            &staging_bundle.join(CONFIG_FILE),
+            clone.to_toml().as_bytes(),
+        )?;
+        // Commit point: the parent now runs on its overlay.
+        atomic_write(
+            &parent_path.join(CONFIG_FILE),
+            parent_after.to_toml().as_bytes(),
+        )?;
+        self.finish_linked_clone(journal)?;
+        Ok(Outcome {
+            config: clone,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The steps after a linked clone's commit point: drop the parent's old disk names (the
+    /// bases keep the data), make bases read-only, and move the clone into the library.
+    fn finish_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
+        let parent_path = self.bundle_path(&journal.parent);
+        for (index, old) in journal.old_disks.iter().enumerate() {
+            let old_path = parent_path.join(old);
+            if old_path.exists() {
+                fs::remove_file(&old_path).map_err(|e| {
+                    Error::io(format!("could not remove `{}`", old_path.display()), e)
+                })?;
+            }
+            let base_dir = self
+                .bases_dir()
+                .join(format!("{}.{BASE_EXTENSION}", journal.new_bases[index]))
+                .join("disks");
+            if let Some(file_name) = old.file_name() {
+                let base_file = base_dir.join(file_name);
+                if let Ok(meta) = fs::metadata(&base_file) {
+                    let mut perms = meta.permissions();
+                    perms.set_readonly(true);
+                    let _ = fs::set_permissions(&base_file, perms);
+                }
+            }
+        }
+        let staging_bundle = journal.clone_staging.join("bundle");
+        if staging_bundle.exists() {
+            let target = self.bundle_path(&journal.clone_name);
+            fs::rename(&staging_bundle, &target).map_err(|e| {
+                Error::io(
+                    format!("could not add `{}` to the library", journal.clone_name),
+                    e,
+                )
+            })?;
+            sync_dir(&self.vms_dir()).map_err(|e| Error::io("could not sync the library", e))?;
+        }
+        let _ = fs::remove_dir_all(&journal.clone_staging);
+        Ok(())
+    }
+
+    /// Finishes (after its commit point) or undoes (before it) an interrupted linked clone.
+    fn recover_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
+        let parent_path = self.bundle_path(&journal.parent);
+        let committed = read_config(&parent_path)
+            .map(|config| {
+                config
+                    .disks
+                    .iter()
+                    .map(|d| &d.file)
+                    .eq(journal.new_disks.iter())
+            })
+            .unwrap_or(false);
+        if committed {
+            return self.finish_linked_clone(journal);
+        }
+        for new in &journal.new_disks {
+            let _ = fs::remove_file(parent_path.join(new));
+        }
+        for base in &journal.new_bases {
+            let dir = self.bases_dir().join(format!("{base}.{BASE_EXTENSION}"));
+            if dir.exists() {
+                fs::remove_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("could not remove `{}`", dir.display()), e))?;
+            }
+        }
+        let _ = fs::remove_dir_all(&journal.clone_staging);
+        Ok(())
+    }
+
+    /// Reserves `name` and returns a staging folder to build a bundle in. The name stays
+    /// reserved while the returned guard lives.
+    fn begin_staging(&self, name: &str) -> Result<Staging> {
+        let _lock = self.lock_library()?;
+        self.check_name_free(name)?;
+        let dir = self.staging_dir().join(Uuid::new_v4().to_string());
+        fs::create_dir_all(dir.join("bundle").join("disks"))
+            .and_then(|()| fs::create_dir_all(dir.join("bundle").join("state")))
+            .and_then(|()| fs::create_dir_all(dir.join("bundle").join("logs")))
+            .map_err(|e| Error::io("could not create a staging folder in the library", e))?;
+        let owner = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".owner"))
+            .map_err(|e| Error::io("could not create a staging folder in the library", e))?;
+        owner
+            .lock()
+            .map_err(|e| Error::io("could not lock a staging folder", e))?;
+        fs::write(dir.join("reservation"), name)
+            .map_err(|e| Error::io("could not reserve the name", e))?;
+        Ok(Staging {
+            dir,
+            _owner: owner,
+            committed: false,
+        })
+    }
+
+    /// Moves a finished staging bundle into the library: the single step that makes it appear.
+    fn commit_staging(&self, mut staging: Staging, name: &str) -> Result<()> {
+        let _lock = self.lock_library()?;
+        let bundle = staging.bundle();
+        sync_tree(&bundle).map_err(|e| Error::io("could not sync the new VM's files", e))?;
+        let target = self.bundle_path(name);
+        if target.exists() {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        fs::rename(&bundle, &target)
+            .map_err(|e| Error::io(format!("could not add `{name}` to the library"), e))?;
+        sync_dir(&self.vms_dir()).map_err(|e| Error::io("could not sync the library", e))?;
+        staging.committed = true;
+        Ok(())
+    }
+
+    /// Repairs what interrupted operations left: journals first, then trash and dead staging
+    /// folders, folder/name mismatches, temporary files, and unused bases.
+    fn recover(&self) -> Result<()> {
+        if let Ok(entries) = fs::read_dir(self.journal_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(text) = fs::read_to_string(&path) else {
+                    continue;
+                };
+                match toml::from_str::<LinkedCloneJournal>(&text) {
+                    Ok(journal) => {
+                        tracing::info!(
+                            "recovering an interrupted linked clone of `{}`",
+                            journal.parent
+                        );
+                        self.recover_linked_clone(&journal)?;
+                    }
+                    Err(e) => tracing::warn!("ignoring unreadable journal {}: {e}", path.display()),
+                }
+                let _ = fs::remove_file(&path);
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.trash_dir()) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.staging_dir()) {
+            for entry in entries.flatten() {
+                if !staging_owner_alive(&entry.path()) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.vms_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = bundle_name(&path) else {
+                    continue;
+                };
+                remove_temporaries(&path);
+                if let Ok(mut config) = read_config(&path)
+                    && config.name != name
+                    && !Library::is_running(&path)
+                {
+                    config.name = name;
+                    atomic_write(&path.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+                }
+            }
+        }
+        self.collect_unused_bases()
+    }
+
+    /// Removes base images that no VM's disk chain reaches any more. References are read from
+    /// the qcow2 headers of the disk files themselves, so a damaged `vm.toml` never causes a
+    /// base that is still needed to be removed.
+    fn collect_unused_bases(&self) -> Result<()> {
+        let mut reachable: HashSet<PathBuf> = HashSet::new();
+        let mut pending: Vec<PathBuf> = Vec::new();
+        for dir in [self.vms_dir(), self.staging_dir()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let mut disk_dirs = vec![entry.path().join("disks")];
+                disk_dirs.push(entry.path().join("bundle").join("disks"));
+                for disk_dir in disk_dirs {
+                    if let Ok(files) = fs::read_dir(&disk_dir) {
+                        pending.extend(files.flatten().map(|f| f.path()));
+                    }
+                }
+            }
+        }
+        while let Some(file) = pending.pop() {
+            let backing = match disk::backing_file(&file) {
+                Ok(Some(backing)) => backing,
+                Ok(None) => continue,
+                Err(_) => {
+                    // An unreadable header: keep every base, to be safe.
+                    return Ok(());
+                }
+            };
+            let Some(dir) = file.parent() else { continue };
+            let target = normalize(&dir.join(backing));
+            if let Some(base_dir) = base_folder_of(&self.bases_dir(), &target)
+                && reachable.insert(base_dir)
+            {
+                pending.push(target);
+            }
+        }
+        let Ok(entries) = fs::read_dir(self.bases_dir()) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(BASE_EXTENSION) {
+                continue;
+            }
+            if !reachable.contains(&normalize(&path)) {
+                tracing::info!("removing unused base image {}", path.display());
+                make_writable_tree(&path);
+                fs::remove_dir_all(&path)
+                    .map_err(|e| Error::io(format!("could not remove `{}`", path.display()), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shared base images and how many VMs of the library use each (directly or through
+    /// another base).
+    pub fn bases(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let Ok(entries) = fs::read_dir(self.bases_dir()) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .flatten()
+            .map(|entry| {
+                let path = entry.path();
+                let size = allocated_bytes_in(&path.join("disks"));
+                (path, size)
+            })
+            .collect())
+    }
+}
+
+/// A bundle being built; removed on drop unless committed.
+struct Staging {
+    dir: PathBuf,
+    _owner: File,
+    committed: bool,
+}
+
+impl Staging {
+    fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        if !self.committed {
+            tracing::debug!("discarded staging folder {}", self.dir.display());
+        }
+    }
+}
+
+/// Progress of one disk within a multi-disk operation.
+struct SubProgress<'a> {
+    inner: &'a dyn Progress,
+    offset: u64,
+    total: u64,
+}
+
+impl Progress for SubProgress<'_> {
+    fn update(&self, done: u64, _total: u64) {
+        self.inner.update(self.offset + done, self.total);
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+}
+
+/// The library root when none is given: `$VIVARIUM_HOME`, else the user's data directory.
+pub fn default_root() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("VIVARIUM_HOME")
+        && !home.is_empty()
+    {
+        return Ok(PathBuf::from(home));
+    }
+    directories::ProjectDirs::from("org", "Vivarium", "vivarium")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .ok_or_else(|| {
+            Error::InvalidInput(
+                "could not find your home folder; set VIVARIUM_HOME to the folder that should \
+                 hold your VMs"
+                    .into(),
+            )
+        })
+}
+
+fn bundle_name(path: &Path) -> Option<String> {
+    if path.extension()?.to_str()? != BUNDLE_EXTENSION {
+        return None;
+    }
+    let name = path.file_stem()?.to_str()?;
+    validate_name(name).ok()?;
+    Some(name.to_string())
+}
+
+fn read_config(bundle: &Path) -> Result<VmConfig> {
+    let path = bundle.join(CONFIG_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::CorruptConfig(format!(
+                "`{CONFIG_FILE}` is missing from `{}`",
+                bundle.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Error::CorruptConfig(format!(
+                "`{CONFIG_FILE}` is not UTF-8 text"
+            )));
+        }
+        Err(e) => return Err(Error::io(format!("could not read `{}`", path.display()), e)),
+    };
+    VmConfig::from_toml(&text)
+}
+
+fn staging_owner_alive(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(dir.join(".owner")) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+fn check_boot_source(boot: &BootSource) -> Result<BootSource> {
+    Ok(match boot {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => BootSource::Linux {
+            kernel: check_readable_file(kernel, "kernel")?,
+            initrd: match initrd {
+                Some(initrd) => Some(check_readable_file(initrd, "initrd")?),
+                None => None,
+            },
+            cmdline: cmdline.clone(),
+        },
+        other => other.clone(),
+    })
+}
+
+/// Checks that `path` is a readable, non-empty file and returns its absolute path.
+fn check_readable_file(path: &Path, what: &str) -> Result<PathBuf> {
+    let absolute = fs::canonicalize(path).map_err(|_| {
+        Error::InvalidInput(format!(
+            "the {what} `{}` does not exist: check the path",
+            path.display()
+        ))
+    })?;
+    let meta = fs::metadata(&absolute)
+        .map_err(|e| Error::io(format!("could not read the {what} `{}`", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "the {what} `{}` is not a file",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(Error::InvalidInput(format!(
+            "the {what} `{}` is empty",
+            path.display()
+        )));
+    }
+    File::open(&absolute).map_err(|_| {
+        Error::InvalidInput(format!(
+            "you have no permission to read the {what} `{}`",
+            path.display()
+        ))
+    })?;
+    Ok(absolute)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Syncs every file and folder below `dir`, so a rename that publishes it is durable.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Removes temporary files left by an interrupted [`atomic_write`] in a bundle.
+fn remove_temporaries(bundle: &Path) {
+    if let Ok(entries) = fs::read_dir(bundle) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&format!(".{CONFIG_FILE}.tmp-")) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Resolves `.` and `..` components without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The `bases/<id>.vivbase` folder that `file` lies in, if it lies in one.
+fn base_folder_of(bases_dir: &Path, file: &Path) -> Option<PathBuf> {
+    let bases = normalize(bases_dir);
+    let rest = file.strip_prefix(&bases).ok()?;
+    let first = rest.components().next()?;
+    Some(bases.join(first))
+}
+
+fn make_writable_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                make_writable_tree(&path);
+            } else if let Ok(meta) = fs::metadata(&path) {
+                let mut perms = meta.permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perms.set_readonly(false);
+                let _ = fs::set_permissions(&path, perms);
+            }
+        }
+    }
+}
