@@ -1,1 +1,12 @@
-fn main() {}
+//! `vivarium`: the desktop app and its command line, one binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    ExitCode::from(cli::run(cli))
+}

@@ -1,0 +1,796 @@
+//! The `vivarium` command line: every library operation, for people and for scripts.
+//!
+//! Exit codes are stable (see [`exit_code`]); `--json` prints machine-readable results, and on
+//! failure a JSON object `{"error": {"kind": ..., "message": ...}}` on standard output.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use vivarium_core::config::{
+    BootSource, CdromConfig, DiskFormat, DisplayConfig, MacAddress, NetworkConfig, OsInfo,
+    PortForward,
+};
+use vivarium_core::disk::ProgressFn;
+use vivarium_core::fsutil::{format_size, parse_size};
+use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConfig, VmEntry};
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad usage, \
+3 no such VM, 4 name already exists, 5 invalid input, 6 VM is running or busy, \
+7 damaged or newer configuration, 8 cancelled.";
+
+/// Vivarium: desktop virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "vivarium", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Print results (and errors) as JSON, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every VM with its state, OS, CPUs, memory and disk use.
+    List,
+    /// Show everything about one VM.
+    Info {
+        /// The VM.
+        name: String,
+    },
+    /// Create a VM with a new, empty (sparse) disk.
+    Create {
+        /// Name of the new VM.
+        name: String,
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Size of the new disk (e.g. 20G).
+        #[arg(long, default_value = "20G", conflicts_with = "no_disk")]
+        disk_size: String,
+        /// Format of the new disk.
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        disk_format: String,
+        /// Create the VM without a disk.
+        #[arg(long)]
+        no_disk: bool,
+        #[command(flatten)]
+        hardware: HardwareArgs,
+    },
+    /// Create a VM from an existing raw or qcow2 disk image (the image is copied).
+    Import {
+        /// Name of the new VM.
+        name: String,
+        /// The disk image to copy into the VM.
+        disk: PathBuf,
+        #[command(flatten)]
+        boot: BootArgs,
+        #[command(flatten)]
+        hardware: HardwareArgs,
+    },
+    /// Rename a stopped VM.
+    Rename {
+        /// Current name.
+        name: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Change the settings of a stopped VM (notes can change while it runs).
+    Set(SetArgs),
+    /// Delete a stopped VM and its disks (base images other VMs use stay).
+    Delete {
+        /// The VM.
+        name: String,
+    },
+    /// Clone a stopped VM: a full, independent copy, or a linked clone that shares the disk.
+    Clone {
+        /// The VM to clone.
+        source: String,
+        /// Name of the clone.
+        name: String,
+        /// Make a linked clone: copy-on-write overlays over a shared base image (instant).
+        #[arg(long)]
+        linked: bool,
+    },
+}
+
+/// How the VM boots.
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Boot this Linux kernel directly (bzImage or vmlinux).
+    #[arg(long, conflicts_with = "iso")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// Insert this ISO in the CD-ROM drive and boot from it.
+    #[arg(long)]
+    pub iso: Option<PathBuf>,
+}
+
+/// Hardware settings of a new VM.
+#[derive(Debug, Args)]
+pub struct HardwareArgs {
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Memory (e.g. 2G, 512M; a plain number is MiB).
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    /// OS id (e.g. debian12, linux, windows, other).
+    #[arg(long)]
+    pub os: Option<String>,
+    /// OS name shown to people (defaults from --os).
+    #[arg(long)]
+    pub os_name: Option<String>,
+    /// Network: `user` (user-mode, no root needed) or `none`.
+    #[arg(long, default_value = "user", value_parser = ["user", "none"])]
+    pub network: String,
+    /// Forward a host port to a guest port: tcp:HOST:GUEST or udp:HOST:GUEST (repeatable).
+    #[arg(long = "forward")]
+    pub forwards: Vec<String>,
+    /// Screen size WIDTHxHEIGHT, or `none` for serial console only.
+    #[arg(long, default_value = "1024x768")]
+    pub display: String,
+    /// Notes.
+    #[arg(long, default_value = "")]
+    pub notes: String,
+}
+
+/// Arguments of `vivarium set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The VM.
+    pub name: String,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory (e.g. 4G; a plain number is MiB).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Boot this Linux kernel directly.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (needs a kernel).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (needs a kernel).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Boot from the CD-ROM, or from the disk.
+    #[arg(long, value_parser = ["cdrom", "disk"], conflicts_with = "kernel")]
+    pub boot: Option<String>,
+    /// Insert this ISO in the CD-ROM drive.
+    #[arg(long, conflicts_with = "eject")]
+    pub iso: Option<PathBuf>,
+    /// Empty the CD-ROM drive.
+    #[arg(long)]
+    pub eject: bool,
+    /// Network: `user` or `none`.
+    #[arg(long, value_parser = ["user", "none"])]
+    pub network: Option<String>,
+    /// MAC address of the network card.
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Add a port forward tcp:HOST:GUEST (repeatable).
+    #[arg(long = "forward")]
+    pub forwards: Vec<String>,
+    /// Remove every port forward (before adding those given with --forward).
+    #[arg(long)]
+    pub clear_forwards: bool,
+    /// Screen size WIDTHxHEIGHT, or `none`.
+    #[arg(long)]
+    pub display: Option<String>,
+    /// OS id.
+    #[arg(long)]
+    pub os: Option<String>,
+    /// OS name shown to people.
+    #[arg(long)]
+    pub os_name: Option<String>,
+    /// Notes.
+    #[arg(long)]
+    pub notes: Option<String>,
+}
+
+/// The exit code a script sees for an error of this kind.
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Io => 1,
+        ErrorKind::NotFound => 3,
+        ErrorKind::AlreadyExists => 4,
+        ErrorKind::InvalidInput => 5,
+        ErrorKind::Busy => 6,
+        ErrorKind::Broken => 7,
+        ErrorKind::Cancelled => 8,
+    }
+}
+
+/// Set by SIGINT during long operations: they stop, undo themselves and report "cancelled".
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C cancel the running operation cleanly instead of killing the process.
+fn cancel_on_interrupt() {
+    let handler: extern "C" fn(libc::c_int) = on_interrupt;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and has the
+    // signature `signal` expects.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let json = cli.json;
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(error) => {
+            let kind = error.kind();
+            if json {
+                let out = json!({"error": {"kind": kind.as_str(), "message": error.to_string()}});
+                println!("{out}");
+            }
+            eprintln!("vivarium: error: {error}");
+            exit_code(kind)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Error> {
+    let library = Library::open_default()?;
+    let json = cli.json;
+    match cli.command {
+        Command::List => list(&library, json),
+        Command::Info { name } => info(&library, &name, json),
+        Command::Create {
+            name,
+            boot,
+            disk_size,
+            disk_format,
+            no_disk,
+            hardware,
+        } => {
+            let disk = if no_disk {
+                NewDisk::None
+            } else {
+                NewDisk::Blank {
+                    size: parse_size(&disk_size)?,
+                    format: disk_format.parse::<DiskFormat>()?,
+                }
+            };
+            let spec = new_vm(name, &boot, &hardware, disk)?;
+            create(&library, &spec, json)
+        }
+        Command::Import {
+            name,
+            disk,
+            boot,
+            hardware,
+        } => {
+            let boot_source_given = boot.kernel.is_some() || boot.iso.is_some();
+            let mut spec = new_vm(name, &boot, &hardware, NewDisk::Import { path: disk })?;
+            if !boot_source_given {
+                spec.boot = BootSource::Disk;
+            }
+            create(&library, &spec, json)
+        }
+        Command::Rename { name, new_name } => {
+            let config = library.rename(&name, &new_name)?;
+            report(json, &format!("Renamed `{name}` to `{new_name}`."), &config);
+            Ok(())
+        }
+        Command::Set(args) => set(&library, args, json),
+        Command::Delete { name } => {
+            library.delete(&name)?;
+            if json {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("Deleted `{name}`.");
+            }
+            Ok(())
+        }
+        Command::Clone {
+            source,
+            name,
+            linked,
+        } => {
+            let mode = if linked {
+                CloneMode::Linked
+            } else {
+                CloneMode::Full
+            };
+            cancel_on_interrupt();
+            let started = std::time::Instant::now();
+            let outcome = with_progress("Cloning", |progress| {
+                library.clone_vm(&source, &name, mode, progress)
+            })?;
+            let kind = if linked { "linked" } else { "full" };
+            let message = format!(
+                "Created `{name}`, a {kind} clone of `{source}`, in {:.2} s.",
+                started.elapsed().as_secs_f64()
+            );
+            print_warnings(&outcome.warnings);
+            report(json, &message, &outcome.config);
+            Ok(())
+        }
+    }
+}
+
+fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Result<NewVm, Error> {
+    let boot_source = match (&boot.kernel, &boot.iso) {
+        (Some(kernel), _) => BootSource::Linux {
+            kernel: kernel.clone(),
+            initrd: boot.initrd.clone(),
+            cmdline: boot.cmdline.clone().unwrap_or_default(),
+        },
+        (None, Some(_)) => BootSource::Cdrom,
+        (None, None) => BootSource::Disk,
+    };
+    let mut spec = NewVm::with_defaults(name, boot_source);
+    spec.cpus = hw.cpus;
+    spec.memory_mib = parse_memory_mib(&hw.memory)?;
+    spec.os = os_info(
+        hw.os.as_deref(),
+        hw.os_name.as_deref(),
+        boot.kernel.is_some(),
+    );
+    spec.network = match hw.network.as_str() {
+        "none" => {
+            if !hw.forwards.is_empty() {
+                return Err(Error::InvalidInput(
+                    "--forward needs a network: drop --network none".into(),
+                ));
+            }
+            NetworkConfig::None
+        }
+        _ => NetworkConfig::User {
+            mac: MacAddress::random(),
+            forwards: parse_forwards(&hw.forwards)?,
+        },
+    };
+    spec.display = hw.display.parse::<DisplayConfig>()?;
+    spec.notes = hw.notes.clone();
+    spec.cdrom = boot.iso.clone();
+    spec.disk = disk;
+    Ok(spec)
+}
+
+fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
+    let base = match id {
+        Some(id) => OsInfo {
+            id: id.to_string(),
+            name: id.to_string(),
+        },
+        None if has_kernel => OsInfo::linux(),
+        None => OsInfo::other(),
+    };
+    OsInfo {
+        name: name.map(str::to_string).unwrap_or(base.name),
+        id: base.id,
+    }
+}
+
+fn parse_memory_mib(text: &str) -> Result<u64, Error> {
+    if let Ok(mib) = text.trim().parse::<u64>() {
+        return Ok(mib);
+    }
+    let bytes = parse_size(text)?;
+    if bytes % (1 << 20) != 0 {
+        return Err(Error::InvalidInput(format!(
+            "memory `{text}` is not a whole number of MiB"
+        )));
+    }
+    Ok(bytes >> 20)
+}
+
+fn parse_forwards(forwards: &[String]) -> Result<Vec<PortForward>, Error> {
+    let parsed = forwards
+        .iter()
+        .map(|f| f.parse::<PortForward>())
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, a) in parsed.iter().enumerate() {
+        if parsed[..i]
+            .iter()
+            .any(|b| b.protocol == a.protocol && b.host == a.host)
+        {
+            return Err(Error::InvalidInput(format!(
+                "host port {} ({}) is forwarded twice",
+                a.host, a.protocol
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+fn create(library: &Library, spec: &NewVm, json: bool) -> Result<(), Error> {
+    cancel_on_interrupt();
+    let outcome = with_progress("Copying disk", |progress| library.create(spec, progress))?;
+    print_warnings(&outcome.warnings);
+    let config = &outcome.config;
+    let disk = config
+        .disks
+        .first()
+        .map(|d| format!("a {} {} disk", format_size(d.size), d.format))
+        .unwrap_or_else(|| "no disk".into());
+    let message = format!(
+        "Created `{}` ({}): {} CPUs, {} memory, {disk}.",
+        config.name,
+        config.os.name,
+        config.cpus,
+        format_size(config.memory_mib << 20)
+    );
+    if json {
+        println!(
+            "{}",
+            json!({"created": config_json(config), "warnings": outcome.warnings})
+        );
+    } else {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+fn set(library: &Library, args: SetArgs, json: bool) -> Result<(), Error> {
+    let memory = args.memory.as_deref().map(parse_memory_mib).transpose()?;
+    let display = args
+        .display
+        .as_deref()
+        .map(str::parse::<DisplayConfig>)
+        .transpose()?;
+    let mac = args
+        .mac
+        .as_deref()
+        .map(str::parse::<MacAddress>)
+        .transpose()?;
+    let forwards = parse_forwards(&args.forwards)?;
+    let config = library.update(&args.name, |config| {
+        if let Some(cpus) = args.cpus {
+            config.cpus = cpus;
+        }
+        if let Some(mib) = memory {
+            config.memory_mib = mib;
+        }
+        apply_boot_changes(config, &args)?;
+        if let Some(iso) = &args.iso {
+            config.cdrom = Some(CdromConfig {
+                image: Some(iso.clone()),
+            });
+        }
+        if args.eject {
+            config.cdrom = Some(CdromConfig { image: None });
+        }
+        apply_network_changes(config, &args, mac, &forwards)?;
+        if let Some(display) = display {
+            config.display = display;
+        }
+        if args.os.is_some() || args.os_name.is_some() {
+            let id = args.os.clone().unwrap_or_else(|| config.os.id.clone());
+            config.os = OsInfo {
+                name: args
+                    .os_name
+                    .clone()
+                    .unwrap_or_else(|| args.os.clone().unwrap_or(config.os.name.clone())),
+                id,
+            };
+        }
+        if let Some(notes) = &args.notes {
+            config.notes = notes.clone();
+        }
+        Ok(())
+    })?;
+    report(json, &format!("Updated `{}`.", args.name), &config);
+    Ok(())
+}
+
+fn apply_boot_changes(config: &mut VmConfig, args: &SetArgs) -> Result<(), Error> {
+    if let Some(boot) = &args.boot {
+        config.boot = if boot == "cdrom" {
+            BootSource::Cdrom
+        } else {
+            BootSource::Disk
+        };
+    }
+    let touches_linux = args.kernel.is_some() || args.initrd.is_some() || args.cmdline.is_some();
+    if !touches_linux {
+        return Ok(());
+    }
+    let (mut kernel, mut initrd, mut cmdline) = match &config.boot {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => (Some(kernel.clone()), initrd.clone(), cmdline.clone()),
+        _ => (None, None, String::new()),
+    };
+    if let Some(k) = &args.kernel {
+        kernel = Some(k.clone());
+    }
+    if let Some(i) = &args.initrd {
+        initrd = Some(i.clone());
+    }
+    if let Some(c) = &args.cmdline {
+        cmdline = c.clone();
+    }
+    let kernel = kernel.ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "`{}` does not boot a Linux kernel: give --kernel as well",
+            config.name
+        ))
+    })?;
+    config.boot = BootSource::Linux {
+        kernel,
+        initrd,
+        cmdline,
+    };
+    Ok(())
+}
+
+fn apply_network_changes(
+    config: &mut VmConfig,
+    args: &SetArgs,
+    mac: Option<MacAddress>,
+    forwards: &[PortForward],
+) -> Result<(), Error> {
+    if args.network.as_deref() == Some("none") {
+        if mac.is_some() || !forwards.is_empty() {
+            return Err(Error::InvalidInput(
+                "--mac and --forward need a network: drop --network none".into(),
+            ));
+        }
+        config.network = NetworkConfig::None;
+        return Ok(());
+    }
+    if args.network.as_deref() == Some("user") && matches!(config.network, NetworkConfig::None) {
+        config.network = NetworkConfig::user_with_random_mac();
+    }
+    match &mut config.network {
+        NetworkConfig::None => {
+            if mac.is_some() || !forwards.is_empty() || args.clear_forwards {
+                return Err(Error::InvalidInput(format!(
+                    "`{}` has no network card: add one with --network user",
+                    config.name
+                )));
+            }
+        }
+        NetworkConfig::User {
+            mac: current_mac,
+            forwards: current,
+        } => {
+            if let Some(mac) = mac {
+                *current_mac = mac;
+            }
+            if args.clear_forwards {
+                current.clear();
+            }
+            for forward in forwards {
+                if current
+                    .iter()
+                    .any(|f| f.protocol == forward.protocol && f.host == forward.host)
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "host port {} ({}) is already forwarded; use --clear-forwards to start over",
+                        forward.host, forward.protocol
+                    )));
+                }
+                current.push(*forward);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state_of(entry: &VmEntry) -> &'static str {
+    match (&entry.config, entry.running) {
+        (Err(_), _) => "broken",
+        (Ok(_), true) => "running",
+        (Ok(_), false) => "stopped",
+    }
+}
+
+fn list(library: &Library, json: bool) -> Result<(), Error> {
+    let vms = library.list()?;
+    if json {
+        let rows: Vec<Value> = vms
+            .iter()
+            .map(|vm| {
+                let mut row = json!({
+                    "name": vm.name,
+                    "state": state_of(vm),
+                    "disk_usage_bytes": vm.disk_usage,
+                });
+                match &vm.config {
+                    Ok(c) => {
+                        row["os"] = json!(c.os.id);
+                        row["os_name"] = json!(c.os.name);
+                        row["cpus"] = json!(c.cpus);
+                        row["memory_mib"] = json!(c.memory_mib);
+                    }
+                    Err(reason) => row["error"] = json!(reason),
+                }
+                row
+            })
+            .collect();
+        println!("{}", Value::Array(rows));
+        return Ok(());
+    }
+    if vms.is_empty() {
+        println!(
+            "No VMs yet. Create one with `vivarium create NAME --kernel FILE` or `--iso FILE`."
+        );
+        return Ok(());
+    }
+    let width = vms
+        .iter()
+        .map(|v| v.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<width$}  {:<8}  {:<16}  {:>4}  {:>9}  {:>9}",
+        "NAME", "STATE", "OS", "CPUS", "MEMORY", "DISK USE"
+    );
+    for vm in &vms {
+        match &vm.config {
+            Ok(c) => println!(
+                "{:<width$}  {:<8}  {:<16}  {:>4}  {:>9}  {:>9}",
+                vm.name,
+                state_of(vm),
+                c.os.name,
+                c.cpus,
+                format_size(c.memory_mib << 20),
+                format_size(vm.disk_usage)
+            ),
+            Err(reason) => println!("{:<width$}  {:<8}  {reason}", vm.name, "broken"),
+        }
+    }
+    Ok(())
+}
+
+fn config_json(config: &VmConfig) -> Value {
+    serde_json::to_value(config).expect("a VmConfig always serialises to JSON")
+}
+
+fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
+    let entry = library.get(name)?;
+    if json {
+        let mut out = json!({
+            "name": entry.name,
+            "state": state_of(&entry),
+            "path": entry.path,
+            "disk_usage_bytes": entry.disk_usage,
+        });
+        match &entry.config {
+            Ok(config) => out["config"] = config_json(config),
+            Err(reason) => out["error"] = json!(reason),
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    println!("Name:      {}", entry.name);
+    println!("State:     {}", state_of(&entry));
+    println!("Folder:    {}", entry.path.display());
+    let config = match &entry.config {
+        Ok(config) => config,
+        Err(reason) => {
+            println!("Problem:   {reason}");
+            println!(
+                "           (fix or remove vm.toml in the folder, or `vivarium delete {name}`)"
+            );
+            return Ok(());
+        }
+    };
+    println!("Id:        {}", config.id);
+    println!("OS:        {} ({})", config.os.name, config.os.id);
+    println!("CPUs:      {}", config.cpus);
+    println!("Memory:    {}", format_size(config.memory_mib << 20));
+    println!("Boot:      {}", config.boot.describe());
+    if let BootSource::Linux {
+        initrd, cmdline, ..
+    } = &config.boot
+    {
+        if let Some(initrd) = initrd {
+            println!("Initrd:    {}", initrd.display());
+        }
+        println!("Cmdline:   {cmdline}");
+    }
+    for (i, disk) in config.disks.iter().enumerate() {
+        let allocated = vivarium_core::fsutil::allocated_bytes(&entry.path.join(&disk.file))
+            .map(format_size)
+            .unwrap_or_else(|_| "missing!".into());
+        let linked = if disk.base.is_some() {
+            ", linked (copy-on-write over a shared base)"
+        } else {
+            ""
+        };
+        let ro = if disk.read_only { ", read-only" } else { "" };
+        println!(
+            "Disk {i}:    {} {} ({} used){linked}{ro}  {}",
+            format_size(disk.size),
+            disk.format,
+            allocated,
+            disk.file.display()
+        );
+    }
+    if let Some(cdrom) = &config.cdrom {
+        match &cdrom.image {
+            Some(image) => println!("CD-ROM:    {}", image.display()),
+            None => println!("CD-ROM:    empty"),
+        }
+    }
+    match &config.network {
+        NetworkConfig::None => println!("Network:   none"),
+        NetworkConfig::User { mac, forwards } => {
+            let fwd: Vec<String> = forwards.iter().map(|f| f.to_string()).collect();
+            let fwd = if fwd.is_empty() {
+                String::new()
+            } else {
+                format!(", forwards {}", fwd.join(" "))
+            };
+            println!("Network:   user-mode, MAC {mac}{fwd}");
+        }
+    }
+    println!("Display:   {}", config.display);
+    println!("Created:   {}", config.created);
+    println!("Disk use:  {}", format_size(entry.disk_usage));
+    if !config.notes.is_empty() {
+        println!("Notes:     {}", config.notes.replace('\n', "\n           "));
+    }
+    Ok(())
+}
+
+fn report(json: bool, message: &str, config: &VmConfig) {
+    if json {
+        println!("{}", json!({"vm": config_json(config)}));
+    } else {
+        println!("{message}");
+    }
+}
+
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("vivarium: warning: {warning}");
+    }
+}
+
+/// Runs `op` with a progress line on a terminal's standard error, and Ctrl-C as cancel.
+fn with_progress<T>(
+    label: &str,
+    op: impl FnOnce(&dyn vivarium_core::disk::Progress) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let tty = std::io::stderr().is_terminal();
+    let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let progress = ProgressFn {
+        on_update: |done: u64, total: u64| {
+            if !tty || total == 0 {
+                return;
+            }
+            let percent = done.saturating_mul(100) / total;
+            if last_percent.swap(percent, Ordering::Relaxed) != percent {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "\r{label}: {percent:>3}% ({} of {})  (Ctrl-C cancels)",
+                    format_size(done),
+                    format_size(total)
+                );
+                let _ = err.flush();
+            }
+        },
+        cancel: &CANCEL,
+    };
+    let result = op(&progress);
+    if tty && last_percent.load(Ordering::Relaxed) != u64::MAX {
+        eprintln!();
+    }
+    result
+}
