@@ -1,1 +1,4 @@
-//! Helpers shared by the end-to-end tests: locating the `vivarium` binary, temporary libraries.
+//! Helpers shared by the end-to-end tests: the `vivarium` binary on temporary libraries, and
+//! the guest fixtures and nested test rig for tests that boot real guests.
+
+pub mod vivarium;
