@@ -177,8 +177,8 @@ struct LinkedCloneJournal {
     new_disks: Vec<PathBuf>,
     /// Base folders created by the operation.
     new_bases: Vec<Uuid>,
-    /// The clone's bundle, built in staging.
-    clone_staging: PathBuf,
+    /// The staging folder (under `.staging/`) where the clone's bundle is built.
+    clone_staging: Uuid,
     /// The clone's name.
     clone_name: String,
 }
@@ -663,28 +663,22 @@ impl Library {
             )));
         }
 
-        let journal_id = Uuid::new_v4();
-        let staging = self.staging_dir().join(journal_id.to_string());
-        let mut journal = LinkedCloneJournal {
-            parent: source.to_string(),
-            old_disks: parent.disks.iter().map(|d| d.file.clone()).collect(),
-            new_disks: Vec::new(),
-            new_bases: Vec::new(),
-            clone_staging: staging.clone(),
-            clone_name: name.to_string(),
-        };
-        let short = &journal_id.simple().to_string()[..8];
-        for (index, _) in parent.disks.iter().enumerate() {
-            journal
-                .new_disks
-                .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
-            journal.new_bases.push(Uuid::new_v4());
-        }
-        let journal_path = self.journal_dir().join(format!("{journal_id}.toml"));
-        let journal_text = toml::to_string(&journal).expect("journal serialises");
-        atomic_write(&journal_path, journal_text.as_bytes())?;
+        let (journal, journal_path) = self.plan_linked_clone(source, &parent, name)?;
 
-        let result = self.linked_clone_steps(&entry.path, &parent, &journal, name);
+        let result = self
+            .prepare_linked_clone(&entry.path, &parent, &journal, name)
+            .and_then(|(parent_after, clone)| {
+                // Commit point: the parent now runs on its overlay.
+                atomic_write(
+                    &entry.path.join(CONFIG_FILE),
+                    parent_after.to_toml().as_bytes(),
+                )?;
+                self.finish_linked_clone(&journal)?;
+                Ok(Outcome {
+                    config: clone,
+                    warnings: Vec::new(),
+                })
+            });
         match result {
             Ok(outcome) => {
                 let _ = fs::remove_file(&journal_path);
@@ -703,14 +697,51 @@ impl Library {
         }
     }
 
-    fn linked_clone_steps(
+    /// Writes the journal of a linked clone before any of its steps, so that a crash at any
+    /// later point can be finished or undone by [`Library::open`].
+    fn plan_linked_clone(
+        &self,
+        source: &str,
+        parent: &VmConfig,
+        name: &str,
+    ) -> Result<(LinkedCloneJournal, PathBuf)> {
+        let journal_id = Uuid::new_v4();
+        let mut journal = LinkedCloneJournal {
+            parent: source.to_string(),
+            old_disks: parent.disks.iter().map(|d| d.file.clone()).collect(),
+            new_disks: Vec::new(),
+            new_bases: Vec::new(),
+            clone_staging: journal_id,
+            clone_name: name.to_string(),
+        };
+        let short = &journal_id.simple().to_string()[..8];
+        for (index, _) in parent.disks.iter().enumerate() {
+            journal
+                .new_disks
+                .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
+            journal.new_bases.push(Uuid::new_v4());
+        }
+        let journal_path = self.journal_dir().join(format!("{journal_id}.toml"));
+        let journal_text = toml::to_string(&journal).expect("journal serialises");
+        atomic_write(&journal_path, journal_text.as_bytes())?;
+
+        Ok((journal, journal_path))
+    }
+
+    /// Everything of a linked clone before its commit point: bases (hard links of the
+    /// parent's disks), the parent's new overlays, and the clone's bundle in staging. Returns
+    /// the parent's and the clone's configurations after the clone.
+    fn prepare_linked_clone(
         &self,
         parent_path: &Path,
         parent: &VmConfig,
         journal: &LinkedCloneJournal,
         name: &str,
-    ) -> Result<Outcome> {
-        let staging_bundle = journal.clone_staging.join("bundle");
+    ) -> Result<(VmConfig, VmConfig)> {
+        let staging_bundle = self
+            .staging_dir()
+            .join(journal.clone_staging.to_string())
+            .join("bundle");
         fs::create_dir_all(staging_bundle.join("disks"))
             .map_err(|e| Error::io("could not create the clone's folder", e))?;
         let mut parent_after = parent.clone();
@@ -774,16 +805,7 @@ impl Library {
             &staging_bundle.join(CONFIG_FILE),
             clone.to_toml().as_bytes(),
         )?;
-        // Commit point: the parent now runs on its overlay.
-        atomic_write(
-            &parent_path.join(CONFIG_FILE),
-            parent_after.to_toml().as_bytes(),
-        )?;
-        self.finish_linked_clone(journal)?;
-        Ok(Outcome {
-            config: clone,
-            warnings: Vec::new(),
-        })
+        Ok((parent_after, clone))
     }
 
     /// The steps after a linked clone's commit point: drop the parent's old disk names (the
@@ -810,7 +832,10 @@ impl Library {
                 }
             }
         }
-        let staging_bundle = journal.clone_staging.join("bundle");
+        let staging_bundle = self
+            .staging_dir()
+            .join(journal.clone_staging.to_string())
+            .join("bundle");
         if staging_bundle.exists() {
             let target = self.bundle_path(&journal.clone_name);
             fs::rename(&staging_bundle, &target).map_err(|e| {
@@ -821,7 +846,7 @@ impl Library {
             })?;
             sync_dir(&self.vms_dir()).map_err(|e| Error::io("could not sync the library", e))?;
         }
-        let _ = fs::remove_dir_all(&journal.clone_staging);
+        let _ = fs::remove_dir_all(self.staging_dir().join(journal.clone_staging.to_string()));
         Ok(())
     }
 
@@ -850,7 +875,7 @@ impl Library {
                     .map_err(|e| Error::io(format!("could not remove `{}`", dir.display()), e))?;
             }
         }
-        let _ = fs::remove_dir_all(&journal.clone_staging);
+        let _ = fs::remove_dir_all(self.staging_dir().join(journal.clone_staging.to_string()));
         Ok(())
     }
 
@@ -1230,5 +1255,183 @@ fn make_writable_tree(dir: &Path) {
                 let _ = fs::set_permissions(&path, perms);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::NoProgress;
+    use std::os::unix::fs::FileExt;
+
+    fn library() -> (tempfile::TempDir, Library) {
+        let dir = tempfile::tempdir().unwrap();
+        let library = Library::open(dir.path()).unwrap();
+        (dir, library)
+    }
+
+    fn new_vm(library: &Library, name: &str) -> VmConfig {
+        let kernel = library.root().join("kernel");
+        fs::write(&kernel, b"kernel").unwrap();
+        let mut spec = NewVm::with_defaults(
+            name,
+            BootSource::Linux {
+                kernel,
+                initrd: None,
+                cmdline: String::new(),
+            },
+        );
+        spec.disk = NewDisk::Blank {
+            size: 64 << 20,
+            format: DiskFormat::Raw,
+        };
+        let config = library.create(&spec, &NoProgress).unwrap().config;
+        let disk = library.bundle_path(name).join(&config.disks[0].file);
+        let file = OpenOptions::new().write(true).open(disk).unwrap();
+        file.write_all_at(b"precious data", 0).unwrap();
+        config
+    }
+
+    fn read_disk_start(library: &Library, name: &str) -> Vec<u8> {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        let mut buf = vec![0u8; 13];
+        File::open(library.bundle_path(name).join(&config.disks[0].file))
+            .unwrap()
+            .read_exact_at(&mut buf, 0)
+            .unwrap();
+        buf
+    }
+
+    fn count(dir: PathBuf) -> usize {
+        fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_linked_clone_interrupted_before_its_commit_point_is_undone() {
+        let (_dir, library) = library();
+        let parent = new_vm(&library, "parent");
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "child")
+            .unwrap();
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "child")
+            .unwrap();
+        // "Crash" here: bases, overlays and the staged clone exist; the parent's vm.toml has
+        // not switched yet.
+        assert_eq!(count(library.bases_dir()), 1);
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["parent"]);
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(read_disk_start(&library, "parent"), b"precious data");
+        assert_eq!(count(library.bases_dir()), 0);
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(count(library.bundle_path("parent").join("disks")), 1);
+    }
+
+    #[test]
+    fn a_linked_clone_interrupted_after_its_commit_point_is_finished() {
+        let (_dir, library) = library();
+        let parent = new_vm(&library, "parent");
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "child")
+            .unwrap();
+        let (parent_after, _) = library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "child")
+            .unwrap();
+        atomic_write(
+            &library.bundle_path("parent").join(CONFIG_FILE),
+            parent_after.to_toml().as_bytes(),
+        )
+        .unwrap();
+        // "Crash" right after the commit point.
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["child", "parent"]);
+        let parent_now = read_config(&library.bundle_path("parent")).unwrap();
+        assert_eq!(parent_now.disks[0].format, DiskFormat::Qcow2);
+        assert!(parent_now.disks[0].base.is_some());
+        assert_eq!(
+            count(library.bundle_path("parent").join("disks")),
+            1,
+            "old name gone"
+        );
+        assert_eq!(count(library.bases_dir()), 1);
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+    }
+
+    #[test]
+    fn an_interrupted_rename_is_completed_from_the_folder_name() {
+        let (_dir, library) = library();
+        new_vm(&library, "old");
+        fs::rename(library.bundle_path("old"), library.bundle_path("new")).unwrap();
+        let library = Library::open(library.root()).unwrap();
+        let config = read_config(&library.bundle_path("new")).unwrap();
+        assert_eq!(config.name, "new");
+    }
+
+    #[test]
+    fn leftovers_of_dead_operations_are_cleaned_but_live_ones_are_kept() {
+        let (_dir, library) = library();
+        new_vm(&library, "vm");
+        let dead = library.staging_dir().join("dead");
+        fs::create_dir_all(dead.join("bundle")).unwrap();
+        fs::write(dead.join("reservation"), "ghost").unwrap();
+        fs::create_dir_all(library.trash_dir().join("half-deleted/disks")).unwrap();
+        fs::write(
+            library
+                .bundle_path("vm")
+                .join(format!(".{CONFIG_FILE}.tmp-42")),
+            "partial",
+        )
+        .unwrap();
+        let live = library.begin_staging("reserved").unwrap();
+        let library2 = Library::open(library.root()).unwrap();
+        assert!(!dead.exists());
+        assert_eq!(count(library2.trash_dir()), 0);
+        assert_eq!(
+            count(library2.bundle_path("vm")),
+            4,
+            "vm.toml, disks, state, logs"
+        );
+        assert!(live.dir.exists(), "a live operation's staging stays");
+        // Its name is reserved while it lives, free again after.
+        assert!(matches!(
+            library2.check_name_free("reserved"),
+            Err(Error::AlreadyExists(_))
+        ));
+        library2.check_name_free("ghost").unwrap();
+        drop(live);
+        library2.check_name_free("reserved").unwrap();
+    }
+
+    #[test]
+    fn a_failed_full_clone_leaves_nothing() {
+        let (_dir, library) = library();
+        new_vm(&library, "vm");
+        struct Cancel;
+        impl Progress for Cancel {
+            fn update(&self, _: u64, _: u64) {}
+            fn cancelled(&self) -> bool {
+                true
+            }
+        }
+        let result = library.clone_vm("vm", "copy", CloneMode::Full, &Cancel);
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert!(!library.bundle_path("copy").exists());
+        assert_eq!(count(library.staging_dir()), 0);
+        library.check_name_free("copy").unwrap();
     }
 }
