@@ -424,12 +424,12 @@ pub fn validate_name(name: &str) -> Result<()> {
         Some(format!("it is longer than {MAX_NAME_CHARS} characters"))
     } else if name.starts_with('.') {
         Some("it starts with a dot".to_string())
-    } else if let Some(c) = name.chars().find(|c| {
-        c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
-    }) {
-        Some(format!("it contains the character {c:?}"))
     } else {
-        None
+        name.chars()
+            .find(|c| {
+                c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
+            })
+            .map(|c| format!("it contains the character {c:?}"))
     };
     match problem {
         Some(why) => Err(Error::InvalidName {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 /// The qcow2 magic number, `QFI\xfb`.
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Unit in which copies check for cancellation and report progress.
-const COPY_CHUNK: u64 = 8 << 20;
+const COPY_CHUNK: u64 = 32 << 20;
 
 /// What a disk image file is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,7 +58,10 @@ pub fn free_space(path: &Path) -> Result<u64> {
             std::io::Error::last_os_error(),
         ));
     }
-    Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    // The field types differ between Linux (u64) and macOS (u32 blocks, u64 sizes).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stats.f_bavail), u64::from(stats.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
 }
 
 /// Bytes a file really occupies on disk (its allocated blocks), which for a sparse disk image

@@ -324,11 +324,11 @@ impl Library {
     }
 
     fn load_entry(&self, name: String, path: PathBuf) -> VmEntry {
-        let config = read_config(&path).and_then(|mut config| {
-            // The folder name is the VM's name; a rename interrupted between renaming the
-            // folder and rewriting vm.toml is repaired at the next open.
+        // The folder name is the VM's name; a rename interrupted between renaming the folder
+        // and rewriting vm.toml is repaired at the next open.
+        let config = read_config(&path).map(|mut config| {
             config.name = name.clone();
-            Ok(config)
+            config
         });
         VmEntry {
             running: Library::is_running(&path),

@@ -561,6 +561,43 @@ fn killing_a_full_clone_midway_leaves_the_library_consistent() {
     ]);
 }
 
+#[test]
+fn ctrl_c_cancels_a_full_clone_cleanly() {
+    let lib = TempLibrary::new();
+    let k = kernel(&lib);
+    lib.ok(&["create", "big", "--kernel", &k, "--disk-size", "6G"]);
+    let disk = disk_of(&lib, "big");
+    for i in 0..6u64 {
+        write_pattern(&disk, i << 30, 0x40 + i as u8, 256 << 20);
+    }
+    let child = lib
+        .command(&["clone", "big", "copy"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = lib.home().join(".staging");
+    let started = std::time::Instant::now();
+    while walk_allocated(&staging) < 64 << 20 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the clone never started copying"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) with a valid pid and signal number touches no memory.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "cancelled exit code: {stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert!(
+        staging_is_empty(lib.home()),
+        "the cancelled clone removed its files"
+    );
+    assert_eq!(lib.list(), vec![("big".to_string(), "stopped".to_string())]);
+}
+
 fn walk_allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = fs::read_dir(dir) else {

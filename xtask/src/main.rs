@@ -1,11 +1,14 @@
 //! `cargo xtask ...`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! Commands:
+//! - `run`: build and run Vivarium.
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
 
 use std::process::ExitCode;
 
+mod bench;
+mod run;
 mod test;
 mod util;
 
@@ -13,6 +16,7 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\
      \n\
      commands:\n\
+     \x20 run [-- ARGS]  build Vivarium and run it (default: show the VM library)\n\
      \x20 test           install what the tests need, then run fmt, clippy and every test\n\
      \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n"
 }
@@ -26,6 +30,8 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "test" => test::run(rest),
+        "bench" => bench::run(rest),
+        "run" => run::run(rest),
         "help" | "--help" | "-h" => {
             print!("{}", usage());
             Ok(())
