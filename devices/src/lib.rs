@@ -1,2 +1,48 @@
 //! Arch-neutral device models for Vivarium. They see guest memory, a bus and an
-//! interrupt line; they never name KVM or Hypervisor.framework.
+//! interrupt line; they never name a hypervisor API.
+//!
+//! A backend wires the models to its exits like this:
+//!
+//! * Build two [`bus::Bus`]es, one for port I/O and one for MMIO, and dispatch every
+//!   PIO/MMIO exit to [`bus::Bus::read`] / [`bus::Bus::write`]. Unmapped accesses read
+//!   all-ones and ignore writes.
+//! * Create a [`pci::PciRoot`] with both buses, register [`pci::PciConfigIo`] at port
+//!   `0xcf8` (8 ports) and [`pci::PciConfigMmio`] (ECAM) on the MMIO bus, and describe
+//!   the ECAM window to the guest (ACPI MCFG or FDT).
+//! * Add PCI devices with [`pci::PciRoot::add_device`]: the root assigns BAR addresses from
+//!   its 32-bit and 64-bit windows and maps/unmaps/moves BARs on the MMIO bus whenever
+//!   the guest reprograms them; a [`pci::BarRemapListener`] tells the backend too (e.g.
+//!   to move ioeventfds).
+//! * Virtio devices ([`virtio::block::Block`], [`virtio::rng::Rng`]) sit behind
+//!   [`virtio::pci::VirtioPciDevice`], which signals MSI-X messages through the backend's
+//!   [`pci::MsiSignaller`] and processes a queue when the guest writes its notify
+//!   register or when the backend calls [`virtio::pci::VirtioPciDevice::notify_queue`].
+//! * The 16550 UART ([`serial::Serial`]) goes on the PIO bus (or MMIO bus) and raises an
+//!   [`IrqLine`] the backend implements.
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod error;
+pub mod pci;
+
+pub use error::{Error, Result};
+
+use std::sync::{Mutex, MutexGuard};
+
+/// The guest memory type every device model works on.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// An interrupt line (edge or level, the backend decides) that a device can raise.
+///
+/// The KVM backend implements it with an irqfd or `KVM_IRQ_LINE`; the HVF backend with
+/// its GIC. Device models only call [`IrqLine::trigger`].
+pub trait IrqLine: Send + Sync {
+    /// Raise the interrupt.
+    fn trigger(&self) -> std::io::Result<()>;
+}
+
+/// Lock a mutex, recovering the data if another thread panicked while holding it: a
+/// device model must keep serving the guest rather than propagate a poison panic.
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
