@@ -24,6 +24,7 @@
 pub mod bus;
 pub mod error;
 pub mod pci;
+pub mod virtio;
 
 pub use error::{Error, Result};
 

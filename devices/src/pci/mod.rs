@@ -504,6 +504,12 @@ impl BusDevice for PciConfigMmio {
     }
 }
 
+/// Test helpers shared with other modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::msix::tests::RecordingSignaller;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,314 @@
+//! Virtio 1.x devices and their modern PCI transport.
+//!
+//! A device model implements [`VirtioDevice`]; [`pci::VirtioPciDevice`] turns it into a
+//! PCI function. Queue processing runs when the driver notifies a queue (or when the
+//! backend calls [`pci::VirtioPciDevice::notify_queue`]), in the calling thread.
+
+pub mod block;
+pub mod pci;
+pub mod rng;
+
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+
+use crate::{Error, GuestMemoryMmap, Result};
+
+/// Feature bit: the device conforms to virtio 1.0 or later (required by this transport).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: used/avail event index notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Device status: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest has a driver for it.
+pub const STATUS_DRIVER: u8 = 2;
+/// Device status: the driver is ready to drive the device.
+pub const STATUS_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error and needs a reset.
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = 0x40;
+/// Device status: the driver gave up on the device.
+pub const STATUS_FAILED: u8 = 0x80;
+
+/// Virtio device ID of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// Virtio device ID of an entropy source.
+pub const VIRTIO_ID_RNG: u32 = 4;
+
+/// How a device tells the driver about used buffers and configuration changes. The
+/// transport implements it (MSI-X or INTx for PCI).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Buffers were added to the used ring of queue `queue`.
+    fn signal_queue(&self, queue: usize);
+    /// The device configuration (or the NEEDS_RESET status) changed.
+    fn signal_config(&self);
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block, 4 = entropy, ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue (powers of two); the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device feature bits (device-specific ones; the transport adds `VERSION_1` and the
+    /// ring features it supports).
+    fn features(&self) -> u64;
+    /// Length of the device configuration space in bytes.
+    fn config_len(&self) -> usize;
+    /// Read the device configuration space; bytes past `config_len` read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the device configuration space (ignored by default).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// PCI class, subclass and programming interface to present.
+    fn pci_class(&self) -> (u8, u8, u8) {
+        (0xff, 0, 0)
+    }
+    /// Start the device after the driver set DRIVER_OK. `queues` has one entry per queue
+    /// (a queue the driver did not enable is not `ready()`), already validated against
+    /// `memory`; `features` are the negotiated ones.
+    fn activate(
+        &mut self,
+        memory: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        features: u64,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<()>;
+    /// The driver notified queue `index`: process its available buffers. An error puts the
+    /// device in DEVICE_NEEDS_RESET.
+    fn process_queue(&mut self, index: usize) -> Result<()>;
+    /// Return to the pre-activation state, dropping the queues.
+    fn reset(&mut self);
+}
+
+/// Why a descriptor chain was refused before looking at its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainError {
+    /// More descriptors than the device allows.
+    TooLong,
+    /// The chain ends with a descriptor that still has NEXT set: a loop, a next index out
+    /// of the table, or a descriptor outside guest memory.
+    Truncated,
+    /// No descriptors at all.
+    Empty,
+}
+
+/// Collect at most `max` descriptors of `chain`, refusing chains that are longer, loop or
+/// point outside the descriptor table. virtio-queue bounds the walk by the queue size
+/// (or the indirect table size); this adds the device's own limit and detects the
+/// truncation it does silently.
+pub(crate) fn collect_chain(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    max: usize,
+) -> std::result::Result<Vec<Descriptor>, ChainError> {
+    let mut descs = Vec::new();
+    for d in chain {
+        if descs.len() == max {
+            return Err(ChainError::TooLong);
+        }
+        descs.push(d);
+    }
+    match descs.last() {
+        None => Err(ChainError::Empty),
+        Some(d) if d.has_next() => Err(ChainError::Truncated),
+        Some(_) => Ok(descs),
+    }
+}
+
+/// Pop every available chain of `queue`, hand it to `handle` (which returns the number of
+/// bytes written to the chain's buffers), put it in the used ring and signal the driver
+/// as the notification suppression rules require. Errors mean the queue itself is broken
+/// (rings outside memory, bogus indices): the device then needs a reset.
+pub(crate) fn process_available<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    interrupt: &dyn VirtioInterrupt,
+    mut handle: F,
+) -> Result<()>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    let broken = |e: virtio_queue::Error| Error::NeedsReset(format!("queue {index}: {e}"));
+    if !queue.ready() {
+        return Ok(());
+    }
+    let mut used = 0usize;
+    loop {
+        if queue.event_idx_enabled() {
+            queue.disable_notification(mem).map_err(broken)?;
+        }
+        loop {
+            let chain = queue.iter(mem).map_err(broken)?.next();
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let len = handle(chain);
+            queue.add_used(mem, head, len).map_err(broken)?;
+            used += 1;
+        }
+        if !queue.event_idx_enabled() || !queue.enable_notification(mem).map_err(broken)? {
+            break;
+        }
+    }
+    if used > 0 && queue.needs_notification(mem).map_err(broken)? {
+        interrupt.signal_queue(index);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Helpers shared by the virtio tests: guest memory, a queue built by hand in it,
+    //! and an interrupt that counts.
+
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    pub const MEM_SIZE: usize = 0x10_0000;
+    pub const F_NEXT: u16 = 1;
+    pub const F_WRITE: u16 = 2;
+    pub const F_INDIRECT: u16 = 4;
+
+    pub fn memory() -> Arc<GuestMemoryMmap> {
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap())
+    }
+
+    #[derive(Default)]
+    pub struct CountingInterrupt {
+        pub queue: AtomicUsize,
+        pub config: AtomicUsize,
+        pub queues: Mutex<Vec<usize>>,
+    }
+
+    impl VirtioInterrupt for CountingInterrupt {
+        fn signal_queue(&self, queue: usize) {
+            self.queue.fetch_add(1, Ordering::SeqCst);
+            self.queues.lock().unwrap().push(queue);
+        }
+        fn signal_config(&self) {
+            self.config.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A descriptor `(addr, len, flags, next)`.
+    pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// Write `descs` at the start of the descriptor table of a 16-entry queue at 0x0,
+    /// publish one chain whose head is `head`, and return a ready queue.
+    pub fn queue_with(mem: &GuestMemoryMmap, descs: &[RawDescriptor], head: u16) -> Queue {
+        let vq = MockSplitQueue::new(mem, 16);
+        for (i, d) in descs.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(head);
+        vq.avail().idx().store(1);
+        vq.create_queue().unwrap()
+    }
+
+    /// A queue with `descs` linked in order (NEXT set on all but the last).
+    pub fn queue_chain(mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) -> Queue {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, (a, l, f))| {
+                let last = i + 1 == descs.len();
+                let flags = if last { *f } else { *f | F_NEXT };
+                desc(*a, *l, flags, (i + 1) as u16)
+            })
+            .collect();
+        queue_with(mem, &raw, 0)
+    }
+
+    /// The `(id, len)` used-ring entry number `n` of the 16-entry queue at 0x0.
+    pub fn used_entry(mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
+        let vq = MockSplitQueue::new(mem, 16);
+        let e = vq.used().ring().ref_at(n as usize).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    /// The used ring index of the 16-entry queue at 0x0.
+    pub fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+        let vq = MockSplitQueue::new(mem, 16);
+        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
+            .unwrap()
+    }
+
+    use vm_memory::Address;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn collect_chain_limits() {
+        let mem = memory();
+        // A loop: 0 -> 1 -> 0.
+        let mut q = queue_with(
+            &mem,
+            &[desc(0x1000, 1, F_NEXT, 1), desc(0x2000, 1, F_NEXT, 0)],
+            0,
+        );
+        let chain = q.iter(&*mem).unwrap().next().unwrap();
+        assert_eq!(collect_chain(chain, 100).err(), Some(ChainError::Truncated));
+        // Next index beyond the table.
+        let mut q = queue_with(&mem, &[desc(0x1000, 1, F_NEXT, 200)], 0);
+        let chain = q.iter(&*mem).unwrap().next().unwrap();
+        assert_eq!(collect_chain(chain, 100).err(), Some(ChainError::Truncated));
+        // Head beyond the table.
+        let mut q = queue_with(&mem, &[desc(0x1000, 1, 0, 0)], 99);
+        let chain = q.iter(&*mem).unwrap().next().unwrap();
+        assert_eq!(collect_chain(chain, 100).err(), Some(ChainError::Empty));
+        // Longer than the device limit.
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0), (0x2000, 1, 0), (0x3000, 1, 0)]);
+        let chain = q.iter(&*mem).unwrap().next().unwrap();
+        assert_eq!(collect_chain(chain, 2).err(), Some(ChainError::TooLong));
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0), (0x2000, 1, 0)]);
+        let chain = q.iter(&*mem).unwrap().next().unwrap();
+        assert_eq!(collect_chain(chain, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn broken_rings_need_reset() {
+        let mem = memory();
+        let irq = CountingInterrupt::default();
+        // Available index far ahead of what the queue size allows.
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
+        virtio_queue::mock::MockSplitQueue::new(&*mem, 16)
+            .avail()
+            .idx()
+            .store(100);
+        let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
+        assert!(matches!(r, Err(Error::NeedsReset(_))));
+        // A head index outside the table cannot be returned in the used ring.
+        let mut q = queue_with(&mem, &[desc(0x1000, 1, 0, 0)], 999);
+        let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
+        assert!(matches!(r, Err(Error::NeedsReset(_))));
+        // Rings outside guest memory.
+        let mut q = Queue::new(16).unwrap();
+        q.set_desc_table_address(Some(0xffff_0000), Some(0x10));
+        q.set_avail_ring_address(Some(0xffff_0000), Some(0x20));
+        q.set_used_ring_address(Some(0xffff_0000), Some(0x30));
+        q.set_ready(true);
+        let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
+        assert!(matches!(r, Err(Error::NeedsReset(_))));
+        assert_eq!(
+            irq.queue.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no interrupt for broken queues"
+        );
+    }
+}
