@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches a hypervisor API; the backends do.
 
+pub mod backend;
 pub mod config;
 pub mod disk;
 pub mod error;

@@ -1,0 +1,225 @@
+//! The backend trait: what the app and the VM runner need from a hypervisor, whatever it is.
+//!
+//! Two implementations are planned: KVM on Linux x86_64 (`vivarium-backend-kvm`) and
+//! Hypervisor.framework on macOS aarch64. The trait is at the level of a *machine*: probe the
+//! host, start a machine from a [`MachineSpec`], control it, and learn how it ended. How a
+//! backend builds the machine (vCPU threads, memory, device wiring) is its own business; the
+//! device models it wires are shared (`vivarium-devices`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::config::{DiskFormat, VmConfig};
+
+/// Whether a backend can run VMs on this host, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSupport {
+    /// Full guests run.
+    Ready {
+        /// What was found, e.g. "KVM API 12, AMD SVM".
+        summary: String,
+    },
+    /// The hypervisor works, but only for small hand-made guests: full operating systems do
+    /// not boot (e.g. a software-only KVM such as `kvm_pvm`).
+    Limited {
+        /// What was found.
+        summary: String,
+        /// Why full guests will not run, and what to do.
+        reason: String,
+    },
+    /// The backend cannot run anything here.
+    Unavailable {
+        /// What is missing or refused.
+        reason: String,
+        /// What the user can do about it.
+        remedy: String,
+    },
+}
+
+impl HostSupport {
+    /// Whether any guest can run at all (ready or limited).
+    pub fn can_run(&self) -> bool {
+        !matches!(self, HostSupport::Unavailable { .. })
+    }
+
+    /// One or two sentences for the user.
+    pub fn explain(&self) -> String {
+        match self {
+            HostSupport::Ready { summary } => format!("Ready: {summary}."),
+            HostSupport::Limited { summary, reason } => format!("Limited: {summary}. {reason}"),
+            HostSupport::Unavailable { reason, remedy } => {
+                format!("Cannot run VMs: {reason}. {remedy}")
+            }
+        }
+    }
+}
+
+/// A disk as the backend needs it: an absolute path and how to open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
+/// How the machine boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSpec {
+    /// Direct Linux boot.
+    Linux {
+        /// bzImage (or ELF vmlinux).
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        cmdline: String,
+    },
+    /// Real-mode code loaded at a guest physical address and entered there with a flat
+    /// 64 KiB segment. Used by the tests' hand-made guests (they run on any KVM, including
+    /// software-only ones), and by anything that brings its own loader.
+    RealModeImage {
+        /// The code.
+        code: Vec<u8>,
+        /// Where to load it (and start), below 1 MiB.
+        load_address: u64,
+    },
+}
+
+/// Everything a backend needs to build a machine.
+pub struct MachineSpec {
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// How it boots.
+    pub boot: BootSpec,
+    /// Disks in the order the guest sees them.
+    pub disks: Vec<DiskSpec>,
+    /// Where the guest's serial console output goes.
+    pub serial_output: Box<dyn Write + Send>,
+}
+
+impl MachineSpec {
+    /// The machine a VM's configuration describes, with disk paths resolved in its bundle.
+    /// Fails if the VM cannot be booted directly yet (e.g. it boots from a CD-ROM, which
+    /// needs firmware).
+    pub fn from_config(
+        config: &VmConfig,
+        bundle: &std::path::Path,
+        serial_output: Box<dyn Write + Send>,
+    ) -> Result<MachineSpec, BackendError> {
+        let boot = match &config.boot {
+            crate::config::BootSource::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => BootSpec::Linux {
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                cmdline: cmdline.clone(),
+            },
+            other => {
+                return Err(BackendError::Unsupported(format!(
+                    "booting from the {} needs BIOS/UEFI firmware, which Vivarium does not \
+                     have yet; boot a Linux kernel directly (vivarium set {} --kernel ...)",
+                    other.describe(),
+                    config.name
+                )));
+            }
+        };
+        Ok(MachineSpec {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            boot,
+            disks: config
+                .disks
+                .iter()
+                .map(|d| DiskSpec {
+                    path: bundle.join(&d.file),
+                    format: d.format,
+                    read_only: d.read_only,
+                })
+                .collect(),
+            serial_output,
+        })
+    }
+}
+
+/// Requests to a running machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Stop running the vCPUs (the machine keeps its state).
+    Pause,
+    /// Continue after [`ControlRequest::Pause`].
+    Resume,
+    /// Press the ACPI power button: a guest that listens shuts down cleanly.
+    PowerButton,
+    /// Pull the plug.
+    PowerOff,
+    /// Press the reset button.
+    Reset,
+}
+
+/// How a machine ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineExit {
+    /// The guest powered off (or the host pulled the plug).
+    PoweredOff,
+    /// The guest crashed (e.g. a triple fault); the report has the vCPU registers.
+    Crashed {
+        /// What happened, with the registers of the vCPU.
+        report: String,
+    },
+    /// The VMM failed (a host error, not the guest's doing).
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// A machine that is running.
+pub trait RunningMachine: Send {
+    /// Sends a control request.
+    fn request(&self, request: ControlRequest) -> Result<(), BackendError>;
+    /// Waits until the machine ends.
+    fn wait(self: Box<Self>) -> MachineExit;
+}
+
+/// A hypervisor backend.
+pub trait Backend: Send + Sync {
+    /// Short name, e.g. "kvm".
+    fn name(&self) -> &'static str;
+    /// Whether this host can run VMs with this backend, and if not, why.
+    fn probe(&self) -> HostSupport;
+    /// Builds and starts a machine.
+    fn start(&self, spec: MachineSpec) -> Result<Box<dyn RunningMachine>, BackendError>;
+}
+
+/// Errors of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The host cannot run the machine; the text says why and what to do.
+    #[error("{0}")]
+    HostUnsupported(String),
+    /// The machine asks for something this backend does not do yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The configuration cannot be built into a machine (bad kernel, too much memory, ...).
+    #[error("{0}")]
+    InvalidMachine(String),
+    /// The hypervisor refused an operation.
+    #[error("{context}: {source}")]
+    Hypervisor {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The machine is not running any more.
+    #[error("the machine has stopped")]
+    Stopped,
+}
