@@ -23,6 +23,7 @@
 
 pub mod bus;
 pub mod error;
+pub mod i8042;
 pub mod pci;
 pub mod virtio;
 

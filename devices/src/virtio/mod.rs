@@ -231,21 +231,25 @@ pub(crate) mod testutil {
         queue_with(mem, &raw, 0)
     }
 
+    /// Address of the used ring of the 16-entry mock queue at 0x0 (computed on scratch
+    /// memory: building a mock over the real memory would reset the ring indices).
+    fn used_addr() -> GuestAddress {
+        let scratch = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        MockSplitQueue::new(&scratch, 16).used_addr()
+    }
+
     /// The `(id, len)` used-ring entry number `n` of the 16-entry queue at 0x0.
     pub fn used_entry(mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
-        let vq = MockSplitQueue::new(mem, 16);
-        let e = vq.used().ring().ref_at(n as usize).unwrap().load();
-        (e.id(), e.len())
+        let base = used_addr().0 + 4 + 8 * u64::from(n);
+        let id: u32 = mem.read_obj(GuestAddress(base)).unwrap();
+        let len: u32 = mem.read_obj(GuestAddress(base + 4)).unwrap();
+        (u32::from_le(id), u32::from_le(len))
     }
 
     /// The used ring index of the 16-entry queue at 0x0.
     pub fn used_idx(mem: &GuestMemoryMmap) -> u16 {
-        let vq = MockSplitQueue::new(mem, 16);
-        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
-            .unwrap()
+        u16::from_le(mem.read_obj(GuestAddress(used_addr().0 + 2)).unwrap())
     }
-
-    use vm_memory::Address;
 }
 
 #[cfg(test)]
