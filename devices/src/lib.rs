@@ -25,6 +25,7 @@ pub mod bus;
 pub mod error;
 pub mod i8042;
 pub mod pci;
+pub mod serial;
 pub mod virtio;
 
 pub use error::{Error, Result};
