@@ -2,3 +2,5 @@
 //! the guest fixtures and nested test rig for tests that boot real guests.
 
 pub mod vivarium;
+
+pub mod fixtures;

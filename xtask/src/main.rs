@@ -4,10 +4,12 @@
 //! - `run`: build and run Vivarium.
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
+//! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache.
 
 use std::process::ExitCode;
 
 mod bench;
+mod fixtures;
 mod run;
 mod test;
 mod util;
@@ -18,7 +20,8 @@ fn usage() -> &'static str {
      commands:\n\
      \x20 run [-- ARGS]  build Vivarium and run it (default: show the VM library)\n\
      \x20 test           install what the tests need, then run fmt, clippy and every test\n\
-     \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n"
+     \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n\
+     \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n"
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "test" => test::run(rest),
+        "fixtures" => fixtures::run(rest),
         "bench" => bench::run(rest),
         "run" => run::run(rest),
         "help" | "--help" | "-h" => {

@@ -1,0 +1,219 @@
+#!/bin/sh
+# Vivarium guest fixture: the /init of guest-initramfs.cpio.gz (busybox sh).
+#
+# Built into the initramfs by `cargo xtask fixtures` (vivarium_e2e::fixtures). Boot the fixture
+# kernel with this initramfs and `console=ttyS0` (or hvc0); everything is reported as lines on
+# the console.
+#
+# Protocol (each marker at the start of its own line):
+#   VIVARIUM-GUEST-READY              /proc, /sys, /dev are mounted and the drivers are loaded
+#   VIVARIUM-RESULT <key>=<value>     one line per check, in the order the checks were named
+#   VIVARIUM-GUEST-DONE               all checks ran; the final action comes next
+#
+# Kernel command line parameters (all optional):
+#   vivarium.checks=a,b,c   checks to run, in order (default: none). Known checks:
+#     uptime       uptime_s=<seconds since boot, from /proc/uptime>
+#     cpus         cpus=<online CPUs>
+#     mem          mem_kib=<MemTotal in KiB>
+#     blk-sha256   blk_sha256=<sha256 of the first blk_len bytes of /dev/<blk_dev>>
+#     blk-size     blk_bytes=<size of /dev/<blk_dev> in bytes>
+#     blk-write    blk_write=ok|mismatch|error: writes 512 bytes of a known pattern at byte
+#                  blk_write_off of /dev/<blk_dev> with O_DIRECT, reads them back with O_DIRECT
+#                  (pattern: the line "VIVARIUM-PATTERN <offset>" padded with '.' to 511 bytes,
+#                  then a newline)
+#     blk-ro       blk_ro=<errno name>|writable: tries to write /dev/<ro_dev>; a read-only disk
+#                  must answer EROFS, EPERM, EACCES or EIO
+#     rng          rng_bytes=<bytes read from /dev/hwrng within 10 s, 64 asked>
+#                  rng_source=<the kernel's current hwrng or none>
+#     net          net_ifaces=<network interfaces but lo, comma separated, or none>
+#     cdrom-sha256 cdrom_sha256=<sha256 of the first cd_len bytes of /dev/sr0>
+#     input        input_devices=<names of the input devices, comma separated, spaces as _>
+#     fb           fb=<name of /dev/fb0's driver or none>
+#     virtio       virtio_ids=<virtio device ids present, comma separated, or none>
+#     an unknown check gives <check>=unknown-check
+#   vivarium.blk_dev=vda    block device of blk-sha256, blk-size and blk-write
+#   vivarium.blk_len=N      bytes hashed by blk-sha256 (default 1048576)
+#   vivarium.blk_write_off=N  byte offset of blk-write, a multiple of 512 (default 65536)
+#   vivarium.ro_dev=vda     block device of blk-ro
+#   vivarium.cd_len=N       bytes hashed by cdrom-sha256 (default 2048)
+#   vivarium.then=ACTION    what to do at the end (default poweroff):
+#     poweroff   power off at once (poweroff -f)
+#     reboot     reboot at once (reboot -f)
+#     acpi-wait  print VIVARIUM-GUEST-WAITING, then power off when the ACPI power button is
+#                pressed (busybox acpid runs /etc/acpi/PWRF/00000080 on KEY_POWER)
+#     shell      an interactive shell on the console
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin /run /var/log
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+
+# Drivers, in dependency order; a driver without its device loads fine and stays idle.
+while read -r module; do
+    insmod "/lib/modules/$module" 2>/dev/null
+done </lib/modules/load-order
+
+param() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in
+        "vivarium.$1="*) echo "${word#*=}"; return ;;
+        esac
+    done
+    echo "$2"
+}
+
+result() {
+    echo "VIVARIUM-RESULT $1=$2"
+}
+
+# The errno name of a failed write, from busybox's message.
+errno_name() {
+    case "$1" in
+    *"Read-only file system"*) echo EROFS ;;
+    *"Operation not permitted"*) echo EPERM ;;
+    *"Permission denied"*) echo EACCES ;;
+    *"I/O error"*) echo EIO ;;
+    *"No such"*) echo ENOENT ;;
+    *) echo "other:$(echo "$1" | tr ' ' '_')" ;;
+    esac
+}
+
+# Waits up to 5 s for a device node (drivers probe asynchronously).
+wait_dev() {
+    tries=0
+    while [ ! -e "$1" ] && [ "$tries" -lt 50 ]; do
+        usleep 100000
+        tries=$((tries + 1))
+    done
+}
+
+pattern() {
+    printf 'VIVARIUM-PATTERN %s' "$1" | dd bs=511 conv=sync 2>/dev/null | tr '\000' '.'
+    echo
+}
+
+check_blk_write() {
+    dev="/dev/$(param blk_dev vda)"
+    off=$(param blk_write_off 65536)
+    wait_dev "$dev"
+    pattern "$off" >/tmp/pattern
+    if ! dd if=/tmp/pattern of="$dev" bs=512 seek=$((off / 512)) count=1 \
+        oflag=direct conv=notrunc 2>/tmp/err; then
+        result blk_write "error:$(errno_name "$(cat /tmp/err)")"
+        return
+    fi
+    dd if="$dev" of=/tmp/back bs=512 skip=$((off / 512)) count=1 iflag=direct 2>/dev/null
+    if cmp -s /tmp/pattern /tmp/back; then
+        result blk_write ok
+    else
+        result blk_write mismatch
+    fi
+}
+
+check_blk_ro() {
+    dev="/dev/$(param ro_dev vda)"
+    wait_dev "$dev"
+    if echo x | dd of="$dev" bs=512 count=1 conv=sync,fsync oflag=direct 2>/tmp/err; then
+        result blk_ro writable
+    else
+        result blk_ro "$(errno_name "$(cat /tmp/err)")"
+    fi
+}
+
+check_rng() {
+    wait_dev /dev/hwrng
+    bytes=$(timeout 10 dd if=/dev/hwrng bs=64 count=1 iflag=fullblock 2>/dev/null | wc -c)
+    result rng_bytes "$bytes"
+    source=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
+    result rng_source "${source:-none}"
+}
+
+list_or_none() {
+    list=$(echo $1 | tr ' ' ',')
+    echo "${list:-none}"
+}
+
+check_input() {
+    names=""
+    for name in /sys/class/input/input*/name; do
+        [ -e "$name" ] && names="$names $(tr ' ' '_' <"$name")"
+    done
+    result input_devices "$(list_or_none "$names")"
+}
+
+check_virtio() {
+    ids=""
+    for id in /sys/bus/virtio/devices/*/device; do
+        [ -e "$id" ] && ids="$ids $(($(cat "$id")))"
+    done
+    result virtio_ids "$(list_or_none "$ids")"
+}
+
+check_net() {
+    ifaces=""
+    for iface in /sys/class/net/*; do
+        name=${iface##*/}
+        [ -e "$iface" ] && [ "$name" != lo ] && ifaces="$ifaces $name"
+    done
+    result net_ifaces "$(list_or_none "$ifaces")"
+}
+
+run_check() {
+    case "$1" in
+    uptime) result uptime_s "$(cut -d' ' -f1 /proc/uptime)" ;;
+    cpus) result cpus "$(grep -c ^processor /proc/cpuinfo)" ;;
+    mem) result mem_kib "$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)" ;;
+    blk-sha256)
+        dev="/dev/$(param blk_dev vda)"
+        wait_dev "$dev"
+        sum=$(head -c "$(param blk_len 1048576)" "$dev" | sha256sum)
+        result blk_sha256 "${sum%% *}"
+        ;;
+    blk-size)
+        wait_dev "/dev/$(param blk_dev vda)"
+        result blk_bytes "$(blockdev --getsize64 "/dev/$(param blk_dev vda)" 2>/dev/null)"
+        ;;
+    blk-write) check_blk_write ;;
+    blk-ro) check_blk_ro ;;
+    rng) check_rng ;;
+    net) check_net ;;
+    cdrom-sha256)
+        wait_dev /dev/sr0
+        sum=$(head -c "$(param cd_len 2048)" /dev/sr0 | sha256sum)
+        result cdrom_sha256 "${sum%% *}"
+        ;;
+    input) check_input ;;
+    fb) result fb "$(cat /sys/class/graphics/fb0/name 2>/dev/null || echo none)" ;;
+    virtio) check_virtio ;;
+    *) result "$1" unknown-check ;;
+    esac
+}
+
+acpi_wait() {
+    mkdir -p /etc/acpi/PWRF
+    printf '#!/bin/sh\necho VIVARIUM-GUEST-POWER-BUTTON >/dev/console\npoweroff -f\n' \
+        >/etc/acpi/PWRF/00000080
+    chmod +x /etc/acpi/PWRF/00000080
+    acpid -f -c /etc/acpi -l /dev/null &
+    echo VIVARIUM-GUEST-WAITING
+    while true; do sleep 3600; done
+}
+
+echo VIVARIUM-GUEST-READY
+for check in $(param checks "" | tr ',' ' '); do
+    run_check "$check"
+done
+echo VIVARIUM-GUEST-DONE
+
+case "$(param then poweroff)" in
+reboot) reboot -f ;;
+acpi-wait) acpi_wait ;;
+shell) exec setsid cttyhack sh ;;
+*) poweroff -f ;;
+esac
+# poweroff -f returns only if the machine could not be switched off.
+while true; do sleep 3600; done
