@@ -4,3 +4,4 @@
 pub mod vivarium;
 
 pub mod fixtures;
+pub mod rig;

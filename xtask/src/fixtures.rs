@@ -23,6 +23,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The fixtures in the default cache, built first when missing or out of date.
+pub fn ensure() -> Result<Fixtures, String> {
+    ensure_in(&fixtures::default_dir()?)
+}
+
 fn ensure_in(dir: &std::path::Path) -> Result<Fixtures, String> {
     fixtures::build(dir)
 }

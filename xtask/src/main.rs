@@ -5,11 +5,13 @@
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache.
+//! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
 
 use std::process::ExitCode;
 
 mod bench;
 mod fixtures;
+mod rig;
 mod run;
 mod test;
 mod util;
@@ -21,7 +23,8 @@ fn usage() -> &'static str {
      \x20 run [-- ARGS]  build Vivarium and run it (default: show the VM library)\n\
      \x20 test           install what the tests need, then run fmt, clippy and every test\n\
      \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n\
-     \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n"
+     \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n\
+     \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }
 
 fn main() -> ExitCode {
@@ -33,9 +36,10 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "test" => test::run(rest),
-        "fixtures" => fixtures::run(rest),
         "bench" => bench::run(rest),
         "run" => run::run(rest),
+        "fixtures" => fixtures::run(rest),
+        "rig" => rig::run(rest),
         "help" | "--help" | "-h" => {
             print!("{}", usage());
             Ok(())

@@ -1,0 +1,641 @@
+//! The nested test rig: a machine emulated by QEMU's TCG with an AMD CPU whose Debian kernel
+//! loads `kvm_amd`, giving a genuine `/dev/kvm` in which a VMM boots real guest kernels (the
+//! host's own `/dev/kvm` may be a software hypervisor that cannot; see
+//! `shared/notes/kvm-on-these-machines.md` of the project).
+//!
+//! The logic lives here, in the `vivarium-e2e` library, so that tests call it directly (no
+//! nested `cargo` runs) and `cargo xtask rig` is a thin wrapper around the same code.
+//!
+//! A test describes the run with [`Rig`]: a shell script, the host binaries it needs (copied in
+//! with every library `ldd` lists and the dynamic loader), data files, and files for the script
+//! under `/rig/files`. [`Rig::run`] packs the outer initramfs, boots it, and returns the outer
+//! serial console as timestamped lines ([`RigRun`]), with the script's exit code. The outer
+//! `/init` (`xtask/guest/rig-init.sh`) documents the protocol and the layout inside.
+//!
+//! ```no_run
+//! use vivarium_e2e::{fixtures::Fixtures, rig::Rig};
+//!
+//! let fixtures = Fixtures::locate().expect("cargo xtask fixtures");
+//! let run = Rig::new(&fixtures, "ls /dev/kvm").run().expect("the rig boots");
+//! assert_eq!(run.kvm, Some(true));
+//! assert_eq!(run.exit_code, Some(0), "{}", run.transcript());
+//! ```
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{Cpio, Fixtures, RIG_MODULES};
+
+/// The outer machine's `/init` (busybox sh; its protocol is documented at its top).
+pub const RIG_INIT: &str = include_str!("../../xtask/guest/rig-init.sh");
+
+/// The emulator that runs the outer machine (and, carried inside, the baseline inner VMM).
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Marker of the outer init once the kvm modules are loaded: `VIVARIUM-RIG-READY kvm=yes|no`.
+pub const READY_MARKER: &str = "VIVARIUM-RIG-READY";
+
+/// Marker of the script's end: `VIVARIUM-RIG-EXIT <code>`.
+pub const EXIT_MARKER: &str = "VIVARIUM-RIG-EXIT";
+
+/// Prefix of result lines: `VIVARIUM-RESULT key=value [key=value...]`.
+pub const RESULT_MARKER: &str = "VIVARIUM-RESULT";
+
+/// QEMU's firmware files that a QEMU run inside the rig may need (microvm's qboot, the option
+/// ROMs for direct kernel boot on pc/q35), looked up in QEMU's data folder.
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-microvm.bin",
+    "qboot.rom",
+    "pvh.bin",
+    "linuxboot.bin",
+    "linuxboot_dma.bin",
+    "kvmvapic.bin",
+];
+
+/// A run of the nested rig, described before it starts.
+#[derive(Debug, Clone)]
+pub struct Rig {
+    fixtures: Fixtures,
+    script: String,
+    binaries: Vec<PathBuf>,
+    data: Vec<PathBuf>,
+    files: Vec<(PathBuf, String)>,
+    timeout: Duration,
+    memory_mib: u32,
+    compress: bool,
+    echo: bool,
+}
+
+/// What a rig run printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct RigRun {
+    /// Every line of the outer serial console, with the time since QEMU started.
+    pub lines: Vec<RigLine>,
+    /// Whether the outer machine had `/dev/kvm` (`None`: it never got that far).
+    pub kvm: Option<bool>,
+    /// The script's exit code (`None`: the script never finished).
+    pub exit_code: Option<i32>,
+    /// The run was stopped because it took longer than the timeout.
+    pub timed_out: bool,
+    /// Wall time from starting QEMU to its end.
+    pub elapsed: Duration,
+    /// Size of the outer initramfs in bytes.
+    pub initramfs_bytes: u64,
+    /// What the outer QEMU wrote to stderr (its own errors).
+    pub qemu_stderr: String,
+}
+
+/// One line of the outer console.
+#[derive(Debug, Clone)]
+pub struct RigLine {
+    /// Time since the outer QEMU started.
+    pub at: Duration,
+    /// The line, without its line ending.
+    pub text: String,
+}
+
+impl Rig {
+    /// A rig run of `script` (busybox sh) with the guest fixtures in `/rig/fixtures`, a
+    /// timeout of `$VIVARIUM_RIG_TIMEOUT` seconds (default 300) and 2 GiB of memory. The
+    /// console lines are echoed to stderr as they come when `$VIVARIUM_RIG_ECHO` is `1`.
+    pub fn new(fixtures: &Fixtures, script: &str) -> Rig {
+        let timeout = std::env::var("VIVARIUM_RIG_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300);
+        Rig {
+            fixtures: fixtures.clone(),
+            script: script.to_string(),
+            binaries: Vec::new(),
+            data: Vec::new(),
+            files: Vec::new(),
+            timeout: Duration::from_secs(timeout),
+            memory_mib: 2048,
+            compress: false,
+            echo: std::env::var("VIVARIUM_RIG_ECHO").is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// Carries a host program (a path, or a name looked up on `PATH`) at its host path, with
+    /// the shared libraries `ldd` lists and the dynamic loader.
+    pub fn binary(mut self, program: impl AsRef<Path>) -> Rig {
+        self.binaries.push(program.as_ref().to_path_buf());
+        self
+    }
+
+    /// Carries a host file, or a folder with everything below it, at its host path (symbolic
+    /// links are followed).
+    pub fn data(mut self, path: impl AsRef<Path>) -> Rig {
+        self.data.push(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Carries a host file as `/rig/files/<name>` for the script.
+    pub fn file(mut self, host: impl AsRef<Path>, name: &str) -> Rig {
+        self.files
+            .push((host.as_ref().to_path_buf(), name.to_string()));
+        self
+    }
+
+    /// Carries QEMU (`qemu-system-x86_64` from `PATH`) with its libraries and the firmware it
+    /// needs for `-M microvm` and direct kernel boot, so the script can run it as a VMM.
+    pub fn qemu(mut self) -> Result<Rig, String> {
+        let qemu = find_program(QEMU).ok_or_else(qemu_missing)?;
+        let share = qemu
+            .parent()
+            .and_then(Path::parent)
+            .map(|usr| usr.join("share"))
+            .ok_or("cannot tell QEMU's data folder")?;
+        for firmware in QEMU_FIRMWARE {
+            let path = share.join("qemu").join(firmware);
+            if path.exists() {
+                self.data.push(path);
+            }
+        }
+        let seabios = share.join("seabios");
+        if seabios.is_dir() {
+            self.data.push(seabios);
+        }
+        Ok(self.binary(qemu))
+    }
+
+    /// Stops the run (killing QEMU) after this long.
+    pub fn timeout(mut self, timeout: Duration) -> Rig {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Memory of the outer machine, in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Rig {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Gzip the outer initramfs (smaller, but slower to unpack on the emulated CPU).
+    pub fn compress(mut self, compress: bool) -> Rig {
+        self.compress = compress;
+        self
+    }
+
+    /// Echo the console lines to stderr as they come.
+    pub fn echo(mut self, echo: bool) -> Rig {
+        self.echo = echo;
+        self
+    }
+
+    /// Packs the outer initramfs, boots the rig and waits for the script's end, the machine's
+    /// end or the timeout. An error means the rig could not be set up or started; a failing
+    /// script or a timeout is reported in the [`RigRun`].
+    pub fn run(&self) -> Result<RigRun, String> {
+        let qemu = find_program(QEMU).ok_or_else(qemu_missing)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("vivarium-rig-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        let initramfs = scratch.path().join("rig.cpio");
+        self.write_initramfs(&initramfs)?;
+        let initramfs = if self.compress {
+            let gz = initramfs.with_extension("cpio.gz");
+            crate::fixtures::gzip(&initramfs, &gz)?;
+            gz
+        } else {
+            initramfs
+        };
+        let initramfs_bytes = fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
+        let mut cmd = self.qemu_command(&qemu, &initramfs);
+        let mut run = self.boot(&mut cmd)?;
+        run.initramfs_bytes = initramfs_bytes;
+        Ok(run)
+    }
+
+    fn write_initramfs(&self, path: &Path) -> Result<(), String> {
+        let file =
+            File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut cpio = Packer {
+            cpio: Cpio::new(BufWriter::new(file)),
+            carried: BTreeSet::new(),
+        };
+        cpio.base(&self.fixtures, &self.script)?;
+        for program in &self.binaries {
+            cpio.binary(program)?;
+        }
+        for path in &self.data {
+            cpio.data(path)?;
+        }
+        for (host, name) in &self.files {
+            cpio.add(&format!("rig/files/{name}"), host, 0o644)?;
+        }
+        cpio.cpio
+            .finish()
+            .and_then(|mut out| out.flush())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    fn qemu_command(&self, qemu: &Path, initramfs: &Path) -> Command {
+        let kernel = self
+            .fixtures
+            .vmlinux()
+            .unwrap_or_else(|| self.fixtures.vmlinuz());
+        let cpu = if host_is_intel() {
+            "max,vendor=AuthenticAMD"
+        } else {
+            "max"
+        };
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-accel", "tcg", "-cpu", cpu, "-M", "microvm"])
+            .args(["-m", &self.memory_mib.to_string(), "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initramfs)
+            .args([
+                "-append",
+                "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn boot(&self, cmd: &mut Command) -> Result<RigRun, String> {
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {QEMU}: {e}"))?;
+        let lines = spawn_line_reader(child.stdout.take().expect("stdout is piped"), started);
+        let stderr = spawn_reader(child.stderr.take().expect("stderr is piped"));
+        let mut run = RigRun {
+            lines: Vec::new(),
+            kvm: None,
+            exit_code: None,
+            timed_out: false,
+            elapsed: Duration::ZERO,
+            initramfs_bytes: 0,
+            qemu_stderr: String::new(),
+        };
+        let deadline = started + self.timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(wait) {
+                Ok(line) => {
+                    if self.echo {
+                        eprintln!("rig {:6.2}s| {}", line.at.as_secs_f64(), line.text);
+                    }
+                    run.note(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    run.timed_out = true;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if run.exit_code.is_some() {
+                break;
+            }
+        }
+        // After the exit marker the machine powers off by itself; give it a moment.
+        finish(
+            &mut child,
+            Duration::from_secs(if run.timed_out { 0 } else { 10 }),
+        );
+        run.elapsed = started.elapsed();
+        run.qemu_stderr = stderr.join().unwrap_or_default();
+        Ok(run)
+    }
+}
+
+impl RigRun {
+    /// Records a line, picking up the rig's markers.
+    fn note(&mut self, line: RigLine) {
+        if let Some(rest) = marker_rest(&line.text, READY_MARKER) {
+            self.kvm = Some(rest.trim() == "kvm=yes");
+        }
+        if let Some(rest) = marker_rest(&line.text, EXIT_MARKER) {
+            self.exit_code = rest.trim().parse().ok();
+        }
+        self.lines.push(line);
+    }
+
+    /// Whether the script ran to its end with exit code 0.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+
+    /// Every `key=value` of the `VIVARIUM-RESULT` lines, in order (from the rig script or from
+    /// a guest inside it).
+    pub fn results(&self) -> Vec<(String, String)> {
+        self.lines
+            .iter()
+            .filter_map(|line| marker_rest(&line.text, RESULT_MARKER))
+            .flat_map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The first value of a result key.
+    pub fn result(&self, key: &str) -> Option<String> {
+        self.results()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// When the first line containing `needle` came, since the outer QEMU started.
+    pub fn time_of(&self, needle: &str) -> Option<Duration> {
+        self.lines
+            .iter()
+            .find(|l| l.text.contains(needle))
+            .map(|l| l.at)
+    }
+
+    /// The whole console with timestamps, and QEMU's errors, for assertion messages.
+    pub fn transcript(&self) -> String {
+        let mut text = String::new();
+        for line in &self.lines {
+            text.push_str(&format!("{:7.2}s| {}\n", line.at.as_secs_f64(), line.text));
+        }
+        if self.timed_out {
+            text.push_str(&format!(
+                "(timed out after {:.1} s)\n",
+                self.elapsed.as_secs_f64()
+            ));
+        }
+        if !self.qemu_stderr.trim().is_empty() {
+            text.push_str(&format!("qemu stderr:\n{}\n", self.qemu_stderr.trim_end()));
+        }
+        text
+    }
+}
+
+/// The text after `marker` when the line contains it (guest consoles may prefix lines).
+fn marker_rest<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    let at = line.find(marker)?;
+    let rest = &line[at + marker.len()..];
+    (rest.is_empty() || rest.starts_with(' ')).then_some(rest)
+}
+
+/// Adds files to the outer initramfs, each path once.
+struct Packer<W: Write> {
+    cpio: Cpio<W>,
+    carried: BTreeSet<String>,
+}
+
+impl<W: Write> Packer<W> {
+    fn base(&mut self, fixtures: &Fixtures, script: &str) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("cannot write the rig initramfs: {e}");
+        self.cpio.base_layout().map_err(io)?;
+        self.cpio
+            .file("init", 0o755, RIG_INIT.as_bytes())
+            .map_err(io)?;
+        self.cpio.symlink("bin/sh", "busybox").map_err(io)?;
+        self.cpio
+            .file("rig/script.sh", 0o755, script.as_bytes())
+            .map_err(io)?;
+        self.add("bin/busybox", &fixtures.busybox(), 0o755)?;
+        let mut order = String::new();
+        for module in fixtures.modules_in_load_order(RIG_MODULES)? {
+            let name = module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.add(&format!("rig/modules/{name}"), &module, 0o644)?;
+            order.push_str(&format!("{name}\n"));
+        }
+        self.cpio
+            .file("rig/modules/load-order", 0o644, order.as_bytes())
+            .map_err(io)?;
+        self.add("rig/fixtures/vmlinuz", &fixtures.vmlinuz(), 0o644)?;
+        self.add(
+            "rig/fixtures/guest-initramfs.cpio.gz",
+            &fixtures.guest_initramfs(),
+            0o644,
+        )
+    }
+
+    /// A program at its path, its libraries at theirs.
+    fn binary(&mut self, program: &Path) -> Result<(), String> {
+        let path = if program.components().count() > 1 {
+            program.to_path_buf()
+        } else {
+            find_program(&program.to_string_lossy())
+                .ok_or_else(|| format!("`{}` is not on PATH", program.display()))?
+        };
+        self.add(&path.to_string_lossy(), &path, 0o755)?;
+        for library in shared_libraries(&path)? {
+            self.add(&library.to_string_lossy(), &library, 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// A file, or a folder recursively, at its host path.
+    fn data(&mut self, path: &Path) -> Result<(), String> {
+        if path.is_dir() {
+            let entries =
+                fs::read_dir(path).map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+            for entry in entries.filter_map(|e| e.ok()) {
+                self.data(&entry.path())?;
+            }
+            Ok(())
+        } else {
+            self.add(&path.to_string_lossy(), path, 0o644)
+        }
+    }
+
+    fn add(&mut self, name: &str, source: &Path, mode: u32) -> Result<(), String> {
+        let name = name.trim_start_matches('/').to_string();
+        if !self.carried.insert(name.clone()) {
+            return Ok(());
+        }
+        self.cpio
+            .file_from(&name, mode, source)
+            .map_err(|e| format!("cannot carry {} into the rig: {e}", source.display()))
+    }
+}
+
+/// The libraries `ldd` lists for a program, and its dynamic loader; none for a static one.
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| format!("cannot run ldd (install libc-bin): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Ok(Vec::new()); // "not a dynamic executable"
+    }
+    let mut libraries = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            return Err(format!(
+                "{} needs a library that is missing: {}",
+                program.display(),
+                line.trim()
+            ));
+        }
+        let path = match line.split_once("=>") {
+            Some((_, target)) => target.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            libraries.push(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}
+
+/// A program on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why the rig cannot run here, or `None` when it can: QEMU must be installed.
+pub fn missing_prerequisite() -> Option<String> {
+    find_program(QEMU).is_none().then(qemu_missing)
+}
+
+fn qemu_missing() -> String {
+    format!("{QEMU} is not on PATH: install the Debian package qemu-system-x86")
+}
+
+fn host_is_intel() -> bool {
+    fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.contains("GenuineIntel"))
+}
+
+/// Lines of a stream as they come, each with the time since `started`.
+fn spawn_line_reader(
+    mut stream: impl Read + Send + 'static,
+    started: Instant,
+) -> mpsc::Receiver<RigLine> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let raw: Vec<u8> = pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .replace('\r', "");
+                let line = RigLine {
+                    at: started.elapsed(),
+                    text,
+                };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let text = String::from_utf8_lossy(&pending).replace('\r', "");
+            let _ = tx.send(RigLine {
+                at: started.elapsed(),
+                text,
+            });
+        }
+    });
+    rx
+}
+
+/// All of a stream, read on a thread.
+fn spawn_reader(mut stream: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits up to `grace` for QEMU to exit, then kills it.
+fn finish(child: &mut Child, grace: Duration) {
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(lines: &[&str]) -> RigRun {
+        let mut run = RigRun {
+            lines: Vec::new(),
+            kvm: None,
+            exit_code: None,
+            timed_out: false,
+            elapsed: Duration::ZERO,
+            initramfs_bytes: 0,
+            qemu_stderr: String::new(),
+        };
+        for (i, text) in lines.iter().enumerate() {
+            run.note(RigLine {
+                at: Duration::from_secs(i as u64),
+                text: text.to_string(),
+            });
+        }
+        run
+    }
+
+    #[test]
+    fn markers_and_results_are_parsed() {
+        let run = run_of(&[
+            "[    1.0] some kernel line",
+            "VIVARIUM-RIG-READY kvm=yes",
+            "VIVARIUM-RESULT cpus=2 mem_kib=123",
+            "noise VIVARIUM-RESULT blk_sha256=abc",
+            "VIVARIUM-RESULTS not=this",
+            "VIVARIUM-RIG-EXIT 3",
+        ]);
+        assert_eq!(run.kvm, Some(true));
+        assert_eq!(run.exit_code, Some(3));
+        assert!(!run.succeeded());
+        assert_eq!(run.result("cpus").as_deref(), Some("2"));
+        assert_eq!(run.result("mem_kib").as_deref(), Some("123"));
+        assert_eq!(run.result("blk_sha256").as_deref(), Some("abc"));
+        assert_eq!(run.result("not"), None);
+        assert_eq!(run.time_of("RIG-EXIT"), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn ldd_of_a_dynamic_program_includes_libc_and_the_loader() {
+        let Some(sh) = find_program("sh") else { return };
+        let libraries = shared_libraries(&sh).unwrap();
+        if libraries.is_empty() {
+            return; // a static shell
+        }
+        assert!(
+            libraries
+                .iter()
+                .any(|l| l.to_string_lossy().contains("libc.so"))
+        );
+        assert!(
+            libraries
+                .iter()
+                .any(|l| l.to_string_lossy().contains("ld-linux"))
+        );
+    }
+}

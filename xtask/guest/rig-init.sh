@@ -1,0 +1,56 @@
+#!/bin/sh
+# Vivarium nested test rig: the /init of the outer machine (busybox sh).
+#
+# The rig is a machine run by QEMU's software emulator (TCG) with an emulated AMD CPU; the
+# Debian kernel's kvm_amd module gives it a genuine /dev/kvm, so a VMM run inside it boots real
+# guest kernels (see vivarium_e2e::rig). Built by vivarium_e2e::rig into rig.cpio.
+#
+# Layout of the outer initramfs:
+#   /rig/modules/*.ko, /rig/modules/load-order   the kvm modules, in dependency order
+#   /rig/script.sh                                the script under test (run with sh)
+#   /rig/fixtures/                                guest fixtures (vmlinuz, guest-initramfs.cpio.gz)
+#   /rig/files/                                   files the caller carried in
+#   carried binaries, their libraries and data at their host paths
+#
+# Protocol on the console (ttyS0), each marker at the start of its own line:
+#   VIVARIUM-RIG-READY kvm=yes|no   modules loaded; whether /dev/kvm exists
+#   ...                             whatever the script prints (its stdout and stderr)
+#   VIVARIUM-RIG-EXIT <code>        the script's exit code; the machine powers off next
+#
+# The script runs in /rig/work (a tmpfs) with PATH set and these variables:
+#   VIVARIUM_GUEST_KERNEL, VIVARIUM_GUEST_INITRD   the guest fixtures
+#   VIVARIUM_RIG_FILES                              /rig/files
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin /run /var/tmp
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/bin
+export HOME=/root TMPDIR=/tmp
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /rig/work
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+exec </dev/null >/dev/console 2>&1
+
+while read -r module; do
+    insmod "/rig/modules/$module" || echo "rig: could not load $module"
+done </rig/modules/load-order
+
+if [ -c /dev/kvm ]; then
+    echo "VIVARIUM-RIG-READY kvm=yes"
+else
+    echo "VIVARIUM-RIG-READY kvm=no"
+    dmesg | grep -i -e kvm -e svm | tail -n 5
+fi
+
+export VIVARIUM_GUEST_KERNEL=/rig/fixtures/vmlinuz
+export VIVARIUM_GUEST_INITRD=/rig/fixtures/guest-initramfs.cpio.gz
+export VIVARIUM_RIG_FILES=/rig/files
+cd /rig/work
+sh /rig/script.sh
+echo "VIVARIUM-RIG-EXIT $?"
+sync
+poweroff -f
+while true; do sleep 3600; done

@@ -1,0 +1,128 @@
+//! `cargo xtask rig`: runs a shell script inside the nested test rig (an emulated AMD machine
+//! with a real `/dev/kvm`) and prints its console.
+//!
+//! The rig itself is `vivarium_e2e::rig`, shared with the tests; this command builds the guest
+//! fixtures when needed, parses the arguments and passes the script's exit code on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vivarium_e2e::rig::Rig;
+
+const USAGE: &str = "usage: cargo xtask rig [--qemu] [--bin PROGRAM]... [--data PATH]... \
+                     [--file PATH[:NAME]]... [--timeout SECONDS] [--gzip] -- SCRIPT\n\
+                     \n\
+                     SCRIPT is a file, or else the words after `--` as one shell command.\n\
+                     --qemu carries qemu-system-x86_64 and its firmware in; --bin a host \
+                     program with its libraries; --data a file or folder at its host path; \
+                     --file a file as /rig/files/NAME.";
+
+/// Options of `cargo xtask rig`.
+#[derive(Default)]
+struct Options {
+    qemu: bool,
+    binaries: Vec<String>,
+    data: Vec<String>,
+    files: Vec<(String, String)>,
+    timeout: Option<u64>,
+    gzip: bool,
+    script: String,
+}
+
+/// Entry point of `cargo xtask rig ... -- SCRIPT`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let options = parse(args)?;
+    let fixtures = crate::fixtures::ensure()?;
+    let mut rig = Rig::new(&fixtures, &options.script)
+        .echo(true)
+        .compress(options.gzip);
+    if options.qemu {
+        rig = rig.qemu()?;
+    }
+    for program in &options.binaries {
+        rig = rig.binary(program);
+    }
+    for path in &options.data {
+        rig = rig.data(path);
+    }
+    for (path, name) in &options.files {
+        rig = rig.file(path, name);
+    }
+    if let Some(seconds) = options.timeout {
+        rig = rig.timeout(Duration::from_secs(seconds));
+    }
+    let run = rig.run()?;
+    eprintln!(
+        "rig: {:.1} s, initramfs {:.1} MB, kvm={}, exit={}",
+        run.elapsed.as_secs_f64(),
+        run.initramfs_bytes as f64 / 1e6,
+        run.kvm.map_or("unknown", |k| if k { "yes" } else { "no" }),
+        run.exit_code.map_or("none".into(), |c| c.to_string()),
+    );
+    if !run.qemu_stderr.trim().is_empty() {
+        eprintln!("rig: qemu stderr:\n{}", run.qemu_stderr.trim_end());
+    }
+    match (run.timed_out, run.exit_code) {
+        (true, _) => Err("the rig timed out (raise it with --timeout)".into()),
+        (false, Some(0)) => Ok(()),
+        (false, Some(code)) => Err(format!("the rig script exited with code {code}")),
+        (false, None) => Err("the rig stopped before the script finished".into()),
+    }
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .cloned()
+                .ok_or(format!("{arg} needs a value\n\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--qemu" => options.qemu = true,
+            "--gzip" => options.gzip = true,
+            "--bin" => options.binaries.push(value()?),
+            "--data" => options.data.push(value()?),
+            "--file" => options.files.push(file_spec(&value()?)),
+            "--timeout" => {
+                let v = value()?;
+                options.timeout = Some(v.parse().map_err(|_| format!("bad --timeout {v}"))?);
+            }
+            "--" => break,
+            other => return Err(format!("unknown option {other}\n\n{USAGE}")),
+        }
+    }
+    let rest: Vec<&String> = args.collect();
+    options.script = match rest.as_slice() {
+        [] => return Err(format!("no script\n\n{USAGE}")),
+        [one] if PathBuf::from(one).is_file() => std::fs::read_to_string(one)
+            .map_err(|e| format!("cannot read the script {one}: {e}"))?,
+        words => words
+            .iter()
+            .map(|w| w.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    Ok(options)
+}
+
+/// `PATH[:NAME]`: NAME defaults to the file's name.
+fn file_spec(spec: &str) -> (String, String) {
+    match spec.rsplit_once(':') {
+        Some((path, name)) if !name.is_empty() && !name.contains('/') => {
+            (path.to_string(), name.to_string())
+        }
+        _ => {
+            let name = PathBuf::from(spec)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| spec.to_string());
+            (spec.to_string(), name)
+        }
+    }
+}
