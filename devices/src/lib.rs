@@ -21,6 +21,7 @@
 //!   [`IrqLine`] the backend implements.
 #![deny(missing_docs)]
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod error;
 pub mod i8042;
