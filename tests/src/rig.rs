@@ -70,6 +70,7 @@ pub struct Rig {
     memory_mib: u32,
     compress: bool,
     echo: bool,
+    kernel_log: bool,
 }
 
 /// What a rig run printed and how it ended.
@@ -103,7 +104,8 @@ pub struct RigLine {
 impl Rig {
     /// A rig run of `script` (busybox sh) with the guest fixtures in `/rig/fixtures`, a
     /// timeout of `$VIVARIUM_RIG_TIMEOUT` seconds (default 300) and 2 GiB of memory. The
-    /// console lines are echoed to stderr as they come when `$VIVARIUM_RIG_ECHO` is `1`.
+    /// console lines are echoed to stderr as they come when `$VIVARIUM_RIG_ECHO` is `1`, and
+    /// the outer kernel logs to the console when `$VIVARIUM_RIG_KERNEL_LOG` is `1`.
     pub fn new(fixtures: &Fixtures, script: &str) -> Rig {
         let timeout = std::env::var("VIVARIUM_RIG_TIMEOUT")
             .ok()
@@ -119,6 +121,7 @@ impl Rig {
             memory_mib: 2048,
             compress: false,
             echo: std::env::var("VIVARIUM_RIG_ECHO").is_ok_and(|v| v == "1"),
+            kernel_log: std::env::var("VIVARIUM_RIG_KERNEL_LOG").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -180,6 +183,13 @@ impl Rig {
     /// Gzip the outer initramfs (smaller, but slower to unpack on the emulated CPU).
     pub fn compress(mut self, compress: bool) -> Rig {
         self.compress = compress;
+        self
+    }
+
+    /// Let the outer kernel log to the console (for debugging the rig itself; the default is
+    /// quiet, or `$VIVARIUM_RIG_KERNEL_LOG=1`).
+    pub fn kernel_log(mut self, kernel_log: bool) -> Rig {
+        self.kernel_log = kernel_log;
         self
     }
 
@@ -256,14 +266,28 @@ impl Rig {
             .arg(kernel)
             .arg("-initrd")
             .arg(initramfs)
-            .args([
-                "-append",
-                "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
-            ])
+            .arg("-append")
+            .arg(self.kernel_command_line())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
+    }
+
+    /// The outer kernel's command line. Under a loaded emulator the kernel's TSC calibration
+    /// fails now and then and the boot hangs; giving it the host's TSC rate (which is what TCG's
+    /// TSC counts at) and trusting the TSC avoids that.
+    fn kernel_command_line(&self) -> String {
+        let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init");
+        line.push_str(if self.kernel_log {
+            " loglevel=7"
+        } else {
+            " quiet loglevel=3"
+        });
+        if let Some(khz) = host_tsc_khz() {
+            line.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        }
+        line
     }
 
     fn boot(&self, cmd: &mut Command) -> Result<RigRun, String> {
@@ -510,6 +534,26 @@ pub fn missing_prerequisite() -> Option<String> {
 
 fn qemu_missing() -> String {
     format!("{QEMU} is not on PATH: install the Debian package qemu-system-x86")
+}
+
+/// The host's TSC rate in kHz: the kernel's own figure when it exports it, else the first
+/// CPU's clock from /proc/cpuinfo.
+fn host_tsc_khz() -> Option<u64> {
+    let exported = fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    exported.or_else(|| {
+        let info = fs::read_to_string("/proc/cpuinfo").ok()?;
+        let mhz: f64 = info
+            .lines()
+            .find(|l| l.starts_with("cpu MHz"))?
+            .split_once(':')?
+            .1
+            .trim()
+            .parse()
+            .ok()?;
+        Some((mhz * 1000.0) as u64).filter(|&khz| khz > 0)
+    })
 }
 
 fn host_is_intel() -> bool {

@@ -10,12 +10,13 @@ use std::time::Duration;
 use vivarium_e2e::rig::Rig;
 
 const USAGE: &str = "usage: cargo xtask rig [--qemu] [--bin PROGRAM]... [--data PATH]... \
-                     [--file PATH[:NAME]]... [--timeout SECONDS] [--gzip] -- SCRIPT\n\
+                     [--file PATH[:NAME]]... [--timeout SECONDS] [--gzip] [--kernel-log] -- SCRIPT\n\
                      \n\
                      SCRIPT is a file, or else the words after `--` as one shell command.\n\
                      --qemu carries qemu-system-x86_64 and its firmware in; --bin a host \
                      program with its libraries; --data a file or folder at its host path; \
-                     --file a file as /rig/files/NAME.";
+                     --file a file as /rig/files/NAME; --gzip compresses the outer initramfs; \
+                     --kernel-log lets the outer kernel log to the console.";
 
 /// Options of `cargo xtask rig`.
 #[derive(Default)]
@@ -26,6 +27,7 @@ struct Options {
     files: Vec<(String, String)>,
     timeout: Option<u64>,
     gzip: bool,
+    kernel_log: bool,
     script: String,
 }
 
@@ -39,7 +41,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let fixtures = crate::fixtures::ensure()?;
     let mut rig = Rig::new(&fixtures, &options.script)
         .echo(true)
-        .compress(options.gzip);
+        .compress(options.gzip)
+        .kernel_log(options.kernel_log);
     if options.qemu {
         rig = rig.qemu()?;
     }
@@ -86,6 +89,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         match arg.as_str() {
             "--qemu" => options.qemu = true,
             "--gzip" => options.gzip = true,
+            "--kernel-log" => options.kernel_log = true,
             "--bin" => options.binaries.push(value()?),
             "--data" => options.data.push(value()?),
             "--file" => options.files.push(file_spec(&value()?)),
