@@ -8,8 +8,9 @@ use std::process::Command;
 use crate::util::{self, ensure_apt_packages, workspace_root};
 
 /// Debian packages the tests use: `qemu-utils` gives `qemu-img`, which checks the qcow2 images
-/// Vivarium writes (`qemu-img check`, `qemu-img compare`).
-const APT_PACKAGES: &[&str] = &["qemu-utils"];
+/// Vivarium writes (`qemu-img check`, `qemu-img compare`); `qemu-system-x86` runs the nested
+/// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux.
+const APT_PACKAGES: &[&str] = &["qemu-utils", "qemu-system-x86", "xz-utils"];
 
 /// Entry point of `cargo xtask test`. `--no-install` skips the package step (for machines set
 /// up by hand).
@@ -36,8 +37,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ])?;
     // The end-to-end tests run the `vivarium` binary, so it is built first.
     step(&["build", "--workspace"])?;
+    // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
+    crate::fixtures::ensure()?;
     step(&["test", "--workspace", "--no-fail-fast"])?;
     eprintln!("xtask: the whole suite passed");
     Ok(())
 }
-
