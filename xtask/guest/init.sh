@@ -199,6 +199,12 @@ acpi_wait() {
         >/etc/acpi/PWRF/00000080
     chmod +x /etc/acpi/PWRF/00000080
     acpid -f -c /etc/acpi -l /dev/null &
+    # Announce the wait only once acpid listens, so that an early press is not lost.
+    tries=0
+    while ! ls -l "/proc/$!/fd" 2>/dev/null | grep -q /dev/input/event && [ "$tries" -lt 50 ]; do
+        usleep 100000
+        tries=$((tries + 1))
+    done
     echo VIVARIUM-GUEST-WAITING
     while true; do sleep 3600; done
 }
