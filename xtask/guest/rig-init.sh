@@ -24,7 +24,7 @@
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin /run /var/tmp
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/bin
-export HOME=/root TMPDIR=/tmp
+export HOME=/tmp TMPDIR=/tmp
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
