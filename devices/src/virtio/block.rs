@@ -414,13 +414,14 @@ impl Block {
     }
 
     /// Process the request queue once (used by tests and the fuzzer without a transport).
+    /// Returns whether work remains.
     #[doc(hidden)]
     pub fn process_queue_raw(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         interrupt: &dyn VirtioInterrupt,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         super::process_available(queue, mem, 0, interrupt, |chain| {
             self.handle_chain(mem, chain)
         })
@@ -496,12 +497,12 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<()> {
+    fn process_queue(&mut self, index: usize) -> Result<bool> {
         if index != 0 {
-            return Ok(());
+            return Ok(false);
         }
         let Some(mut active) = self.active.take() else {
-            return Ok(());
+            return Ok(false);
         };
         let mem = active.memory.clone();
         let r = self.process_queue_raw(&mut active.queue, &mem, &*active.interrupt);
@@ -853,7 +854,6 @@ mod tests {
         let mem = memory();
         header(&mem, VIRTIO_BLK_T_IN, 1);
         let table = 0x7_0000u64;
-        let vq = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
         let entries = [
             desc(HDR, 16, F_NEXT, 1),
             desc(DATA, 512, F_WRITE | F_NEXT, 2),
@@ -864,7 +864,6 @@ mod tests {
                 .unwrap();
         }
         let q = queue_with(&mem, &[desc(table, 48, F_INDIRECT, 0)], 0);
-        let _ = vq;
         assert_eq!(run(&mut dev, &mem, q), (VIRTIO_BLK_S_OK, 513));
         let mut got = vec![0u8; 512];
         mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
@@ -881,20 +880,19 @@ mod tests {
         let (mut dev, _f, _) = block(false);
         let mem = memory();
         header(&mem, VIRTIO_BLK_T_FLUSH, 0);
-        let vq = virtio_queue::mock::MockSplitQueue::new(&*mem, 16);
+        let mut q = queue_with(&mem, &[], 0);
         for i in 0..4u16 {
-            vq.desc_table()
-                .store(2 * i, desc(HDR, 16, F_NEXT, 2 * i + 1))
+            let d0 = desc(HDR, 16, F_NEXT, 2 * i + 1);
+            let d1 = desc(STATUS, 1, F_WRITE, 0);
+            mem.write_obj(d0, GuestAddress(32 * u64::from(i))).unwrap();
+            mem.write_obj(d1, GuestAddress(32 * u64::from(i) + 16))
                 .unwrap();
-            vq.desc_table()
-                .store(2 * i + 1, desc(STATUS, 1, F_WRITE, 0))
+            mem.write_obj(2 * i, GuestAddress(AVAIL_RING + 4 + 2 * u64::from(i)))
                 .unwrap();
-            vq.avail().ring().ref_at(i as usize).unwrap().store(2 * i);
         }
-        vq.avail().idx().store(4);
-        let mut q: Queue = vq.create_queue().unwrap();
+        mem.write_obj(4u16, GuestAddress(AVAIL_RING + 2)).unwrap();
         let irq = CountingInterrupt::default();
-        dev.process_queue_raw(&mut q, &mem, &irq).unwrap();
+        assert!(!dev.process_queue_raw(&mut q, &mem, &irq).unwrap());
         assert_eq!(used_idx(&mem), 4);
         assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
         assert_eq!(q.next_used(), 4);

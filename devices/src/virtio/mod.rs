@@ -10,8 +10,11 @@ pub mod rng;
 
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
+
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::{Error, GuestMemoryMmap, Result};
 
@@ -80,9 +83,10 @@ pub trait VirtioDevice: Send {
         features: u64,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<()>;
-    /// The driver notified queue `index`: process its available buffers. An error puts the
+    /// The driver notified queue `index`: process its available buffers. Returns whether
+    /// work remains (the per-call budget ran out; call again later). An error puts the
     /// device in DEVICE_NEEDS_RESET.
-    fn process_queue(&mut self, index: usize) -> Result<()>;
+    fn process_queue(&mut self, index: usize) -> Result<bool>;
     /// Return to the pre-activation state, dropping the queues.
     fn reset(&mut self);
 }
@@ -121,30 +125,78 @@ pub(crate) fn collect_chain(
     }
 }
 
-/// Pop every available chain of `queue`, hand it to `handle` (which returns the number of
-/// bytes written to the chain's buffers), put it in the used ring and signal the driver
-/// as the notification suppression rules require. Errors mean the queue itself is broken
-/// (rings outside memory, bogus indices): the device then needs a reset.
+/// Most chains handled in one [`process_available`] call, per queue entry.
+pub(crate) const CHAIN_BUDGET_PER_ENTRY: usize = 32;
+
+/// Whether `[a.0, a.0 + a.1)` and `[b.0, b.0 + b.1)` intersect (computed without overflow).
+fn ranges_overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    let a_end = u128::from(a.0) + u128::from(a.1);
+    let b_end = u128::from(b.0) + u128::from(b.1);
+    u128::from(a.0) < b_end && u128::from(b.0) < a_end
+}
+
+/// Refuse rings the device would write over the driver's own structures: a used ring that
+/// overlaps the available ring or the descriptor table lets the device's completions
+/// rewrite the driver's requests (found by fuzzing: a used ring on top of the available
+/// ring keeps moving `avail.idx` ahead of the device, an endless loop).
+pub(crate) fn check_ring_layout(queue: &Queue) -> Result<()> {
+    let size = u64::from(queue.size());
+    let desc = (queue.desc_table(), 16 * size);
+    let avail = (queue.avail_ring(), 6 + 2 * size);
+    let used = (queue.used_ring(), 6 + 8 * size);
+    if ranges_overlap(used, avail) || ranges_overlap(used, desc) {
+        return Err(Error::NeedsReset(
+            "used ring overlaps the available ring or descriptor table".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Pop the available chains of `queue`, hand each to `handle` (which returns the number
+/// of bytes written to the chain's buffers), put it in the used ring and signal the driver
+/// as the notification suppression rules require.
+///
+/// At most `CHAIN_BUDGET_PER_ENTRY * queue size` chains are handled per call, so a
+/// guest cannot keep a vCPU thread in here forever; `Ok(true)` means work remains and the
+/// caller should call again later (the driver is also asked to notify on its next
+/// submission). Errors mean the queue itself is broken (rings outside memory or
+/// overlapping, bogus indices): the device then needs a reset.
 pub(crate) fn process_available<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     index: usize,
     interrupt: &dyn VirtioInterrupt,
     mut handle: F,
-) -> Result<()>
+) -> Result<bool>
 where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
     let broken = |e: virtio_queue::Error| Error::NeedsReset(format!("queue {index}: {e}"));
     if !queue.ready() {
-        return Ok(());
+        return Ok(false);
     }
+    // Rings must lie in guest memory (the transport checks this at DRIVER_OK; checking
+    // here keeps every caller safe): an unreadable available-ring entry would otherwise
+    // look like "no chain" while `avail.idx` says there is one.
+    if !queue.is_valid(mem) {
+        return Err(Error::NeedsReset(format!(
+            "queue {index}: rings outside guest memory"
+        )));
+    }
+    check_ring_layout(queue)?;
+    let budget = usize::from(queue.size()).saturating_mul(CHAIN_BUDGET_PER_ENTRY);
     let mut used = 0usize;
-    loop {
+    let mut more = false;
+    'outer: loop {
         if queue.event_idx_enabled() {
             queue.disable_notification(mem).map_err(broken)?;
         }
+        let used_before = used;
         loop {
+            if used == budget {
+                more = true;
+                break 'outer;
+            }
             let chain = queue.iter(mem).map_err(broken)?.next();
             let Some(chain) = chain else { break };
             let head = chain.head_index();
@@ -155,11 +207,31 @@ where
         if !queue.event_idx_enabled() || !queue.enable_notification(mem).map_err(broken)? {
             break;
         }
+        if used == used_before {
+            // The driver says there is work but no chain could be taken: never spin.
+            return Err(Error::NeedsReset(format!(
+                "queue {index}: available ring inconsistent"
+            )));
+        }
+    }
+    if more {
+        tracing::debug!(index, used, "queue budget exhausted; work remains");
+        if queue.event_idx_enabled() {
+            // Ask for a notification on the driver's next submission: avail_event = the
+            // current avail.idx (the driver kicks when it moves past it).
+            let avail_idx = queue.avail_idx(mem, Ordering::Acquire).map_err(broken)?;
+            let event = queue
+                .used_ring()
+                .checked_add(4 + 8 * u64::from(queue.size()))
+                .ok_or_else(|| Error::NeedsReset("used ring address overflow".into()))?;
+            mem.store(avail_idx.0.to_le(), GuestAddress(event), Ordering::Release)
+                .map_err(|e| Error::NeedsReset(format!("queue {index}: {e}")))?;
+        }
     }
     if used > 0 && queue.needs_notification(mem).map_err(broken)? {
         interrupt.signal_queue(index);
     }
-    Ok(())
+    Ok(more)
 }
 
 #[cfg(test)]
@@ -171,7 +243,6 @@ pub(crate) mod testutil {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     pub const MEM_SIZE: usize = 0x10_0000;
@@ -205,16 +276,36 @@ pub(crate) mod testutil {
         RawDescriptor::from(Descriptor::new(addr, len, flags, next))
     }
 
-    /// Write `descs` at the start of the descriptor table of a 16-entry queue at 0x0,
-    /// publish one chain whose head is `head`, and return a ready queue.
+    /// Layout of the 16-entry test queue: descriptor table, available ring, used ring.
+    /// (virtio-queue's mock places its used ring over the tail of its available ring,
+    /// which the device now refuses, so the tests lay the rings out themselves.)
+    pub const DESC_TABLE: u64 = 0x0;
+    /// Available ring of the test queue.
+    pub const AVAIL_RING: u64 = 0x100;
+    /// Used ring of the test queue.
+    pub const USED_RING: u64 = 0x200;
+
+    /// Write `descs` at the start of the descriptor table of a 16-entry queue, publish one
+    /// chain whose head is `head`, and return a ready queue (used ring cleared).
     pub fn queue_with(mem: &GuestMemoryMmap, descs: &[RawDescriptor], head: u16) -> Queue {
-        let vq = MockSplitQueue::new(mem, 16);
         for (i, d) in descs.iter().enumerate() {
-            vq.desc_table().store(i as u16, *d).unwrap();
+            mem.write_obj(*d, GuestAddress(DESC_TABLE + 16 * i as u64))
+                .unwrap();
         }
-        vq.avail().ring().ref_at(0).unwrap().store(head);
-        vq.avail().idx().store(1);
-        vq.create_queue().unwrap()
+        mem.write_slice(&[0u8; 0x100], GuestAddress(AVAIL_RING))
+            .unwrap();
+        mem.write_slice(&[0u8; 0x100], GuestAddress(USED_RING))
+            .unwrap();
+        mem.write_obj(head.to_le(), GuestAddress(AVAIL_RING + 4))
+            .unwrap();
+        mem.write_obj(1u16.to_le(), GuestAddress(AVAIL_RING + 2))
+            .unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        q.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        q.set_ready(true);
+        q
     }
 
     /// A queue with `descs` linked in order (NEXT set on all but the last).
@@ -231,11 +322,8 @@ pub(crate) mod testutil {
         queue_with(mem, &raw, 0)
     }
 
-    /// Address of the used ring of the 16-entry mock queue at 0x0 (computed on scratch
-    /// memory: building a mock over the real memory would reset the ring indices).
     fn used_addr() -> GuestAddress {
-        let scratch = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        MockSplitQueue::new(&scratch, 16).used_addr()
+        GuestAddress(USED_RING)
     }
 
     /// The `(id, len)` used-ring entry number `n` of the 16-entry queue at 0x0.
@@ -291,10 +379,7 @@ mod tests {
         let irq = CountingInterrupt::default();
         // Available index far ahead of what the queue size allows.
         let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
-        virtio_queue::mock::MockSplitQueue::new(&*mem, 16)
-            .avail()
-            .idx()
-            .store(100);
+        mem.write_obj(100u16, GuestAddress(AVAIL_RING + 2)).unwrap();
         let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
         assert!(matches!(r, Err(Error::NeedsReset(_))));
         // A head index outside the table cannot be returned in the used ring.
@@ -314,6 +399,75 @@ mod tests {
             0,
             "no interrupt for broken queues"
         );
+    }
+
+    /// The fuzzer's second hang: with EVENT_IDX, an available ring whose index is
+    /// readable but whose entries lie past the end of memory looked like "more work, but
+    /// no chain" forever.
+    #[test]
+    fn avail_ring_straddling_memory_end_is_refused() {
+        let mem = memory();
+        let irq = CountingInterrupt::default();
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
+        q.set_event_idx(true);
+        let at = MEM_SIZE as u64 - 4;
+        mem.write_obj(5u16, GuestAddress(at + 2)).unwrap();
+        q.set_avail_ring_address(Some(at as u32), Some(0));
+        let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
+        assert!(matches!(r, Err(Error::NeedsReset(_))));
+    }
+
+    /// The fuzzer's hang: the used ring on top of the available ring makes every
+    /// completion publish a new available entry.
+    #[test]
+    fn used_ring_over_avail_ring_is_refused() {
+        let mem = memory();
+        let irq = CountingInterrupt::default();
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
+        let avail = q.avail_ring();
+        q.set_used_ring_address(Some(avail as u32), Some(0));
+        q.set_next_avail(u16::MAX);
+        let r = process_available(&mut q, &mem, 0, &irq, |_| 0);
+        assert!(matches!(r, Err(Error::NeedsReset(_))));
+        // Used ring over the descriptor table too.
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
+        let desc = q.desc_table();
+        q.set_used_ring_address(Some(desc as u32 + 16), Some(0));
+        assert!(process_available(&mut q, &mem, 0, &irq, |_| 0).is_err());
+        // Touching but not overlapping is fine.
+        assert!(!ranges_overlap((0, 16), (16, 16)));
+        assert!(ranges_overlap((u64::MAX - 1, 16), (u64::MAX, 1)));
+    }
+
+    /// A driver that keeps the avail index ahead (here: the handler itself re-publishes
+    /// the chain, as a guest's data buffer aimed at the avail ring could) is cut off after
+    /// the budget, with a pending-work signal and avail_event set to the avail index.
+    #[test]
+    fn budget_bounds_one_call() {
+        let mem = memory();
+        let irq = CountingInterrupt::default();
+        let mut q = queue_chain(&mem, &[(0x1000, 1, 0)]);
+        q.set_event_idx(true);
+        let avail = q.avail_ring();
+        let mut handled = 0usize;
+        let more = process_available(&mut q, &mem, 0, &irq, |_| {
+            handled += 1;
+            let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap();
+            let slot = avail + 4 + 2 * u64::from(idx % 16);
+            mem.write_obj(0u16, GuestAddress(slot)).unwrap();
+            mem.write_obj(idx.wrapping_add(1), GuestAddress(avail + 2))
+                .unwrap();
+            0
+        })
+        .unwrap();
+        assert!(more);
+        assert_eq!(handled, 16 * CHAIN_BUDGET_PER_ENTRY);
+        let avail_idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        let event: u16 = mem
+            .read_obj(GuestAddress(q.used_ring() + 4 + 8 * 16))
+            .unwrap();
+        assert_eq!(event, avail_idx);
+        assert_eq!(irq.queue.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
 

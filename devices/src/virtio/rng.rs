@@ -111,13 +111,14 @@ impl Rng {
     }
 
     /// Process the request queue once (used by tests and fuzzing without a transport).
+    /// Returns whether work remains.
     #[doc(hidden)]
     pub fn process_queue_raw(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         interrupt: &dyn VirtioInterrupt,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         super::process_available(queue, mem, 0, interrupt, |chain| {
             self.handle_chain(mem, chain)
         })
@@ -164,12 +165,12 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<()> {
+    fn process_queue(&mut self, index: usize) -> Result<bool> {
         if index != 0 {
-            return Ok(());
+            return Ok(false);
         }
         let Some(mut active) = self.active.take() else {
-            return Ok(());
+            return Ok(false);
         };
         let mem = active.memory.clone();
         let r = self.process_queue_raw(&mut active.queue, &mem, &*active.interrupt);
