@@ -180,12 +180,12 @@ pub enum MachineExit {
     },
 }
 
-/// A machine that is running.
-pub trait RunningMachine: Send {
+/// A machine that is running. Shareable between threads: one waits, others send requests.
+pub trait RunningMachine: Send + Sync {
     /// Sends a control request.
     fn request(&self, request: ControlRequest) -> Result<(), BackendError>;
-    /// Waits until the machine ends.
-    fn wait(self: Box<Self>) -> MachineExit;
+    /// Waits until the machine ends and says how.
+    fn wait(&self) -> MachineExit;
 }
 
 /// A hypervisor backend.
@@ -195,7 +195,7 @@ pub trait Backend: Send + Sync {
     /// Whether this host can run VMs with this backend, and if not, why.
     fn probe(&self) -> HostSupport;
     /// Builds and starts a machine.
-    fn start(&self, spec: MachineSpec) -> Result<Box<dyn RunningMachine>, BackendError>;
+    fn start(&self, spec: MachineSpec) -> Result<std::sync::Arc<dyn RunningMachine>, BackendError>;
 }
 
 /// Errors of a backend.

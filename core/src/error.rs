@@ -78,6 +78,10 @@ pub enum Error {
     #[error("cancelled; nothing was changed")]
     Cancelled,
 
+    /// The hypervisor backend could not build or run the machine.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -112,6 +116,13 @@ impl Error {
             }
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Backend(e) => match e {
+                crate::backend::BackendError::HostUnsupported(_) => ErrorKind::HostUnsupported,
+                crate::backend::BackendError::InvalidMachine(_)
+                | crate::backend::BackendError::Unsupported(_) => ErrorKind::InvalidInput,
+                crate::backend::BackendError::Hypervisor { .. }
+                | crate::backend::BackendError::Stopped => ErrorKind::Io,
+            },
         }
     }
 }
@@ -133,6 +144,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The operating system refused a file operation.
     Io,
+    /// This host cannot run VMs (no usable hypervisor).
+    HostUnsupported,
 }
 
 impl ErrorKind {
@@ -146,6 +159,7 @@ impl ErrorKind {
             ErrorKind::Broken => "broken",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
+            ErrorKind::HostUnsupported => "host-unsupported",
         }
     }
 }

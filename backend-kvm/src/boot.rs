@@ -1,0 +1,230 @@
+//! Direct Linux boot (the x86 boot protocol, `Documentation/arch/x86/boot.rst`): kernel,
+//! initrd, command line, and the zero page with its e820 memory map.
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{Cmdline, KernelLoader, load_cmdline};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::error::{Error, Result};
+use crate::layout;
+use vivarium_devices::GuestMemoryMmap;
+
+/// e820 type of usable RAM.
+const E820_RAM: u32 = 1;
+/// e820 type of reserved memory.
+const E820_RESERVED: u32 = 2;
+/// Boot protocol magic numbers and flags.
+const BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const HEADER_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+const LOADFLAG_CAN_USE_HEAP: u8 = 0x80;
+const KERNEL_ALIGNMENT: u32 = 0x0100_0000;
+
+/// Where the loaded kernel starts executing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// 64-bit entry point.
+    pub entry: u64,
+}
+
+/// Loads a Linux kernel (bzImage, or an ELF vmlinux), its initrd and command line into guest
+/// memory and writes the zero page. Returns the 64-bit entry point.
+pub fn load_linux(
+    mem: &GuestMemoryMmap,
+    memory_size: u64,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+    acpi_rsdp: Option<GuestAddress>,
+) -> Result<KernelEntry> {
+    let mut file = File::open(kernel).map_err(|e| Error::Kernel {
+        path: kernel.to_path_buf(),
+        why: format!("it cannot be opened ({e})"),
+    })?;
+    let (loaded, entry) = match linux_loader::loader::BzImage::load(
+        mem,
+        None,
+        &mut file,
+        Some(layout::HIGH_RAM_START),
+    ) {
+        Ok(loaded) => {
+            // The 64-bit entry of a bzImage is 0x200 past the start of its protected-mode
+            // code (`startup_64`).
+            let entry = loaded.kernel_load.raw_value() + 0x200;
+            (loaded, entry)
+        }
+        Err(bz_error) => {
+            let mut file = File::open(kernel).map_err(|e| Error::Kernel {
+                path: kernel.to_path_buf(),
+                why: format!("it cannot be opened ({e})"),
+            })?;
+            match linux_loader::loader::Elf::load(
+                mem,
+                None,
+                &mut file,
+                Some(layout::HIGH_RAM_START),
+            ) {
+                Ok(loaded) => {
+                    let entry = loaded.kernel_load.raw_value();
+                    (loaded, entry)
+                }
+                Err(elf_error) => {
+                    return Err(Error::Kernel {
+                        path: kernel.to_path_buf(),
+                        why: format!(
+                            "it is neither a Linux bzImage ({bz_error}) nor an ELF vmlinux \
+                             ({elf_error})"
+                        ),
+                    });
+                }
+            }
+        }
+    };
+
+    let mut params = boot_params::default();
+    if let Some(header) = loaded.setup_header {
+        params.hdr = header;
+    } else {
+        params.hdr.boot_flag = BOOT_FLAG_MAGIC;
+        params.hdr.header = HEADER_MAGIC;
+        params.hdr.kernel_alignment = KERNEL_ALIGNMENT;
+    }
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
+    params.hdr.heap_end_ptr = 0xfe00;
+    if let Some(rsdp) = acpi_rsdp {
+        params.acpi_rsdp_addr = rsdp.raw_value();
+    }
+
+    let mut line = Cmdline::new(layout::CMDLINE_MAX_SIZE)
+        .map_err(|e| Error::Setup(format!("command line: {e}")))?;
+    line.insert_str(cmdline)
+        .map_err(|e| Error::InvalidMachine(format!("the kernel command line is invalid: {e}")))?;
+    load_cmdline(mem, layout::CMDLINE_START, &line)
+        .map_err(|e| Error::Setup(format!("could not write the command line: {e}")))?;
+    params.hdr.cmd_line_ptr = layout::CMDLINE_START.raw_value() as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+
+    if let Some(initrd) = initrd {
+        let (address, size) = load_initrd(mem, memory_size, loaded.kernel_end, &params, initrd)?;
+        params.hdr.ramdisk_image = address as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+
+    let e820 = e820_map(memory_size);
+    for (slot, entry) in params.e820_table.iter_mut().zip(&e820) {
+        *slot = *entry;
+    }
+    params.e820_entries = e820.len() as u8;
+
+    let boot = BootParams::new::<boot_params>(&params, layout::ZERO_PAGE_START);
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&boot, mem)
+        .map_err(|e| Error::Setup(format!("could not write the zero page: {e}")))?;
+    Ok(KernelEntry { entry })
+}
+
+/// Puts the initrd at the top of low RAM (below the kernel's `initrd_addr_max`), page
+/// aligned. Returns its address and size.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    memory_size: u64,
+    kernel_end: u64,
+    params: &boot_params,
+    path: &Path,
+) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(|e| Error::Initrd {
+        path: path.to_path_buf(),
+        why: format!("it cannot be read ({e})"),
+    })?;
+    let size = data.len() as u64;
+    let max = if params.hdr.initrd_addr_max != 0 {
+        u64::from(params.hdr.initrd_addr_max)
+    } else {
+        0x37ff_ffff
+    };
+    let top = layout::low_ram_end(memory_size).min(max + 1);
+    let address = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a > kernel_end)
+        .ok_or_else(|| {
+            Error::InvalidMachine(format!(
+                "the initrd `{}` ({} MiB) does not fit in the VM's memory beside the kernel: give \
+             the VM more memory",
+                path.display(),
+                size >> 20
+            ))
+        })?;
+    mem.write_slice(&data, GuestAddress(address))
+        .map_err(|e| Error::Setup(format!("could not write the initrd: {e}")))?;
+    Ok((address, size))
+}
+
+/// The e820 map: low RAM, the reserved legacy area, RAM above 1 MiB up to the PCI hole, and
+/// RAM above 4 GiB.
+pub fn e820_map(memory_size: u64) -> Vec<boot_e820_entry> {
+    let entry = |addr: u64, size: u64, kind: u32| boot_e820_entry {
+        addr,
+        size,
+        r#type: kind,
+    };
+    let high = layout::HIGH_RAM_START.raw_value();
+    let mut map = vec![
+        entry(0, layout::EBDA_START, E820_RAM),
+        entry(layout::EBDA_START, high - layout::EBDA_START, E820_RESERVED),
+    ];
+    let low_end = layout::low_ram_end(memory_size);
+    if low_end > high {
+        map.push(entry(high, low_end - high, E820_RAM));
+    }
+    if memory_size > layout::PCI_HOLE_START {
+        map.push(entry(
+            layout::PCI_HOLE_END,
+            memory_size - layout::PCI_HOLE_START,
+            E820_RAM,
+        ));
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_e820_map_covers_all_ram_once_and_skips_the_hole() {
+        for size in [64u64 << 20, 3 << 30, 5 << 30] {
+            let map = e820_map(size);
+            let ram: u64 = map
+                .iter()
+                .filter(|e| e.r#type == E820_RAM)
+                .map(|e| e.size)
+                .sum();
+            // The legacy area between 640 KiB and 1 MiB is RAM the guest does not get.
+            assert_eq!(ram, size - (0x10_0000 - layout::EBDA_START), "{size}");
+            assert!(map.iter().all(
+                |e| e.addr + e.size <= layout::PCI_HOLE_START || e.addr >= layout::PCI_HOLE_END
+            ));
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_kernel_is_refused_clearly() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("vmlinuz");
+        std::fs::write(&fake, vec![0x42u8; 8192]).unwrap();
+        let err = load_linux(&mem, 64 << 20, &fake, None, "", None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("neither a Linux bzImage"), "{text}");
+        let err = load_linux(&mem, 64 << 20, &dir.path().join("missing"), None, "", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be opened"), "{err}");
+    }
+}

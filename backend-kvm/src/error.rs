@@ -1,0 +1,68 @@
+//! Errors of the KVM backend.
+
+use std::path::PathBuf;
+
+/// Result of a KVM backend operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What can go wrong building or running a KVM machine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A KVM ioctl failed.
+    #[error("KVM refused {context}: {source}")]
+    Kvm {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel image cannot be used.
+    #[error("the kernel `{path}` cannot be booted: {why}")]
+    Kernel {
+        /// The kernel file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The initrd cannot be used.
+    #[error("the initrd `{path}` cannot be used: {why}")]
+    Initrd {
+        /// The initrd file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The machine description cannot be built (too much memory, bad command line, ...).
+    #[error("{0}")]
+    InvalidMachine(String),
+    /// Setting up the machine failed.
+    #[error("machine setup failed: {0}")]
+    Setup(String),
+    /// A disk cannot be opened.
+    #[error("the disk `{path}` cannot be opened: {source}")]
+    Disk {
+        /// The image file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<Error> for vivarium_core::backend::BackendError {
+    fn from(e: Error) -> Self {
+        use vivarium_core::backend::BackendError;
+        match e {
+            Error::Kvm { context, source } => BackendError::Hypervisor {
+                context: format!("KVM refused {context}"),
+                source,
+            },
+            Error::Kernel { .. } | Error::Initrd { .. } | Error::InvalidMachine(_) => {
+                BackendError::InvalidMachine(e.to_string())
+            }
+            Error::Disk { .. } => BackendError::InvalidMachine(e.to_string()),
+            Error::Setup(_) => BackendError::InvalidMachine(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! A running KVM machine: the VM, its memory, devices and vCPU threads, and the control
+//! plane (pause, resume, power off, reset) that the VM runner drives.
+//!
+//! One machine thread owns the VM. It builds the VM, starts one thread per vCPU, and waits
+//! until something asks the machine to stop: the guest (power off, reset, triple fault) or
+//! the host (a [`ControlRequest`]). A reset rebuilds the VM from scratch, which is exactly
+//! what a reset button does to a PC.
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vivarium_core::backend::{
+    BackendError, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
+};
+use vivarium_devices::GuestMemoryMmap;
+use vivarium_devices::bus::{Bus, BusKind};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::{Error, Result};
+use crate::{boot, cpu, layout};
+
+/// Why a machine stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    PowerOff,
+    Reset,
+    Crash(String),
+    Failed(String),
+}
+
+/// State shared by the machine thread, the vCPU threads and the controller.
+struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ControlState {
+    paused: bool,
+    stop: Option<Stop>,
+    /// vCPU threads currently inside their run loop.
+    vcpus_running: usize,
+    /// vCPU threads parked because the machine is paused.
+    vcpus_parked: usize,
+    /// Thread handles of the vCPU threads, for kicking them out of KVM_RUN.
+    vcpu_threads: Vec<libc::pthread_t>,
+    /// Set when the machine thread has ended.
+    ended: Option<MachineExit>,
+}
+
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records why the machine stops and wakes everybody. The first reason wins, except that
+    /// a reset gives way to anything final (a power-off during a reboot must not be lost).
+    fn stop(&self, why: Stop) {
+        let mut state = self.lock();
+        if state.stop.is_none() || (state.stop == Some(Stop::Reset) && why != Stop::Reset) {
+            state.stop = Some(why);
+        }
+        drop(state);
+        self.changed.notify_all();
+        self.kick_vcpus();
+    }
+
+    /// Interrupts every vCPU thread that is inside KVM_RUN so it looks at the control state.
+    fn kick_vcpus(&self) {
+        let threads = self.lock().vcpu_threads.clone();
+        for thread in threads {
+            // SAFETY: the handle belongs to a vCPU thread of this machine that is joined only
+            // after its handle is removed from the list under the same lock; the signal has
+            // a no-op handler installed by `install_kick_handler`.
+            unsafe {
+                libc::pthread_kill(thread, vmm_sys_util::signal::SIGRTMIN());
+            }
+        }
+    }
+
+    /// Kicks the vCPUs repeatedly until `done` holds (a kick can land just before a vCPU
+    /// enters KVM_RUN and be missed; the next one is not) or the timeout passes.
+    fn kick_until(&self, timeout: Duration, done: impl Fn(&ControlState) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if done(&self.lock()) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.kick_vcpus();
+            let state = self.lock();
+            let _ = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(5))
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Installs the no-op handler of the signal that kicks vCPUs out of KVM_RUN (once per process).
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        if let Err(e) =
+            vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), noop)
+        {
+            tracing::error!("could not install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// The guest's reset request (i8042 command 0xfe, ACPI reset) as a machine stop.
+struct GuestReset(Arc<Control>);
+
+impl vivarium_devices::i8042::ResetLine for GuestReset {
+    fn reset(&self) {
+        self.0.stop(Stop::Reset);
+    }
+}
+
+/// Serial output shared across resets (the device is rebuilt, the sink stays).
+#[derive(Clone)]
+struct SharedOutput(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// The parts of a [`MachineSpec`] a machine keeps across resets.
+struct MachinePlan {
+    cpus: u32,
+    memory_size: u64,
+    boot: BootSpec,
+    serial: SharedOutput,
+}
+
+/// A machine started by [`start`].
+pub struct KvmMachine {
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Checks a machine description against what this host can give.
+fn check_plan(spec: &MachineSpec) -> Result<()> {
+    if spec.cpus == 0 {
+        return Err(Error::InvalidMachine(
+            "a machine needs at least one CPU".into(),
+        ));
+    }
+    let kvm = Kvm::new().map_err(|e| Error::Kvm {
+        context: "opening /dev/kvm",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    let max = kvm.get_max_vcpus() as u32;
+    if spec.cpus > max {
+        return Err(Error::InvalidMachine(format!(
+            "{} CPUs is more than this host's KVM allows ({max})",
+            spec.cpus
+        )));
+    }
+    let memory = spec.memory_mib << 20;
+    if let Some(host) = host_memory_bytes()
+        && memory > host
+    {
+        return Err(Error::InvalidMachine(format!(
+            "the VM wants {} MiB of memory but this host has only {} MiB: give it less",
+            spec.memory_mib,
+            host >> 20
+        )));
+    }
+    if let BootSpec::Linux { kernel, initrd, .. } = &spec.boot {
+        if !kernel.is_file() {
+            return Err(Error::Kernel {
+                path: kernel.clone(),
+                why: "the file does not exist".into(),
+            });
+        }
+        if let Some(initrd) = initrd
+            && !initrd.is_file()
+        {
+            return Err(Error::Initrd {
+                path: initrd.clone(),
+                why: "the file does not exist".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Builds and starts a machine on a thread of its own.
+pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
+    check_plan(&spec)?;
+    install_kick_handler();
+    let plan = MachinePlan {
+        cpus: spec.cpus,
+        memory_size: spec.memory_mib << 20,
+        boot: spec.boot,
+        serial: SharedOutput(Arc::new(Mutex::new(spec.serial_output))),
+    };
+    if !spec.disks.is_empty() {
+        tracing::warn!("disks are not attached yet by this backend version");
+    }
+    let control = Arc::new(Control {
+        state: Mutex::new(ControlState::default()),
+        changed: Condvar::new(),
+    });
+    // Build the first boot before returning, so configuration errors reach the caller.
+    let first = Vm::build(&plan, &control)?;
+    let thread_control = Arc::clone(&control);
+    let thread = std::thread::Builder::new()
+        .name("vivarium-machine".into())
+        .spawn(move || machine_thread(plan, first, thread_control))
+        .map_err(|e| Error::Setup(format!("could not start the machine thread: {e}")))?;
+    Ok(KvmMachine {
+        control,
+        thread: Some(thread),
+    })
+}
+
+fn machine_thread(plan: MachinePlan, first: Vm, control: Arc<Control>) {
+    let mut vm = Some(first);
+    let exit = loop {
+        let current = match vm.take() {
+            Some(vm) => vm,
+            None => match Vm::build(&plan, &control) {
+                Ok(vm) => vm,
+                Err(e) => {
+                    break MachineExit::Failed {
+                        error: format!("could not rebuild the machine after a reset: {e}"),
+                    };
+                }
+            },
+        };
+        match current.run(&control) {
+            Stop::Reset => {
+                tracing::info!("the machine resets");
+                let mut state = control.lock();
+                // A power-off or crash that arrived during the reset still stands.
+                if state.stop == Some(Stop::Reset) {
+                    state.stop = None;
+                    continue;
+                }
+                match state.stop.clone() {
+                    Some(Stop::Crash(report)) => break MachineExit::Crashed { report },
+                    Some(Stop::Failed(error)) => break MachineExit::Failed { error },
+                    _ => break MachineExit::PoweredOff,
+                }
+            }
+            Stop::PowerOff => break MachineExit::PoweredOff,
+            Stop::Crash(report) => break MachineExit::Crashed { report },
+            Stop::Failed(error) => break MachineExit::Failed { error },
+        }
+    };
+    let _ = plan.serial.clone().flush();
+    control.lock().ended = Some(exit);
+    control.changed.notify_all();
+}
+
+impl RunningMachine for KvmMachine {
+    fn request(&self, request: ControlRequest) -> std::result::Result<(), BackendError> {
+        if self.control.lock().ended.is_some() {
+            return Err(BackendError::Stopped);
+        }
+        match request {
+            ControlRequest::PowerOff => self.control.stop(Stop::PowerOff),
+            ControlRequest::Reset => self.control.stop(Stop::Reset),
+            ControlRequest::Pause => {
+                self.control.lock().paused = true;
+                let parked = self.control.kick_until(Duration::from_secs(5), |s| {
+                    s.vcpus_parked == s.vcpus_running || s.stop.is_some()
+                });
+                if !parked {
+                    return Err(BackendError::InvalidMachine(
+                        "the vCPUs did not stop within 5 seconds".into(),
+                    ));
+                }
+            }
+            ControlRequest::Resume => {
+                self.control.lock().paused = false;
+                self.control.changed.notify_all();
+            }
+            ControlRequest::PowerButton => {
+                return Err(BackendError::Unsupported(
+                    "this machine has no ACPI power button yet; use power off".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&self) -> MachineExit {
+        let mut state = self.control.lock();
+        loop {
+            if let Some(exit) = &state.ended {
+                return exit.clone();
+            }
+            state = self
+                .control
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for KvmMachine {
+    fn drop(&mut self) {
+        // Dropping the handle powers the machine off and waits for its threads.
+        if self.control.lock().ended.is_none() {
+            self.control.stop(Stop::PowerOff);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One boot of the machine: the KVM VM with its memory, devices and vCPUs.
+struct Vm {
+    _vm: VmFd,
+    _memory: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+}
+
+fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |e| Error::Kvm {
+        context,
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+impl Vm {
+    fn build(plan: &MachinePlan, control: &Arc<Control>) -> Result<Vm> {
+        let kvm = Kvm::new().map_err(kvm_error("opening /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(kvm_error("creating a VM"))?;
+        // The TSS and identity map pages live just below the BIOS area at the top of 4 GiB,
+        // inside the PCI hole, where nothing else is mapped.
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(kvm_error("placing the TSS"))?;
+        vm.set_identity_map_address(0xfffb_c000)
+            .map_err(kvm_error("placing the identity map"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_error("creating the interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_error("creating the PIT"))?;
+
+        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(plan.memory_size))
+            .map_err(|e| Error::InvalidMachine(format!("could not allocate guest memory: {e}")))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = memory
+                .get_host_address(region.start_addr())
+                .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
+            let region_info = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the mapping is owned by `memory`, which this `Vm` keeps alive for as
+            // long as the KVM VM exists (both are dropped together, the VM first because it
+            // is declared first), and no two slots overlap.
+            unsafe { vm.set_user_memory_region(region_info) }
+                .map_err(kvm_error("registering guest memory"))?;
+        }
+
+        let pio = Arc::new(Bus::new(BusKind::Pio));
+        let mmio = Arc::new(Bus::new(BusKind::Mmio));
+        let reset = Arc::new(GuestReset(Arc::clone(control)));
+        crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset)?;
+
+        let mut vcpus = Vec::with_capacity(plan.cpus as usize);
+        for index in 0..plan.cpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_error("creating a vCPU"))?;
+            cpu::setup_cpuid(&kvm, &vcpu, index, plan.cpus)?;
+            cpu::setup_msrs(&vcpu)?;
+            cpu::setup_fpu(&vcpu)?;
+            cpu::setup_lapic(&vcpu)?;
+            vcpus.push(vcpu);
+        }
+        match &plan.boot {
+            BootSpec::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                let entry = boot::load_linux(
+                    &memory,
+                    plan.memory_size,
+                    kernel,
+                    initrd.as_deref(),
+                    cmdline,
+                    None,
+                )?;
+                cpu::setup_long_mode(&memory, &vcpus[0], entry.entry)?;
+            }
+            BootSpec::RealModeImage { code, load_address } => {
+                memory
+                    .write_slice(code, GuestAddress(*load_address))
+                    .map_err(|e| {
+                        Error::InvalidMachine(format!("the boot image does not fit: {e}"))
+                    })?;
+                cpu::setup_real_mode(&vcpus[0], *load_address)?;
+            }
+        }
+        Ok(Vm {
+            _vm: vm,
+            _memory: memory,
+            vcpus,
+            pio,
+            mmio,
+        })
+    }
+
+    /// Runs the vCPUs until the machine stops; returns why.
+    fn run(self, control: &Arc<Control>) -> Stop {
+        let Vm {
+            _vm: vm,
+            _memory: memory,
+            vcpus,
+            pio,
+            mmio,
+        } = self;
+        let mut threads = Vec::new();
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let thread_control = Arc::clone(control);
+            let pio = Arc::clone(&pio);
+            let mmio = Arc::clone(&mmio);
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu_thread(index, vcpu, &thread_control, &pio, &mmio));
+            match spawned {
+                Ok(handle) => {
+                    control.lock().vcpu_threads.push(handle.as_pthread_t());
+                    threads.push(handle);
+                }
+                Err(e) => control.stop(Stop::Failed(format!("could not start a vCPU thread: {e}"))),
+            }
+        }
+        // Wait for a reason to stop, then for every vCPU thread to leave its loop.
+        {
+            let mut state = control.lock();
+            while state.stop.is_none() {
+                state = control
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        control.kick_until(Duration::from_secs(10), |s| s.vcpus_running == 0);
+        control.lock().vcpu_threads.clear();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        drop(vm);
+        drop(memory);
+        control.lock().stop.clone().unwrap_or(Stop::PowerOff)
+    }
+}
+
+fn vcpu_thread(index: usize, mut vcpu: VcpuFd, control: &Control, pio: &Bus, mmio: &Bus) {
+    control.lock().vcpus_running += 1;
+    control.changed.notify_all();
+    loop {
+        {
+            let mut state = control.lock();
+            if state.stop.is_some() {
+                break;
+            }
+            if state.paused {
+                state.vcpus_parked += 1;
+                control.changed.notify_all();
+                while state.paused && state.stop.is_none() {
+                    state = control
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                state.vcpus_parked -= 1;
+                continue;
+            }
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                pio.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                pio.read(u64::from(port), data);
+            }
+            Ok(VcpuExit::MmioRead(address, data)) => {
+                mmio.read(address, data);
+            }
+            Ok(VcpuExit::MmioWrite(address, data)) => {
+                mmio.write(address, data);
+            }
+            Ok(VcpuExit::Hlt) => {
+                // Only without an in-kernel irqchip; ours has one. Treat as idle.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(VcpuExit::Shutdown) => {
+                let registers = cpu::describe_registers(&vcpu);
+                control.stop(Stop::Crash(format!(
+                    "vCPU {index} triple-faulted (the guest crashed)\n{registers}"
+                )));
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                let stop = match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Stop::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => Stop::Reset,
+                    other => Stop::Crash(format!("vCPU {index}: system event {other}")),
+                };
+                control.stop(stop);
+            }
+            Ok(VcpuExit::InternalError) => {
+                let registers = cpu::describe_registers(&vcpu);
+                control.stop(Stop::Crash(format!(
+                    "vCPU {index}: KVM internal error (KVM could not emulate an instruction; \
+                     a software-only KVM such as kvm_pvm cannot run full guests)\n{registers}"
+                )));
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu_id)) => {
+                control.stop(Stop::Failed(format!(
+                    "vCPU {index}: KVM could not enter the guest (hardware reason {reason:#x}, \
+                     cpu {cpu_id})"
+                )));
+            }
+            Ok(other) => {
+                let exit = format!("{other:?}");
+                let registers = cpu::describe_registers(&vcpu);
+                control.stop(Stop::Failed(format!(
+                    "vCPU {index}: unexpected exit {exit}\n{registers}"
+                )));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked by the controller: look at the control state again.
+            }
+            Err(e) => {
+                control.stop(Stop::Failed(format!("vCPU {index}: KVM_RUN failed: {e}")));
+            }
+        }
+    }
+    control.lock().vcpus_running -= 1;
+    control.changed.notify_all();
+}
+
+/// An interrupt line wired to a GSI of KVM's in-kernel IOAPIC through an irqfd.
+pub struct IrqfdLine {
+    event: EventFd,
+}
+
+impl IrqfdLine {
+    /// Registers a new irqfd for `gsi`.
+    pub fn new(vm: &VmFd, gsi: u32) -> Result<IrqfdLine> {
+        let event = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| Error::Setup(format!("could not create an eventfd: {e}")))?;
+        vm.register_irqfd(&event, gsi)
+            .map_err(kvm_error("registering an interrupt line"))?;
+        Ok(IrqfdLine { event })
+    }
+}
+
+impl vivarium_devices::IrqLine for IrqfdLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.event.write(1)
+    }
+}

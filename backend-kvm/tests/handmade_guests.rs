@@ -1,0 +1,236 @@
+//! The vCPU loop, the port I/O bus and the legacy devices through real KVM exits, with tiny
+//! real-mode guests assembled here. They run on any /dev/kvm, including software-only ones
+//! such as `kvm_pvm` that cannot boot a full kernel.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vivarium_backend_kvm::KvmBackend;
+use vivarium_core::backend::{
+    Backend, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
+};
+
+/// Where the guests are loaded and entered.
+const LOAD: u64 = 0x1000;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn wait_for(&self, what: &str, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.text().contains(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+/// Returns the backend, or None after saying loudly why these tests cannot run here.
+fn backend() -> Option<KvmBackend> {
+    let backend = KvmBackend::new();
+    let support = backend.probe();
+    if !support.can_run() {
+        println!("SKIPPED: no usable /dev/kvm: {}", support.explain());
+        return None;
+    }
+    Some(backend)
+}
+
+fn start(backend: &KvmBackend, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMachine>, Capture) {
+    let out = Capture::default();
+    let spec = MachineSpec {
+        cpus,
+        memory_mib: 16,
+        boot: BootSpec::RealModeImage {
+            code,
+            load_address: LOAD,
+        },
+        disks: Vec::new(),
+        serial_output: Box::new(out.clone()),
+    };
+    (backend.start(spec).expect("the machine starts"), out)
+}
+
+/// Real-mode code that writes `message` to COM1 byte by byte, then runs `tail`.
+fn print_then(message: &str, tail: &[u8]) -> Vec<u8> {
+    // 0: mov dx, 0x3f8 | 3: mov si, msg | 6: lodsb | 7: test al, al | 9: jz +3 (to 14)
+    // 11: out dx, al | 12: jmp -8 (to 6) | 14: tail... | msg
+    let mut code = vec![
+        0xba, 0xf8, 0x03, 0xbe, 0, 0, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8,
+    ];
+    code.extend_from_slice(tail);
+    let msg = LOAD as usize + code.len();
+    code[4] = msg as u8;
+    code[5] = (msg >> 8) as u8;
+    code.extend_from_slice(message.as_bytes());
+    code.push(0);
+    code
+}
+
+/// cli; hlt; jmp back to cli.
+const HALT_FOREVER: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfc];
+
+#[test]
+fn a_guest_writes_to_the_serial_port_and_the_host_powers_it_off() {
+    let Some(backend) = backend() else { return };
+    let (machine, out) = start(
+        &backend,
+        print_then("Hello from a hand-made guest\n", &HALT_FOREVER),
+        1,
+    );
+    assert!(
+        out.wait_for("Hello from a hand-made guest\n", Duration::from_secs(20)),
+        "serial output: {:?}",
+        out.text()
+    );
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+    assert!(
+        machine.request(ControlRequest::Pause).is_err(),
+        "a stopped machine refuses requests"
+    );
+}
+
+#[test]
+fn the_i8042_reset_command_reboots_the_machine() {
+    let Some(backend) = backend() else { return };
+    // Print, then `mov al, 0xfe; out 0x64, al` and halt (the reset should come first).
+    let mut tail = vec![0xb0, 0xfe, 0xe6, 0x64];
+    tail.extend_from_slice(&HALT_FOREVER);
+    let (machine, out) = start(&backend, print_then("boot\n", &tail), 1);
+    let started = Instant::now();
+    while out.text().matches("boot\n").count() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the guest did not reboot: {:?}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+}
+
+#[test]
+fn a_triple_fault_ends_the_machine_as_crashed_with_its_registers() {
+    let Some(backend) = backend() else { return };
+    // lidt [idt] with a zero limit, then int3: no handler, no double-fault handler: the CPU
+    // shuts down (a triple fault). The IDT descriptor follows the code.
+    let mut tail = vec![0x0f, 0x01, 0x1e, 0, 0, 0xcc];
+    tail.extend_from_slice(&HALT_FOREVER);
+    let mut code = print_then("about to crash\n", &tail);
+    let descriptor = code.len() + LOAD as usize;
+    code.extend_from_slice(&[0; 6]);
+    let lidt = 14 + 3; // offset of the lidt operand in the code
+    code[lidt] = descriptor as u8;
+    code[lidt + 1] = (descriptor >> 8) as u8;
+    let (machine, out) = start(&backend, code, 1);
+    match machine.wait() {
+        MachineExit::Crashed { report } => {
+            assert!(report.contains("rip="), "{report}");
+            println!("crash report:\n{report}");
+        }
+        other => panic!("expected a crash, got {other:?} (serial: {:?})", out.text()),
+    }
+    assert!(out.text().contains("about to crash"));
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    let Some(backend) = backend() else { return };
+    // mov dx, 0x3f8; mov al, '.'; out dx, al; jmp back to the out: an endless stream of dots.
+    let code = vec![0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xeb, 0xfd];
+    let (machine, out) = start(&backend, code, 2);
+    assert!(out.wait_for("....", Duration::from_secs(20)));
+    machine.request(ControlRequest::Pause).unwrap();
+    let paused_at = out.len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(out.len(), paused_at, "no output while paused");
+    machine.request(ControlRequest::Resume).unwrap();
+    let started = Instant::now();
+    while out.len() == paused_at {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "resume did not continue the guest"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+}
+
+#[test]
+fn bad_machines_are_refused_with_clear_errors() {
+    let Some(backend) = backend() else { return };
+    let spec = |boot, memory_mib| MachineSpec {
+        cpus: 1,
+        memory_mib,
+        boot,
+        disks: Vec::new(),
+        serial_output: Box::new(Capture::default()),
+    };
+    let err = backend
+        .start(spec(
+            BootSpec::Linux {
+                kernel: "/nonexistent/vmlinuz".into(),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            64,
+        ))
+        .err()
+        .expect("a missing kernel is refused")
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_kernel = dir.path().join("vmlinuz");
+    std::fs::write(&not_a_kernel, vec![0x5a; 64 << 10]).unwrap();
+    let err = backend
+        .start(spec(
+            BootSpec::Linux {
+                kernel: not_a_kernel,
+                initrd: None,
+                cmdline: String::new(),
+            },
+            64,
+        ))
+        .err()
+        .expect("a file that is not a kernel is refused")
+        .to_string();
+    assert!(err.contains("neither a Linux bzImage"), "{err}");
+
+    let err = backend
+        .start(spec(
+            BootSpec::RealModeImage {
+                code: HALT_FOREVER.to_vec(),
+                load_address: LOAD,
+            },
+            64 << 20,
+        ))
+        .err()
+        .expect("more memory than the host has is refused")
+        .to_string();
+    assert!(err.contains("this host has only"), "{err}");
+}
