@@ -1,16 +1,32 @@
-//! Wiring of the legacy PC devices (serial port, i8042) onto the port I/O bus and KVM's
-//! interrupt controllers.
+//! Wiring of the machine's devices onto the buses and KVM's interrupt controllers: the
+//! legacy PC devices (serial port, i8042), ACPI power management, and PCI with virtio.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
+use vivarium_core::backend::DiskSpec;
+use vivarium_core::config::DiskFormat;
+use vivarium_devices::GuestMemoryMmap;
+use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
 use vivarium_devices::i8042::{I8042, ResetLine};
+use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::serial::Serial;
+use vivarium_devices::virtio::VirtioDevice;
+use vivarium_devices::virtio::block::{Block, RawFile};
+use vivarium_devices::virtio::pci::VirtioPciDevice;
+use vivarium_devices::virtio::rng::Rng;
 
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::machine::IrqfdLine;
+
+/// The legacy PCI configuration mechanism's address port (data at +4).
+const PCI_CONFIG_PORT: u64 = 0xcf8;
+/// Port window for PCI I/O BARs.
+const PCI_IO_START: u64 = 0xc000;
+const PCI_IO_SIZE: u64 = 0x4000;
 
 /// COM1's port range and interrupt.
 const COM1_PORT: u64 = 0x3f8;
@@ -38,4 +54,115 @@ pub fn attach_legacy_devices(
     pio.insert(I8042_PORT, 5, i8042)
         .map_err(bus_error("keyboard controller"))?;
     Ok(serial)
+}
+
+/// Messages of MSI-X capable devices, delivered with `KVM_SIGNAL_MSI`.
+pub struct KvmMsi {
+    vm: Arc<VmFd>,
+}
+
+impl vivarium_devices::pci::MsiSignaller for KvmMsi {
+    fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// The guest asking to enter S5 (ACPI power off).
+pub struct GuestPowerOff(pub Box<dyn Fn() + Send + Sync>);
+
+impl PowerOff for GuestPowerOff {
+    fn power_off(&self) {
+        (self.0)()
+    }
+}
+
+/// Adds the ACPI power-management block (power button, S5, PM timer, reset register).
+pub fn attach_acpi_pm(
+    vm: &VmFd,
+    pio: &Bus,
+    power_off: Arc<dyn PowerOff>,
+    reset: Arc<dyn ResetLine>,
+) -> Result<Arc<Mutex<AcpiPm>>> {
+    let sci = Arc::new(IrqfdLine::new(vm, crate::acpi::SCI_IRQ)?);
+    let pm = Arc::new(Mutex::new(AcpiPm::new(sci, power_off, reset)));
+    let ports = AcpiPmPorts::STANDARD;
+    pio.insert(
+        u64::from(ports.base()),
+        u64::from(AcpiPmPorts::LEN),
+        pm.clone(),
+    )
+    .map_err(bus_error("ACPI power management block"))?;
+    Ok(pm)
+}
+
+/// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff and ECAM), and
+/// the virtio devices of the machine behind it.
+pub fn attach_pci(
+    vm: &Arc<VmFd>,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    memory: &Arc<GuestMemoryMmap>,
+    memory_size: u64,
+    disks: &[DiskSpec],
+) -> Result<()> {
+    let windows = PciWindows {
+        mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
+        mem64: (layout::mmio64_start(memory_size), layout::PCI_MMIO64_SIZE),
+        io: (PCI_IO_START, PCI_IO_SIZE),
+    };
+    let root = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone(), windows)));
+    pio.insert(
+        PCI_CONFIG_PORT,
+        8,
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+    )
+    .map_err(bus_error("PCI configuration ports"))?;
+    mmio.insert(
+        layout::PCI_ECAM_START,
+        layout::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+    )
+    .map_err(bus_error("PCI ECAM window"))?;
+
+    let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(KvmMsi { vm: vm.clone() });
+    let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
+        let pci = VirtioPciDevice::new(device, memory.clone(), msi.clone())
+            .map_err(|e| Error::Setup(format!("could not create the {what}: {e}")))?;
+        root.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(Arc::new(Mutex::new(pci)))
+            .map_err(|e| Error::Setup(format!("could not plug in the {what}: {e}")))?;
+        Ok(())
+    };
+    for (index, disk) in disks.iter().enumerate() {
+        if disk.format != DiskFormat::Raw {
+            return Err(Error::InvalidMachine(format!(
+                "the disk `{}` is {}; this VMM reads raw disks only so far",
+                disk.path.display(),
+                disk.format
+            )));
+        }
+        let file = RawFile::open(&disk.path, disk.read_only).map_err(|source| Error::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
+        let id = format!("vivarium-disk{index}");
+        add(
+            Box::new(Block::new(Box::new(file), id.as_bytes())),
+            "disk controller",
+        )?;
+    }
+    let rng = Rng::new()
+        .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;
+    add(Box::new(rng), "random number generator")?;
+    Ok(())
 }

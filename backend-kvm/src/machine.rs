@@ -18,6 +18,7 @@ use vivarium_core::backend::{
     BackendError, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
 };
 use vivarium_devices::GuestMemoryMmap;
+use vivarium_devices::acpi_pm::AcpiPm;
 use vivarium_devices::bus::{Bus, BusKind};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -52,6 +53,8 @@ struct ControlState {
     vcpu_threads: Vec<libc::pthread_t>,
     /// Set when the machine thread has ended.
     ended: Option<MachineExit>,
+    /// The current boot's ACPI power-management block, where the power button is.
+    acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
 }
 
 impl Control {
@@ -145,6 +148,7 @@ struct MachinePlan {
     cpus: u32,
     memory_size: u64,
     boot: BootSpec,
+    disks: Vec<vivarium_core::backend::DiskSpec>,
     serial: SharedOutput,
 }
 
@@ -216,11 +220,9 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         cpus: spec.cpus,
         memory_size: spec.memory_mib << 20,
         boot: spec.boot,
+        disks: spec.disks,
         serial: SharedOutput(Arc::new(Mutex::new(spec.serial_output))),
     };
-    if !spec.disks.is_empty() {
-        tracing::warn!("disks are not attached yet by this backend version");
-    }
     let control = Arc::new(Control {
         state: Mutex::new(ControlState::default()),
         changed: Condvar::new(),
@@ -301,9 +303,14 @@ impl RunningMachine for KvmMachine {
                 self.control.changed.notify_all();
             }
             ControlRequest::PowerButton => {
-                return Err(BackendError::Unsupported(
-                    "this machine has no ACPI power button yet; use power off".into(),
-                ));
+                let pm = self.control.lock().acpi_pm.clone();
+                match pm {
+                    Some(pm) => pm
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .press_power_button(),
+                    None => return Err(BackendError::Stopped),
+                }
             }
         }
         Ok(())
@@ -338,8 +345,8 @@ impl Drop for KvmMachine {
 
 /// One boot of the machine: the KVM VM with its memory, devices and vCPUs.
 struct Vm {
-    _vm: VmFd,
-    _memory: GuestMemoryMmap,
+    _vm: Arc<VmFd>,
+    _memory: Arc<GuestMemoryMmap>,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -383,9 +390,10 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the mapping is owned by `memory`, which this `Vm` keeps alive for as
-            // long as the KVM VM exists (both are dropped together, the VM first because it
-            // is declared first), and no two slots overlap.
+            // SAFETY: the mapping is owned by `memory`, which lives at least until every vCPU
+            // of this VM has stopped running (they are joined before the `Vm` is dropped), so
+            // KVM never touches an unmapped range on behalf of a running guest; no two slots
+            // overlap.
             unsafe { vm.set_user_memory_region(region_info) }
                 .map_err(kvm_error("registering guest memory"))?;
         }
@@ -393,7 +401,23 @@ impl Vm {
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
         let reset = Arc::new(GuestReset(Arc::clone(control)));
-        crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset)?;
+        crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        let power_control = Arc::clone(control);
+        let power_off = Arc::new(crate::devices::GuestPowerOff(Box::new(move || {
+            power_control.stop(Stop::PowerOff)
+        })));
+        let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
+        control.lock().acpi_pm = Some(acpi_pm);
+        let vm = Arc::new(vm);
+        let memory = Arc::new(memory);
+        crate::devices::attach_pci(&vm, &pio, &mmio, &memory, plan.memory_size, &plan.disks)?;
+        let mmio64_start = layout::mmio64_start(plan.memory_size);
+        let rsdp = crate::acpi::write_acpi_tables(
+            &memory,
+            plan.cpus,
+            &vivarium_devices::acpi_pm::AcpiPmPorts::STANDARD,
+            mmio64_start..mmio64_start + layout::PCI_MMIO64_SIZE,
+        )?;
 
         let mut vcpus = Vec::with_capacity(plan.cpus as usize);
         for index in 0..plan.cpus {
@@ -418,7 +442,7 @@ impl Vm {
                     kernel,
                     initrd.as_deref(),
                     cmdline,
-                    None,
+                    Some(rsdp),
                 )?;
                 cpu::setup_long_mode(&memory, &vcpus[0], entry.entry)?;
             }

@@ -234,3 +234,85 @@ fn bad_machines_are_refused_with_clear_errors() {
         .to_string();
     assert!(err.contains("this host has only"), "{err}");
 }
+
+#[test]
+fn pci_configuration_space_answers_through_port_io() {
+    let Some(backend) = backend() else { return };
+    // For slot 0 (host bridge) and slot 1 (first virtio device): write the address to
+    // 0xcf8, read the vendor/device dword from 0xcfc, send its four bytes to COM1.
+    let mut code = Vec::new();
+    for slot in [0u8, 1] {
+        code.extend_from_slice(&[0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
+        code.extend_from_slice(&[0x66, 0xb8, 0x00, slot << 3, 0x00, 0x80]); // mov eax, addr
+        code.extend_from_slice(&[0x66, 0xef]); // out dx, eax
+        code.extend_from_slice(&[0xba, 0xfc, 0x0c]); // mov dx, 0xcfc
+        code.extend_from_slice(&[0x66, 0xed]); // in eax, dx
+        code.extend_from_slice(&[0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        for _ in 0..3 {
+            code.extend_from_slice(&[0xee, 0x66, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
+        }
+        code.push(0xee); // out dx, al
+    }
+    code.extend_from_slice(&HALT_FOREVER);
+    let (machine, out) = start(&backend, code, 1);
+    let started = Instant::now();
+    while out.len() < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            out.0.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let bytes = out.0.lock().unwrap().clone();
+    let id = |b: &[u8]| {
+        (
+            u16::from_le_bytes([b[0], b[1]]),
+            u16::from_le_bytes([b[2], b[3]]),
+        )
+    };
+    assert_eq!(id(&bytes[0..4]), (0x1b36, 0x0008), "host bridge");
+    assert_eq!(
+        id(&bytes[4..8]),
+        (0x1af4, 0x1044),
+        "virtio-rng (modern id 0x1040 + 4)"
+    );
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+}
+
+#[test]
+fn the_acpi_power_button_reaches_the_guest_and_s5_powers_off() {
+    let Some(backend) = backend() else { return };
+    let mut tail = vec![
+        0xba, 0x02, 0x06, // mov dx, 0x602 (PM1a enable)
+        0xb8, 0x00, 0x01, // mov ax, PWRBTN_EN
+        0xef, // out dx, ax
+        0xba, 0x00, 0x06, // mov dx, 0x600 (PM1a status)
+        0xed, // wait: in ax, dx
+        0xf6, 0xc4, 0x01, // test ah, 1 (PWRBTN_STS)
+        0x74, 0xfa, // jz wait
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'B', // mov al, 'B'
+        0xee, // out dx, al
+        0xba, 0x04, 0x06, // mov dx, 0x604 (PM1a control)
+        0xb8, 0x00, 0x34, // mov ax, SLP_EN | SLP_TYP(5)
+        0xef, // out dx, ax
+    ];
+    tail.extend_from_slice(&HALT_FOREVER);
+    let (machine, out) = start(&backend, print_then("armed\n", &tail), 1);
+    assert!(
+        out.wait_for("armed\n", Duration::from_secs(20)),
+        "{:?}",
+        out.text()
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!out.text().contains('B'), "no button press yet");
+    machine.request(ControlRequest::PowerButton).unwrap();
+    assert_eq!(
+        machine.wait(),
+        MachineExit::PoweredOff,
+        "the guest entered S5"
+    );
+    assert!(out.text().ends_with("armed\nB"), "{:?}", out.text());
+}
