@@ -19,7 +19,8 @@ use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConf
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad usage, \
 3 no such VM, 4 name already exists, 5 invalid input, 6 VM is running or busy, \
-7 damaged or newer configuration, 8 cancelled.";
+7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
+10 this host cannot run VMs.";
 
 /// Vivarium: desktop virtual machines.
 #[derive(Debug, Parser)]
@@ -83,6 +84,15 @@ pub enum Command {
     Set(SetArgs),
     /// Delete a stopped VM and its disks (base images other VMs use stay).
     Delete {
+        /// The VM.
+        name: String,
+    },
+    /// Say whether this machine can run VMs, and if not, why and what to do.
+    Host,
+    /// Run a VM in this terminal until it stops: its serial console on standard output (and
+    /// in the VM's logs/serial.log). SIGTERM presses the ACPI power button (a second SIGTERM,
+    /// or Ctrl-C, powers off at once).
+    Run {
         /// The VM.
         name: String,
     },
@@ -197,6 +207,9 @@ pub struct SetArgs {
     /// Notes.
     #[arg(long)]
     pub notes: Option<String>,
+    /// Make every disk of the VM read-only (`on`) or writable (`off`) for the guest.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub disk_read_only: Option<String>,
 }
 
 /// The exit code a script sees for an error of this kind.
@@ -209,6 +222,7 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Busy => 6,
         ErrorKind::Broken => 7,
         ErrorKind::Cancelled => 8,
+        ErrorKind::HostUnsupported => 10,
     }
 }
 
@@ -290,6 +304,8 @@ fn execute(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Set(args) => set(&library, args, json),
+        Command::Host => host(json),
+        Command::Run { name } => crate::runner::run_in_terminal(&library, &name, json),
         Command::Delete { name } => {
             library.delete(&name)?;
             if json {
@@ -486,6 +502,11 @@ fn set(library: &Library, args: SetArgs, json: bool) -> Result<(), Error> {
         if let Some(notes) = &args.notes {
             config.notes = notes.clone();
         }
+        if let Some(read_only) = &args.disk_read_only {
+            for disk in &mut config.disks {
+                disk.read_only = read_only == "on";
+            }
+        }
         Ok(())
     })?;
     report(json, &format!("Updated `{}`.", args.name), &config);
@@ -585,6 +606,37 @@ fn apply_network_changes(
                 current.push(*forward);
             }
         }
+    }
+    Ok(())
+}
+
+fn host(json: bool) -> Result<(), Error> {
+    let Some(backend) = crate::backend::host_backend() else {
+        let reason = "Vivarium has no hypervisor backend for this platform yet";
+        if json {
+            println!(
+                "{}",
+                json!({"backend": null, "can_run": false, "explain": reason})
+            );
+        } else {
+            println!("{reason}.");
+        }
+        return Ok(());
+    };
+    let support = backend.probe();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "backend": backend.name(),
+                "can_run": support.can_run(),
+                "full_guests": matches!(support, vivarium_core::backend::HostSupport::Ready { .. }),
+                "explain": support.explain(),
+            })
+        );
+    } else {
+        println!("Backend: {}", backend.name());
+        println!("{}", support.explain());
     }
     Ok(())
 }

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod backend;
 mod cli;
+mod runner;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -342,7 +342,8 @@ fn copy_file_inner(
     Ok(CopyMethod::Sparse)
 }
 
-/// Shares all blocks of `input` with `output` (btrfs, XFS, bcachefs, APFS-like file systems).
+/// Shares all blocks of `input` with `output` (btrfs, XFS, bcachefs).
+#[cfg(target_os = "linux")]
 fn reflink(input: &File, output: &File) -> std::io::Result<()> {
     // FICLONE = _IOW(0x94, 9, int). Written out because libc does not export it on every
     // target; its value is part of the kernel ABI.
@@ -355,6 +356,13 @@ fn reflink(input: &File, output: &File) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Other systems clone by path (macOS `clonefile`), which this descriptor-based copy does
+/// not use yet: they get the sparse copy.
+#[cfg(not(target_os = "linux"))]
+fn reflink(_input: &File, _output: &File) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// The next extent of data at or after `from`: `Some((start, end))`, or `None` when only
@@ -382,6 +390,7 @@ fn next_data_extent(file: &File, from: u64, len: u64) -> std::io::Result<Option<
 
 /// Copies `len` bytes at `offset` from `input` to the same offset of `output`, in the kernel
 /// where possible (`copy_file_range`), else through a buffer.
+#[cfg(target_os = "linux")]
 fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
     let mut copied = 0u64;
     while copied < len {
@@ -422,6 +431,12 @@ fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Re
         }
     }
     Ok(())
+}
+
+/// Copies `len` bytes at `offset` through a buffer (systems without `copy_file_range`).
+#[cfg(not(target_os = "linux"))]
+fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    copy_range_buffered(input, output, offset, len)
 }
 
 fn copy_range_buffered(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {

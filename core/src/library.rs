@@ -523,7 +523,13 @@ impl Library {
         after.name = before.name.clone();
         after.format = CONFIG_FORMAT;
         after.created = before.created.clone();
+        // Disks change through their own operations; a settings edit may only flip whether
+        // the guest can write them.
+        let read_only: Vec<bool> = after.disks.iter().map(|d| d.read_only).collect();
         after.disks = before.disks.clone();
+        for (disk, read_only) in after.disks.iter_mut().zip(read_only) {
+            disk.read_only = read_only;
+        }
         after.boot = check_boot_source(&after.boot)?;
         if let Some(CdromConfig { image: Some(iso) }) = &after.cdrom {
             let checked = check_readable_file(iso, "CD-ROM image")?;

@@ -12,6 +12,9 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux.
 const APT_PACKAGES: &[&str] = &["qemu-utils", "qemu-system-x86", "xz-utils"];
 
+/// The macOS target the shared crates are checked for.
+const MACOS_TARGET: &str = "aarch64-apple-darwin";
+
 /// Entry point of `cargo xtask test`. `--no-install` skips the package step (for machines set
 /// up by hand).
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -37,9 +40,30 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ])?;
     // The end-to-end tests run the `vivarium` binary, so it is built first.
     step(&["build", "--workspace"])?;
+    // The crates shared with the macOS (Hypervisor.framework) build must type-check for it.
+    if util::have_program("rustup") {
+        util::run(Command::new("rustup").args(["target", "add", MACOS_TARGET]))?;
+    }
+    step(&[
+        "check",
+        "--target",
+        MACOS_TARGET,
+        "-p",
+        "vivarium-core",
+        "-p",
+        "vivarium-devices",
+        "-p",
+        "vivarium",
+    ])?;
     // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
     crate::fixtures::ensure()?;
-    step(&["test", "--workspace", "--no-fail-fast"])?;
+    // Everything the rig needs was installed above, so a rig test that cannot run is a
+    // failure here, not a skip.
+    let mut test = Command::new(&cargo);
+    test.current_dir(&root)
+        .env("VIVARIUM_REQUIRE_RIG", "1")
+        .args(["test", "--workspace", "--no-fail-fast"]);
+    util::run(&mut test)?;
     eprintln!("xtask: the whole suite passed");
     Ok(())
 }
