@@ -22,7 +22,8 @@ const RUNS: usize = 5;
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("clone") => clone_bench(),
-        _ => Err("usage: cargo xtask bench clone".into()),
+        Some("boot") => crate::bench_boot::run(),
+        _ => Err("usage: cargo xtask bench clone|boot".into()),
     }
 }
 

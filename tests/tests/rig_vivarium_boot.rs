@@ -1,0 +1,245 @@
+//! A real Debian kernel boots under Vivarium's own KVM backend, inside the nested rig (real
+//! `/dev/kvm` in a software-emulated machine), driven through the `vivarium` command line as a
+//! user would: import a disk, run, change settings, run again.
+//!
+//! One rig run, three boots:
+//! 1. checks CPUs, memory, the disk's sha256, a write (then read back on the host side after
+//!    the VM stopped: it persisted), virtio-rng and the virtio devices; the guest powers off
+//!    (ACPI S5) and `vivarium run` exits 0;
+//! 2. the disk is made read-only: the guest's write is refused and the image is unchanged;
+//!    the guest reboots, Vivarium resets the machine and it boots again; Ctrl-C powers off;
+//! 3. the guest waits for the ACPI power button; SIGTERM to `vivarium run` presses it and the
+//!    guest shuts down cleanly.
+//!
+//! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vivarium_e2e::fixtures::Fixtures;
+use vivarium_e2e::rig::{self, Rig, RigRun};
+
+const DISK_BYTES: usize = 2 << 20;
+const HASHED_BYTES: usize = 1 << 20;
+const WRITE_OFFSET: usize = 64 << 10;
+const GUEST_CPUS: u32 = 2;
+const GUEST_MIB: u64 = 256;
+
+fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
+fn small_vivarium(scratch: &Path) -> PathBuf {
+    let bin = vivarium_e2e::vivarium::binary();
+    let copy = scratch.join("vivarium");
+    std::fs::copy(&bin, &copy).expect("copy the vivarium binary");
+    // Without `strip` (binutils) the unstripped binary works too, only slower to carry.
+    let _ = Command::new("strip").arg(&copy).status();
+    copy
+}
+
+fn write_disk(path: &Path) {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut bytes = Vec::with_capacity(DISK_BYTES);
+    while bytes.len() < DISK_BYTES {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write the test disk");
+}
+
+fn host_sha256(path: &Path, len: usize) -> String {
+    let bytes = std::fs::read(path).expect("read the test disk");
+    let head = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(head.path(), &bytes[..len]).expect("write the hashed region");
+    let out = Command::new("sha256sum")
+        .arg(head.path())
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn rig_script(vivarium: &Path) -> String {
+    let v = vivarium.display();
+    let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio";
+    format!(
+        r#"export VIVARIUM_HOME=/tmp/vivarium-library
+V={v}
+cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
+base="console=ttyS0 quiet panic=-1"
+wait_for() {{ # FILE TEXT COUNT: wait up to 120 s for COUNT lines containing TEXT
+    n=0
+    while [ $n -lt 120 ]; do
+        c=$(grep -c "$2" "$1" 2>/dev/null)
+        [ "${{c:-0}}" -ge "$3" ] && return 0
+        sleep 1; n=$((n+1))
+    done
+    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
+}}
+stop_vm() {{ # PID SIGNAL: send SIGNAL, give the VM 60 s to stop; returns its exit code
+    kill -"$2" "$1"
+    n=0
+    while kill -0 "$1" 2>/dev/null && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done
+    if kill -0 "$1" 2>/dev/null; then
+        echo "VIVARIUM-RIG-MARK vivarium did not stop on SIG$2"
+        kill -9 "$1"
+    fi
+    wait "$1"
+}}
+$V host
+$V import guest disk.img --kernel "$VIVARIUM_GUEST_KERNEL" --initrd "$VIVARIUM_GUEST_INITRD" \
+    --cmdline "$base vivarium.checks={checks} vivarium.blk_len={HASHED_BYTES} vivarium.blk_write_off={WRITE_OFFSET} vivarium.then=poweroff" \
+    --cpus {GUEST_CPUS} --memory {GUEST_MIB} --network none --display none || exit 10
+D="$VIVARIUM_HOME/vms/guest.vivm/disks/disk0.raw"
+
+echo "VIVARIUM-RIG-MARK boot1-start"
+$V run guest
+echo "VIVARIUM-RESULT boot1_exit=$?"
+echo "VIVARIUM-RIG-MARK boot1-end"
+written=$(dd if="$D" bs=512 skip={skip} count=1 2>/dev/null | head -c 22 | tr ' ' _)
+echo "VIVARIUM-RESULT persisted=$written"
+
+sum_before=$(sha256sum "$D" | cut -d' ' -f1)
+$V set guest --disk-read-only on \
+    --cmdline "$base vivarium.checks=blk-ro vivarium.ro_dev=vda vivarium.then=reboot" || exit 11
+$V run guest > boot2.log 2>&1 &
+pid=$!
+wait_for boot2.log VIVARIUM-GUEST-DONE 2
+stop_vm $pid INT
+echo "VIVARIUM-RESULT boot2_exit=$?"
+echo "VIVARIUM-RESULT boot2_boots=$(grep -c VIVARIUM-GUEST-READY boot2.log)"
+echo "VIVARIUM-RESULT boot2_$(grep -m1 -o 'blk_ro=[A-Za-z]*' boot2.log)"
+sum_after=$(sha256sum "$D" | cut -d' ' -f1)
+[ "$sum_before" = "$sum_after" ] && echo "VIVARIUM-RESULT ro_unchanged=yes" || echo "VIVARIUM-RESULT ro_unchanged=no"
+
+$V set guest --disk-read-only off --cmdline "$base vivarium.then=acpi-wait" || exit 12
+$V run guest > boot3.log 2>&1 &
+pid=$!
+wait_for boot3.log VIVARIUM-GUEST-WAITING 1
+echo "VIVARIUM-RIG-MARK boot3-button"
+stop_vm $pid TERM
+echo "VIVARIUM-RESULT boot3_exit=$?"
+grep -q "powered off" boot3.log && echo "VIVARIUM-RESULT boot3_powered_off=yes"
+grep -q "reboot: Power down" boot3.log && echo "VIVARIUM-RESULT boot3_clean=yes"
+tail -n 5 boot3.log
+$V list
+exit 0
+"#,
+        skip = WRITE_OFFSET / 512,
+    )
+}
+
+fn expect(run: &RigRun, key: &str, want: &str) {
+    assert_eq!(
+        run.result(key).as_deref(),
+        Some(want),
+        "result {key}\n{}",
+        run.transcript()
+    );
+}
+
+#[test]
+fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
+    let prerequisites = rig::missing_prerequisite()
+        .map(Err)
+        .unwrap_or_else(Fixtures::locate);
+    let fixtures = match prerequisites {
+        Ok(fixtures) => fixtures,
+        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
+            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
+        }
+        Err(reason) => {
+            loud(&format!(
+                "SKIPPED: rig_vivarium_boot: {reason} (cargo xtask test sets this up)"
+            ));
+            return;
+        }
+    };
+    let scratch = tempfile::tempdir().expect("a temporary folder");
+    let disk = scratch.path().join("disk.img");
+    write_disk(&disk);
+    let disk_sha256 = host_sha256(&disk, HASHED_BYTES);
+    let vivarium = small_vivarium(scratch.path());
+
+    let run = Rig::new(&fixtures, &rig_script(&vivarium))
+        .binary(&vivarium)
+        .file(&disk, "disk.img")
+        .timeout(std::time::Duration::from_secs(600))
+        .run()
+        .expect("the rig starts");
+    let boot1 = match (
+        run.time_of("VIVARIUM-RIG-MARK boot1-start"),
+        run.time_of("VIVARIUM-GUEST-READY"),
+    ) {
+        (Some(start), Some(ready)) => format!("{:.1} s", (ready - start).as_secs_f64()),
+        _ => "?".into(),
+    };
+    loud(&format!(
+        "RIG vivarium: guest ready {boot1} after `vivarium run` started; whole rig run {:.1} s",
+        run.elapsed.as_secs_f64()
+    ));
+
+    assert_eq!(
+        run.kvm,
+        Some(true),
+        "no /dev/kvm in the rig\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.succeeded(),
+        "the rig script failed\n{}",
+        run.transcript()
+    );
+    // Boot 1: the machine as configured, the disk, and a clean ACPI power-off.
+    expect(&run, "cpus", &GUEST_CPUS.to_string());
+    let mem_kib: u64 = run
+        .result("mem_kib")
+        .and_then(|v| v.parse().ok())
+        .expect("mem_kib reported");
+    assert!(
+        mem_kib > GUEST_MIB * 1024 * 6 / 10 && mem_kib <= GUEST_MIB * 1024,
+        "MemTotal {mem_kib} KiB for a {GUEST_MIB} MiB guest"
+    );
+    expect(&run, "blk_sha256", &disk_sha256);
+    expect(&run, "blk_bytes", &DISK_BYTES.to_string());
+    expect(&run, "blk_write", "ok");
+    expect(&run, "rng_bytes", "64");
+    expect(&run, "rng_source", "virtio_rng.0");
+    expect(&run, "virtio_ids", "2,4");
+    expect(&run, "boot1_exit", "0");
+    expect(
+        &run,
+        "persisted",
+        &format!("VIVARIUM-PATTERN_{WRITE_OFFSET}"),
+    );
+    // Boot 2: read-only is enforced, and a guest reboot resets the machine.
+    let read_only = run.result("boot2_blk_ro").unwrap_or_default();
+    assert!(
+        ["EROFS", "EPERM", "EACCES", "EIO"].contains(&read_only.as_str()),
+        "a write to the read-only disk gave {read_only:?}\n{}",
+        run.transcript()
+    );
+    expect(&run, "ro_unchanged", "yes");
+    let boots: u32 = run
+        .result("boot2_boots")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        boots >= 2,
+        "the guest's reboot did not boot it again\n{}",
+        run.transcript()
+    );
+    expect(&run, "boot2_exit", "0");
+    // Boot 3: the host's power button shuts the guest down cleanly.
+    expect(&run, "boot3_exit", "0");
+    expect(&run, "boot3_powered_off", "yes");
+    expect(&run, "boot3_clean", "yes");
+}
