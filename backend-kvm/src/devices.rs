@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use vivarium_core::backend::DiskSpec;
 use vivarium_core::config::DiskFormat;
+use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
@@ -14,7 +15,7 @@ use vivarium_devices::i8042::{I8042, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
-use vivarium_devices::virtio::block::{Block, RawFile};
+use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 
@@ -144,20 +145,25 @@ pub fn attach_pci(
         Ok(())
     };
     for (index, disk) in disks.iter().enumerate() {
-        if disk.format != DiskFormat::Raw {
-            return Err(Error::InvalidMachine(format!(
-                "the disk `{}` is {}; this VMM reads raw disks only so far",
-                disk.path.display(),
-                disk.format
-            )));
-        }
-        let file = RawFile::open(&disk.path, disk.read_only).map_err(|source| Error::Disk {
-            path: disk.path.clone(),
-            source,
-        })?;
+        let backend: Box<dyn BlockBackend> = match disk.format {
+            DiskFormat::Raw => {
+                Box::new(RawFile::open(&disk.path, disk.read_only).map_err(|source| {
+                    Error::Disk {
+                        path: disk.path.clone(),
+                        source,
+                    }
+                })?)
+            }
+            DiskFormat::Qcow2 => Box::new(Qcow2Backend(
+                Qcow2Disk::open(&disk.path, disk.read_only).map_err(|e| Error::Disk {
+                    path: disk.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+            )),
+        };
         let id = format!("vivarium-disk{index}");
         add(
-            Box::new(Block::new(Box::new(file), id.as_bytes())),
+            Box::new(Block::new(backend, id.as_bytes())),
             "disk controller",
         )?;
     }
@@ -165,4 +171,25 @@ pub fn attach_pci(
         .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;
     add(Box::new(rng), "random number generator")?;
     Ok(())
+}
+
+/// A qcow2 disk (a linked clone's overlay over its base) as virtio-blk's storage.
+struct Qcow2Backend(Qcow2Disk);
+
+impl BlockBackend for Qcow2Backend {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        self.0.read_only()
+    }
 }

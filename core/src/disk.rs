@@ -654,3 +654,95 @@ mod tests {
         assert!(data[4..].iter().all(|&b| b == 0));
     }
 }
+
+/// A qcow2 image (with its backing chain) opened for a guest: what a VMM's disk device reads
+/// and writes. The backing files are opened read-only; writes land in the top image.
+pub struct Qcow2Disk {
+    access: FormatAccess<imago::file::File>,
+    read_only: bool,
+}
+
+impl Qcow2Disk {
+    /// Opens `path` and its backing chain.
+    pub fn open(path: &Path, read_only: bool) -> Result<Qcow2Disk> {
+        let image = Qcow2::<imago::file::File>::builder_path(path)
+            .write(!read_only)
+            .open(PermissiveImplicitOpenGate::default())
+            .map_err(|e| {
+                Error::io(
+                    format!("could not open the qcow2 disk `{}`", path.display()),
+                    e,
+                )
+            })?;
+        Ok(Qcow2Disk {
+            access: FormatAccess::new(image),
+            read_only,
+        })
+    }
+
+    /// Size the guest sees, in bytes.
+    pub fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (through the backing chain where the top image has
+    /// no data).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.access.read(buf, offset)
+    }
+
+    /// Writes `buf` at `offset` into the top image (allocating clusters, copy-on-write).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.read_only {
+            return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        }
+        self.access.write(buf, offset)
+    }
+
+    /// Makes written data and metadata durable.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.access.flush()?;
+        self.access.sync()
+    }
+}
+
+#[cfg(test)]
+mod qcow2_disk_tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_writes_to_an_overlay_and_the_base_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..4].copy_from_slice(b"base");
+        fs::write(&base, &data).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 4 << 20).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        assert_eq!(disk.size(), 4 << 20);
+        let mut buf = [0u8; 4];
+        disk.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"base");
+        disk.write_at(b"TOP!", 0).unwrap();
+        disk.write_at(b"tail", (4 << 20) - 4).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        let disk = Qcow2Disk::open(&top, true).unwrap();
+        disk.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"TOP!");
+        disk.read_at(&mut buf, (4 << 20) - 4).unwrap();
+        assert_eq!(&buf, b"tail");
+        assert!(disk.write_at(b"nope", 0).is_err());
+        assert_eq!(
+            &fs::read(&base).unwrap()[..4],
+            b"base",
+            "the base is untouched"
+        );
+    }
+}

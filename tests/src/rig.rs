@@ -50,6 +50,8 @@ pub const RESULT_MARKER: &str = "VIVARIUM-RESULT";
 /// QEMU's firmware files that a QEMU run inside the rig may need (microvm's qboot, the option
 /// ROMs for direct kernel boot on pc/q35), looked up in QEMU's data folder.
 const QEMU_FIRMWARE: &[&str] = &[
+    "bios-256k.bin",
+    "bios.bin",
     "bios-microvm.bin",
     "qboot.rom",
     "pvh.bin",
