@@ -86,12 +86,34 @@ pub struct RigRun {
     pub exit_code: Option<i32>,
     /// The run was stopped because it took longer than the timeout.
     pub timed_out: bool,
+    /// The run was stopped because the emulated machine froze (see [`Rig::run`]).
+    pub frozen: bool,
     /// Wall time from starting QEMU to its end.
     pub elapsed: Duration,
     /// Size of the outer initramfs in bytes.
     pub initramfs_bytes: u64,
     /// What the outer QEMU wrote to stderr (its own errors).
     pub qemu_stderr: String,
+}
+
+/// How often a quiet run checks whether the emulated machine still uses the CPU.
+const FREEZE_POLL: Duration = Duration::from_secs(5);
+/// A machine that uses no CPU and prints nothing for this long is frozen: under the software
+/// emulator, nested guests now and then leave the emulated CPU halted for good.
+const FREEZE_AFTER: Duration = Duration::from_secs(30);
+/// Runs of a script before a freeze is reported as the result.
+const FREEZE_ATTEMPTS: u32 = 3;
+
+/// CPU time (user + system, in clock ticks) the process has used, or `None`.
+fn qemu_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// One line of the outer console.
@@ -220,10 +242,23 @@ impl Rig {
             initramfs
         };
         let initramfs_bytes = fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = self.qemu_command(&qemu, &initramfs);
-        let mut run = self.boot(&mut cmd)?;
-        run.initramfs_bytes = initramfs_bytes;
-        Ok(run)
+        let mut attempt = 1;
+        loop {
+            let mut cmd = self.qemu_command(&qemu, &initramfs);
+            let mut run = self.boot(&mut cmd)?;
+            run.initramfs_bytes = initramfs_bytes;
+            if !run.frozen || attempt == FREEZE_ATTEMPTS {
+                return Ok(run);
+            }
+            // The script starts from scratch in a new machine, so a rerun is sound.
+            let _ = writeln!(
+                std::io::stderr(),
+                "rig: the emulated machine froze after {:.0} s (it stopped using the CPU with                  nothing printed: a known fault of nested virtualisation under the software                  emulator); running the script again ({}/{FREEZE_ATTEMPTS})",
+                run.elapsed.as_secs_f64(),
+                attempt + 1
+            );
+            attempt += 1;
+        }
     }
 
     fn write_initramfs(&self, path: &Path) -> Result<(), String> {
@@ -304,13 +339,21 @@ impl Rig {
             kvm: None,
             exit_code: None,
             timed_out: false,
+            frozen: false,
             elapsed: Duration::ZERO,
             initramfs_bytes: 0,
             qemu_stderr: String::new(),
         };
         let deadline = started + self.timeout;
+        let mut cpu_seen = (qemu_cpu_ticks(child.id()), Instant::now());
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(FREEZE_POLL);
+            if wait.is_zero() {
+                run.timed_out = true;
+                break;
+            }
             match lines.recv_timeout(wait) {
                 Ok(line) => {
                     if self.echo {
@@ -319,8 +362,16 @@ impl Rig {
                     run.note(line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    run.timed_out = true;
-                    break;
+                    // A machine that neither prints nor uses the CPU for a long while is
+                    // frozen, not busy.
+                    let ticks = qemu_cpu_ticks(child.id());
+                    if ticks != cpu_seen.0 {
+                        cpu_seen = (ticks, Instant::now());
+                    } else if cpu_seen.1.elapsed() >= FREEZE_AFTER {
+                        run.frozen = true;
+                        run.timed_out = true;
+                        break;
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -633,6 +684,7 @@ mod tests {
             kvm: None,
             exit_code: None,
             timed_out: false,
+            frozen: false,
             elapsed: Duration::ZERO,
             initramfs_bytes: 0,
             qemu_stderr: String::new(),

@@ -130,6 +130,7 @@ echo "VIVARIUM-RESULT boot3_exit=$?"
 grep -q "powered off" boot3.log && echo "VIVARIUM-RESULT boot3_powered_off=yes"
 grep -q "reboot: Power down" boot3.log && echo "VIVARIUM-RESULT boot3_clean=yes"
 tail -n 5 boot3.log
+
 $V list
 exit 0
 "#,

@@ -34,8 +34,13 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 exec </dev/null >/dev/console 2>&1
 
+# kvm_amd without virtual GIF: under the software emulator, nested guests with vGIF now and
+# then left the emulated CPU halted with an interrupt pending, freezing the whole rig.
 while read -r module; do
-    insmod "/rig/modules/$module" || echo "rig: could not load $module"
+    case "$module" in
+        kvm_amd.ko) insmod "/rig/modules/$module" vgif=0 || echo "rig: could not load $module" ;;
+        *) insmod "/rig/modules/$module" || echo "rig: could not load $module" ;;
+    esac
 done </rig/modules/load-order
 
 if [ -c /dev/kvm ]; then

@@ -152,13 +152,18 @@ cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 now_ms() {{ read up rest < /proc/uptime; echo "${{up%.*}}${{up#*.}}0"; }}
 measure() {{ # NAME RUN COMMAND...
     name=$1; run=$2; shift 2
+    log=out.$name.$run
+    : > $log
     start=$(now_ms)
-    "$@" > out.log 2>&1 &
+    "$@" > $log 2>&1 &
     pid=$!
     n=0
-    while ! grep -q VIVARIUM-GUEST-READY out.log 2>/dev/null && [ $n -lt 6000 ]; do
+    while ! grep -q VIVARIUM-GUEST-READY $log && [ $n -lt 6000 ]; do
         usleep 20000; n=$((n+1))
     done
+    if ! grep -q VIVARIUM-GUEST-READY $log; then
+        echo "VIVARIUM-RIG-MARK $name did not boot"; tail -n 20 $log
+    fi
     end=$(now_ms)
     hwm=$(awk '/^VmHWM/ {{print $2}}' /proc/$pid/status)
     rss=$(awk '/^VmRSS/ {{print $2}}' /proc/$pid/status)
