@@ -627,7 +627,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.raw");
-        fs::write(&src, vec![1u8; 32 << 20]).unwrap();
+        fs::write(&src, vec![1u8; 4 * COPY_CHUNK as usize]).unwrap();
         let dst = dir.path().join("dst.raw");
         let err = copy_file(&src, &dst, false, &CancelAfterFirst(AtomicBool::new(false)));
         assert!(matches!(err, Err(Error::Cancelled)), "{err:?}");
