@@ -98,9 +98,13 @@ pub struct RigRun {
 
 /// How often a quiet run checks whether the emulated machine still uses the CPU.
 const FREEZE_POLL: Duration = Duration::from_secs(5);
-/// A machine that uses no CPU and prints nothing for this long is frozen: under the software
-/// emulator, nested guests now and then leave the emulated CPU halted for good.
-const FREEZE_AFTER: Duration = Duration::from_secs(30);
+/// A machine that prints nothing and uses almost no CPU (fewer than [`FREEZE_TICKS`] clock
+/// ticks) for this long is frozen: under the software emulator, nested guests now and then
+/// leave the emulated CPU halted for good (measured: a frozen QEMU uses about 6 ticks in 20 s;
+/// a live one at least one CPU in a hundred).
+const FREEZE_AFTER: Duration = Duration::from_secs(60);
+/// CPU ticks (1/100 s) a live machine uses at the least in [`FREEZE_AFTER`].
+const FREEZE_TICKS: u64 = 40;
 /// Runs of a script before a freeze is reported as the result.
 const FREEZE_ATTEMPTS: u32 = 3;
 
@@ -364,8 +368,13 @@ impl Rig {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // A machine that neither prints nor uses the CPU for a long while is
                     // frozen, not busy.
+                    // (A frozen QEMU still spends a few ticks in its main loop.)
                     let ticks = qemu_cpu_ticks(child.id());
-                    if ticks != cpu_seen.0 {
+                    let used = match (ticks, cpu_seen.0) {
+                        (Some(now), Some(then)) => now.saturating_sub(then),
+                        _ => u64::MAX,
+                    };
+                    if used >= FREEZE_TICKS {
                         cpu_seen = (ticks, Instant::now());
                     } else if cpu_seen.1.elapsed() >= FREEZE_AFTER {
                         run.frozen = true;
