@@ -142,7 +142,8 @@ fn clone_bench() -> Result<(), String> {
          Full clone / `cp --sparse=always`: {ratio:.2}x; full clone / (`cp --sparse=always` + \
          `sync FILE`): {ratio_durable:.2}x. A Vivarium clone is durable when it returns (its \
          files are fsynced before the rename that publishes the VM), so the second ratio \
-         compares like with like. Measured {date}.\n",
+         compares like with like: plain `cp` returns before its data reaches the disk. \
+         Measured {date}.\n",
         cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -249,7 +250,13 @@ pub fn update_benchmarks_md(root: &Path, heading: &str, section: &str) -> Result
                 .find("\n## ")
                 .map(|i| start + heading.len() + i + 1)
                 .unwrap_or(current.len());
-            format!("{}{}{}", &current[..start], section, &current[end..])
+            let rest = &current[end..];
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!(
+                "{}{}{gap}{rest}",
+                &current[..start],
+                section.trim_end_matches('\n').to_owned() + "\n"
+            )
         }
         None => format!("{current}{section}"),
     };
