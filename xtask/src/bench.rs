@@ -7,7 +7,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,16 +34,9 @@ fn clone_bench() -> Result<(), String> {
         }
     }
     let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    util::run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "vivarium",
-    ]))?;
-    let bin = target_dir(&root).join("release").join("vivarium");
+    let bin = util::build_release_vivarium()?;
     // On the same file system as the build, not a RAM-backed /tmp.
-    let work = target_dir(&root).join("bench-clone");
+    let work = util::target_dir().join("bench-clone");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("could not create {}: {e}", work.display()))?;
     let home = work.join("library");
@@ -153,12 +146,6 @@ fn clone_bench() -> Result<(), String> {
     update_benchmarks_md(&root, "## Clone", &section)?;
     let _ = fs::remove_dir_all(&work);
     Ok(())
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Writes 1 GiB of non-zero data in chunks spread over the disk.

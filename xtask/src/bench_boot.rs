@@ -27,17 +27,8 @@ const VMMS: [&str; 3] = ["vivarium", "qemu-microvm", "qemu-q35"];
 /// Runs the benchmark and records it in docs/BENCHMARKS.md.
 pub fn run() -> Result<(), String> {
     let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    util::run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "vivarium",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let vivarium = target.join("release").join("vivarium");
+    let vivarium = util::build_release_vivarium()?;
+    let target = util::target_dir();
     let fixtures = crate::fixtures::ensure()?;
     let scratch = target.join("bench-boot");
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;

@@ -5,22 +5,11 @@
 
 use std::process::Command;
 
-use crate::util::{self, workspace_root};
+use crate::util;
 
 /// Entry point of `cargo xtask run`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    util::run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "vivarium",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release").join("vivarium");
+    let bin = util::build_release_vivarium()?;
     let args: Vec<&str> = match args.iter().map(String::as_str).collect::<Vec<_>>() {
         a if a.is_empty() => vec!["list"],
         a if a[0] == "--" => a[1..].to_vec(),

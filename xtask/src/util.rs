@@ -12,6 +12,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo target folder (`$CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the release `vivarium` binary and returns its path.
+pub fn build_release_vivarium() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "vivarium",
+    ]))?;
+    Ok(target_dir().join("release").join("vivarium"))
+}
+
 /// Runs a command to completion, echoing it first; an error says which command failed.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {}", describe(cmd));
