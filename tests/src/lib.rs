@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: the `vivarium` binary on temporary libraries, and
 //! the guest fixtures and nested test rig for tests that boot real guests.
 
+pub mod guest_disk;
 pub mod vivarium;
 
 pub mod fixtures;

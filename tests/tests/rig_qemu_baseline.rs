@@ -10,12 +10,10 @@
 //! run it) a missing prerequisite fails the test instead. One rig boot for the whole file
 //! (about 20 s), so every check is grouped into this single test.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use vivarium_e2e::fixtures::Fixtures;
+use vivarium_e2e::guest_disk::{host_sha256, loud, write_pattern_disk};
 use vivarium_e2e::rig::{self, Rig, RigRun};
 
 /// Size of the test disk, and how much of it the guest hashes.
@@ -27,11 +25,6 @@ const WRITE_OFFSET: usize = 64 << 10;
 const GUEST_CPUS: u32 = 2;
 const GUEST_MIB: u64 = 256;
 
-/// Prints straight to stderr, past the test harness's capture, so that a skip is seen.
-fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 fn prerequisites() -> Result<Fixtures, String> {
     if let Some(reason) = rig::missing_prerequisite() {
         return Err(reason);
@@ -40,34 +33,6 @@ fn prerequisites() -> Result<Fixtures, String> {
         return Err("sha256sum is not on PATH (Debian package coreutils)".into());
     }
     Fixtures::locate()
-}
-
-/// A disk of deterministic pseudo-random bytes (xorshift64), so that its hash means something.
-fn write_disk(path: &Path) {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut bytes = Vec::with_capacity(DISK_BYTES);
-    while bytes.len() < DISK_BYTES {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    std::fs::write(path, bytes).expect("write the test disk");
-}
-
-fn host_sha256(path: &Path, len: usize) -> String {
-    let bytes = std::fs::read(path).expect("read the test disk");
-    let head = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(head.path(), &bytes[..len]).expect("write the hashed region");
-    let out = Command::new("sha256sum")
-        .arg(head.path())
-        .output()
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The script run inside the rig: QEMU boots the guest with two virtio-blk disks (one
@@ -153,7 +118,7 @@ fn qemu_boots_the_guest_fixtures_inside_the_rig() {
     };
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let disk = scratch.path().join("disk.img");
-    write_disk(&disk);
+    write_pattern_disk(&disk, DISK_BYTES, 0x9e37_79b9_7f4a_7c15);
     let disk_sha256 = host_sha256(&disk, HASHED_BYTES);
 
     let run = Rig::new(&fixtures, &rig_script())

@@ -13,11 +13,11 @@
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vivarium_e2e::fixtures::Fixtures;
+use vivarium_e2e::guest_disk::{host_sha256, loud, write_pattern_disk};
 use vivarium_e2e::rig::{self, Rig, RigRun};
 
 const DISK_BYTES: usize = 2 << 20;
@@ -25,10 +25,6 @@ const HASHED_BYTES: usize = 1 << 20;
 const WRITE_OFFSET: usize = 64 << 10;
 const GUEST_CPUS: u32 = 2;
 const GUEST_MIB: u64 = 256;
-
-fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
 
 /// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
 fn small_vivarium(scratch: &Path) -> PathBuf {
@@ -38,33 +34,6 @@ fn small_vivarium(scratch: &Path) -> PathBuf {
     // Without `strip` (binutils) the unstripped binary works too, only slower to carry.
     let _ = Command::new("strip").arg(&copy).status();
     copy
-}
-
-fn write_disk(path: &Path) {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut bytes = Vec::with_capacity(DISK_BYTES);
-    while bytes.len() < DISK_BYTES {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    std::fs::write(path, bytes).expect("write the test disk");
-}
-
-fn host_sha256(path: &Path, len: usize) -> String {
-    let bytes = std::fs::read(path).expect("read the test disk");
-    let head = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(head.path(), &bytes[..len]).expect("write the hashed region");
-    let out = Command::new("sha256sum")
-        .arg(head.path())
-        .output()
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn rig_script(vivarium: &Path) -> String {
@@ -166,7 +135,7 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
     };
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let disk = scratch.path().join("disk.img");
-    write_disk(&disk);
+    write_pattern_disk(&disk, DISK_BYTES, 0x2545_f491_4f6c_dd1d);
     let disk_sha256 = host_sha256(&disk, HASHED_BYTES);
     let vivarium = small_vivarium(scratch.path());
 
