@@ -3,7 +3,8 @@
 //! `boot_params.acpi_rsdp_addr`, or by scanning `0xe0000..0x100000`).
 //!
 //! ```text
-//! RSDP (rev 2) ─► XSDT ─┬─► FACP (FADT) ─┬─► DSDT  \_S5, \_SB.PCI0, \_SB.MRES, \_SB.COM1, CPUs
+//! RSDP (rev 2) ─► XSDT ─┬─► FACP (FADT) ─┬─► DSDT  \_S5, \_SB.PCI0, \_SB.MRES, \_SB.COM1,
+//!                       │                 │         \_SB.PS2K, \_SB.PS2M, CPUs
 //!                       │                 └─► FACS
 //!                       ├─► APIC (MADT)  local APICs, IOAPIC, ISA overrides, LINT1 NMI
 //!                       └─► MCFG         ECAM for segment 0, buses 0-255
@@ -67,11 +68,18 @@ const FACS_ALIGN: usize = 64;
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
 
+/// The i8042 (PS/2 controller), as the legacy device wiring places it.
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_KEYBOARD_IRQ: u32 = 1;
+const I8042_MOUSE_IRQ: u32 = 12;
+
 /// MADT interrupt source override flags: polarity active-high (01), trigger edge (01 << 2).
 const MPS_INTI_EDGE_HIGH: u16 = 0b01 | (0b01 << 2);
 /// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel irqchip does).
 const MADT_PCAT_COMPAT: u32 = 1;
-/// FADT IA-PC boot architecture flags: legacy (ISA) devices present, 8042 present, ASPM
+/// FADT IA-PC boot architecture flags: legacy (ISA) devices present, 8042 present (the
+/// DSDT's PS2K/PS2M describe it), ASPM
 /// must not be enabled by the OS. `MSI_NOT_SUPPORTED` is clear: virtio-pci uses MSI-X.
 const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_8042: u16 = 1 << 1;
@@ -309,7 +317,7 @@ fn mcfg() -> Vec<u8> {
 
 /// The DSDT: the S5 sleep state, the PCI host bridge and its windows, the ECAM as a
 /// motherboard resource (Linux only trusts an MCFG area that is reserved somewhere), COM1,
-/// and a processor device per vCPU.
+/// the PS/2 keyboard and mouse, and a processor device per vCPU.
 fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let mut body = Vec::new();
 
@@ -324,8 +332,9 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let pci0 = pci_host_bridge(mmio64);
     let mres = motherboard_resources();
     let com1 = com1();
+    let [ps2_keyboard, ps2_mouse] = ps2_devices();
     let cpu_devices: Vec<RawBytes> = (0..cpus).map(cpu_device).collect();
-    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1];
+    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1, &ps2_keyboard, &ps2_mouse];
     children.extend(cpu_devices.iter().map(|c| c as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
 
@@ -416,6 +425,36 @@ fn com1() -> RawBytes {
             &Name::new(Path::new("_CRS"), &crs),
         ],
     )))
+}
+
+/// `\_SB.PS2K` and `\_SB.PS2M`: the i8042's PS/2 keyboard (PNP0303: data port 0x60,
+/// command port 0x64, IRQ 1) and PS/2 mouse (PNP0F13: IRQ 12), so that Linux finds the
+/// controller through ACPI PnP rather than by probing ports. Both interrupts are ISA
+/// edge-triggered, active-high, exclusive.
+fn ps2_devices() -> [RawBytes; 2] {
+    let data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let command = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    let keyboard_irq = Interrupt::new(true, true, false, false, I8042_KEYBOARD_IRQ);
+    let keyboard_crs = ResourceTemplate::new(vec![&data, &command, &keyboard_irq]);
+    let keyboard_hid = EISAName::new("PNP0303");
+    let keyboard = RawBytes(aml_bytes(&Device::new(
+        Path::new("PS2K"),
+        vec![
+            &Name::new(Path::new("_HID"), &keyboard_hid),
+            &Name::new(Path::new("_CRS"), &keyboard_crs),
+        ],
+    )));
+    let mouse_irq = Interrupt::new(true, true, false, false, I8042_MOUSE_IRQ);
+    let mouse_crs = ResourceTemplate::new(vec![&mouse_irq]);
+    let mouse_hid = EISAName::new("PNP0F13");
+    let mouse = RawBytes(aml_bytes(&Device::new(
+        Path::new("PS2M"),
+        vec![
+            &Name::new(Path::new("_HID"), &mouse_hid),
+            &Name::new(Path::new("_CRS"), &mouse_crs),
+        ],
+    )));
+    [keyboard, mouse]
 }
 
 /// `\_SB.Cxxx`: processor device `index` (ACPI0007), whose `_UID` matches the MADT's
@@ -681,6 +720,8 @@ mod tests {
             &b"PCI0"[..],
             b"MRES",
             b"COM1",
+            b"PS2K",
+            b"PS2M",
             b"C000",
             b"C002",
             b"ACPI0007",
@@ -690,6 +731,20 @@ mod tests {
         assert!(!contains(d, b"C003"));
         // EISAID("PNP0A08") = 0x080ad041 little-endian, after a DWord prefix.
         assert!(contains(d, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]));
+        // The PS/2 keyboard (PNP0303) with IO(Decode16, 0x60/0x64, align 1, length 1) and
+        // the mouse (PNP0F13) with an edge, active-high, exclusive consumer IRQ 12.
+        assert!(contains(d, &[0x0c, 0x41, 0xd0, 0x03, 0x03]));
+        assert!(contains(
+            d,
+            &[0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01]
+        ));
+        assert!(contains(
+            d,
+            &[0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x01, 0x01]
+        ));
+        assert!(contains(d, &[0x0c, 0x41, 0xd0, 0x0f, 0x13]));
+        assert!(contains(d, &[0x89, 0x06, 0x00, 0x03, 0x01, 12, 0, 0, 0]));
+        assert!(contains(d, &[0x89, 0x06, 0x00, 0x03, 0x01, 1, 0, 0, 0]));
         // The 64-bit window: QWord address space descriptor with min and max.
         let mut qword = Vec::new();
         qword.extend_from_slice(&MMIO64.start.to_le_bytes());
@@ -786,7 +841,8 @@ mod tests {
             match name {
                 "dsdt" => {
                     for s in [
-                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "_S5_", "ACPI0007",
+                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "PNP0303", "PNP0F13", "_S5_",
+                        "ACPI0007",
                     ] {
                         assert!(dsl.contains(s), "{s} in:\n{dsl}");
                     }

@@ -11,7 +11,7 @@ use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
-use vivarium_devices::i8042::{I8042, ResetLine};
+use vivarium_devices::i8042::{I8042, Ps2Input, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
@@ -34,27 +34,34 @@ const COM1_PORT: u64 = 0x3f8;
 const COM1_IRQ: u32 = 4;
 /// The i8042's data port; its command port is 4 above.
 const I8042_PORT: u64 = 0x60;
+/// The i8042's interrupts: keyboard bytes on IRQ 1, mouse bytes on IRQ 12 (ISA, edge).
+const I8042_KEYBOARD_IRQ: u32 = 1;
+const I8042_MOUSE_IRQ: u32 = 12;
 
 fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
     move |e| Error::Setup(format!("could not place the {what}: {e}"))
 }
 
-/// Adds COM1 (writing to `serial_output`) and the i8042 (whose reset command calls `reset`)
-/// to the port I/O bus.
+/// Adds COM1 (writing to `serial_output`, IRQ 4) and the i8042 with its PS/2 keyboard
+/// (IRQ 1) and mouse (IRQ 12), whose reset command calls `reset`, to the port I/O bus.
+/// Returns the host's input handle for the PS/2 keyboard and mouse.
 pub fn attach_legacy_devices(
     vm: &VmFd,
     pio: &Bus,
     serial_output: impl Write + Send + 'static,
     reset: Arc<dyn ResetLine>,
-) -> Result<Arc<Mutex<Serial>>> {
+) -> Result<Ps2Input> {
     let irq = Arc::new(IrqfdLine::new(vm, COM1_IRQ)?);
     let serial = Arc::new(Mutex::new(Serial::new(irq, Box::new(serial_output))));
-    pio.insert(COM1_PORT, 8, serial.clone())
+    pio.insert(COM1_PORT, 8, serial)
         .map_err(bus_error("serial port"))?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(reset)));
-    pio.insert(I8042_PORT, 5, i8042)
+    let keyboard_irq = Arc::new(IrqfdLine::new(vm, I8042_KEYBOARD_IRQ)?);
+    let mouse_irq = Arc::new(IrqfdLine::new(vm, I8042_MOUSE_IRQ)?);
+    let i8042 = I8042::new(reset, keyboard_irq, mouse_irq);
+    let ps2_input = i8042.input();
+    pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))
         .map_err(bus_error("keyboard controller"))?;
-    Ok(serial)
+    Ok(ps2_input)
 }
 
 /// Messages of MSI-X capable devices, delivered with `KVM_SIGNAL_MSI`.

@@ -19,6 +19,7 @@ pub mod probe;
 use vivarium_core::backend::{Backend, BackendError, HostSupport, MachineSpec, RunningMachine};
 
 pub use error::{Error, Result};
+pub use machine::KvmMachine;
 pub use probe::HostPaths;
 
 /// The KVM backend.
@@ -31,6 +32,20 @@ impl KvmBackend {
     /// The backend on this host's /dev/kvm.
     pub fn new() -> Self {
         KvmBackend::default()
+    }
+}
+
+impl KvmBackend {
+    /// Starts a machine like [`Backend::start`], returning the KVM machine itself, which
+    /// also offers what the backend trait does not carry yet (the PS/2 input handle).
+    pub fn start_machine(
+        &self,
+        spec: MachineSpec,
+    ) -> std::result::Result<KvmMachine, BackendError> {
+        if let HostSupport::Unavailable { reason, remedy } = self.probe() {
+            return Err(BackendError::HostUnsupported(format!("{reason}. {remedy}")));
+        }
+        Ok(machine::start(spec)?)
     }
 }
 
@@ -47,9 +62,6 @@ impl Backend for KvmBackend {
         &self,
         spec: MachineSpec,
     ) -> std::result::Result<std::sync::Arc<dyn RunningMachine>, BackendError> {
-        if let HostSupport::Unavailable { reason, remedy } = self.probe() {
-            return Err(BackendError::HostUnsupported(format!("{reason}. {remedy}")));
-        }
-        Ok(std::sync::Arc::new(machine::start(spec)?))
+        Ok(std::sync::Arc::new(self.start_machine(spec)?))
     }
 }

@@ -20,6 +20,7 @@ use vivarium_core::backend::{
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::acpi_pm::AcpiPm;
 use vivarium_devices::bus::{Bus, BusKind};
+use vivarium_devices::i8042::Ps2Input;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -55,6 +56,8 @@ struct ControlState {
     ended: Option<MachineExit>,
     /// The current boot's ACPI power-management block, where the power button is.
     acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
+    /// The current boot's PS/2 keyboard and mouse input (a reset builds a new i8042).
+    ps2_input: Option<Ps2Input>,
 }
 
 impl Control {
@@ -279,6 +282,19 @@ fn machine_thread(plan: MachinePlan, first: Vm, control: Arc<Control>) {
     control.changed.notify_all();
 }
 
+impl KvmMachine {
+    /// Keyboard and mouse input into the running boot's PS/2 devices; `None` once the
+    /// machine has ended. A reset replaces the devices, so fetch the handle again after
+    /// one (a handle of an earlier boot goes nowhere).
+    pub fn ps2_input(&self) -> Option<Ps2Input> {
+        let state = self.control.lock();
+        if state.ended.is_some() {
+            return None;
+        }
+        state.ps2_input.clone()
+    }
+}
+
 impl RunningMachine for KvmMachine {
     fn request(&self, request: ControlRequest) -> std::result::Result<(), BackendError> {
         if self.control.lock().ended.is_some() {
@@ -404,7 +420,9 @@ impl Vm {
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
         let reset = Arc::new(GuestReset(Arc::clone(control)));
-        crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        let ps2_input =
+            crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        control.lock().ps2_input = Some(ps2_input);
         let power_control = Arc::clone(control);
         let power_off = Arc::new(crate::devices::GuestPowerOff(Box::new(move || {
             power_control.stop(Stop::PowerOff)

@@ -10,6 +10,7 @@ use vivarium_backend_kvm::KvmBackend;
 use vivarium_core::backend::{
     Backend, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
 };
+use vivarium_devices::i8042::{Key, MouseButtons};
 
 /// Where the guests are loaded and entered.
 const LOAD: u64 = 0x1000;
@@ -315,4 +316,114 @@ fn the_acpi_power_button_reaches_the_guest_and_s5_powers_off() {
         "the guest entered S5"
     );
     assert!(out.text().ends_with("armed\nB"), "{:?}", out.text());
+}
+
+/// Real-mode code that waits until the i8042 has a byte (status bit 0), reads it from port
+/// 0x60 and writes it to COM1 (`dx` must hold 0x3f8).
+const FORWARD_ONE_I8042_BYTE: [u8; 9] = [
+    0xe4, 0x64, // wait: in al, 0x64
+    0xa8, 0x01, // test al, 1 (output buffer full)
+    0x74, 0xfa, // jz wait
+    0xe4, 0x60, // in al, 0x60
+    0xee, // out dx, al
+];
+
+#[test]
+fn the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io() {
+    let Some(backend) = backend() else { return };
+    let mut code = vec![0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    // Controller self test (0xaa on port 0x64): 0x55.
+    code.extend_from_slice(&[0xb0, 0xaa, 0xe6, 0x64]);
+    code.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
+    // Read the configuration byte (0x20).
+    code.extend_from_slice(&[0xb0, 0x20, 0xe6, 0x64]);
+    code.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
+    // Keyboard interface test (0xab): 0x00.
+    code.extend_from_slice(&[0xb0, 0xab, 0xe6, 0x64]);
+    code.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
+    // Keyboard identify (0xf2 on port 0x60): ACK and the MF2 id, translated.
+    code.extend_from_slice(&[0xb0, 0xf2, 0xe6, 0x60]);
+    for _ in 0..3 {
+        code.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
+    }
+    code.extend_from_slice(&HALT_FOREVER);
+    let (machine, out) = start(&backend, code, 1);
+    let started = Instant::now();
+    while out.len() < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:02x?}",
+            out.0.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        *out.0.lock().unwrap(),
+        [0x55, 0x45, 0x00, 0xfa, 0xab, 0x41],
+        "self test, configuration (translation, system flag, keyboard interrupt), \
+         interface test, ACK, identity AB 83 translated to AB 41"
+    );
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+}
+
+#[test]
+fn host_keys_and_mouse_movement_reach_the_guest() {
+    let Some(backend) = backend() else { return };
+    // Enable mouse reporting (0xd4 0xf4), then forward every byte forever.
+    let mut tail = vec![0xb0, 0xd4, 0xe6, 0x64, 0xb0, 0xf4, 0xe6, 0x60];
+    tail.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
+    tail.extend_from_slice(&[0xeb, 0xf5]); // jmp back to the wait
+    let out = Capture::default();
+    let machine = backend
+        .start_machine(MachineSpec {
+            cpus: 1,
+            memory_mib: 16,
+            boot: BootSpec::RealModeImage {
+                code: print_then("ready\n", &tail),
+                load_address: LOAD,
+            },
+            disks: Vec::new(),
+            serial_output: Box::new(out.clone()),
+        })
+        .expect("the machine starts");
+    let mut expected = b"ready\n".to_vec();
+    expected.push(0xfa); // the mouse's ACK
+    let started = Instant::now();
+    while *out.0.lock().unwrap() != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:02x?}",
+            out.0.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let input = machine
+        .ps2_input()
+        .expect("a running machine has PS/2 input");
+    input.press(Key::KeyA).unwrap();
+    input.release(Key::KeyA).unwrap();
+    let left = MouseButtons {
+        left: true,
+        ..Default::default()
+    };
+    input.mouse_motion(5, -3, 0, left).unwrap();
+    // Set 1 make and break of A, then a packet: left button, 5 right, 3 up.
+    expected.extend_from_slice(&[0x1e, 0x9e, 0x09, 0x05, 0x03]);
+    let started = Instant::now();
+    while out.len() < expected.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:02x?}",
+            out.0.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*out.0.lock().unwrap(), expected);
+    machine.request(ControlRequest::PowerOff).unwrap();
+    assert_eq!(machine.wait(), MachineExit::PoweredOff);
+    assert!(
+        machine.ps2_input().is_none(),
+        "no input into a stopped machine"
+    );
 }

@@ -62,6 +62,17 @@ pub enum Error {
     /// Guest memory could not be accessed.
     #[error("guest memory error: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// The guest has its PS/2 keyboard or mouse turned off (no driver yet, or it disabled
+    /// the device), so host input for it was not sent.
+    #[error(
+        "the guest has not enabled its PS/2 {0} (no driver loaded yet, or it turned the device off): the input was not sent"
+    )]
+    InputDisabled(&'static str),
+    /// The guest has not read earlier PS/2 input; the new input was not queued.
+    #[error(
+        "the guest is not reading its PS/2 {0} fast enough: the input was not sent; send it again later"
+    )]
+    InputQueueFull(&'static str),
     /// A host I/O operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
