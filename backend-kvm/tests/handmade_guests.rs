@@ -370,8 +370,12 @@ fn the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io() {
 #[test]
 fn host_keys_and_mouse_movement_reach_the_guest() {
     let Some(backend) = backend() else { return };
-    // Enable mouse reporting (0xd4 0xf4), then forward every byte forever.
-    let mut tail = vec![0xb0, 0xd4, 0xe6, 0x64, 0xb0, 0xf4, 0xe6, 0x60];
+    // Enable the keyboard (0xf4 to port 0x60) and mouse reporting (0xd4, 0xf4), then
+    // forward every byte forever.
+    let mut tail = vec![
+        0xb0, 0xf4, 0xe6, 0x60, // keyboard: enable
+        0xb0, 0xd4, 0xe6, 0x64, 0xb0, 0xf4, 0xe6, 0x60, // mouse: enable reporting
+    ];
     tail.extend_from_slice(&FORWARD_ONE_I8042_BYTE);
     tail.extend_from_slice(&[0xeb, 0xf5]); // jmp back to the wait
     let out = Capture::default();
@@ -388,7 +392,7 @@ fn host_keys_and_mouse_movement_reach_the_guest() {
         })
         .expect("the machine starts");
     let mut expected = b"ready\n".to_vec();
-    expected.push(0xfa); // the mouse's ACK
+    expected.extend_from_slice(&[0xfa, 0xfa]); // the keyboard's and the mouse's ACKs
     let started = Instant::now();
     while *out.0.lock().unwrap() != expected {
         assert!(

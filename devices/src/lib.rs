@@ -19,6 +19,9 @@
 //!   register or when the backend calls [`virtio::pci::VirtioPciDevice::notify_queue`].
 //! * The 16550 UART ([`serial::Serial`]) goes on the PIO bus (or MMIO bus) and raises an
 //!   [`IrqLine`] the backend implements.
+//! * The i8042 PS/2 controller ([`i8042::I8042`]) goes on the PIO bus at `0x60` (5 ports)
+//!   with two [`IrqLine`]s (keyboard, mouse) and a [`i8042::ResetLine`]; the host types and
+//!   moves the mouse through its [`i8042::Ps2Input`] handle from any thread.
 #![deny(missing_docs)]
 
 pub mod acpi_pm;

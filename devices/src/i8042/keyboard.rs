@@ -2,8 +2,13 @@
 //! back.
 //!
 //! The keyboard always works in scancode set 2; the controller translates to set 1 when
-//! its configuration asks for it (see [`super::translate`]). Asking for set 1 or 3 is
+//! its configuration asks for it (bit 6 of the configuration byte). Asking for set 1 or 3 is
 //! refused with "resend" (`FE`), which Linux's `atkbd` takes as "stay in set 2".
+//!
+//! Unlike a real keyboard, this one does not scan keys from power-on but only once the
+//! guest's driver (or firmware) has enabled it with `F4`, `F6` or a reset `FF`: host input
+//! typed before a driver exists would pile up in the queue, and Linux's i8042 probe
+//! declares the controller absent when it has more than 16 bytes to flush.
 //!
 //! Typematic repeat is the host's job: the keyboard stores the rate and delay the guest
 //! sets with `F3` (see [`Keyboard::typematic`]) but does not repeat a held key by itself;
@@ -86,7 +91,8 @@ impl Default for Keyboard {
         Keyboard {
             queue: ByteQueue::new(QUEUE_BYTES),
             awaiting: None,
-            scanning: true,
+            // See the module documentation: no scanning until a driver enables it.
+            scanning: false,
             leds: KeyboardLeds::default(),
             typematic: DEFAULT_TYPEMATIC,
             last_sent: ACK,
@@ -117,7 +123,7 @@ impl Keyboard {
         self.typematic
     }
 
-    /// Whether the keyboard reports keys (enabled with `F4`, the default; `F5` disables).
+    /// Whether the keyboard reports keys (enabled with `F4`, `F6` or `FF`; `F5` disables).
     pub fn scanning(&self) -> bool {
         self.scanning
     }
@@ -278,6 +284,8 @@ mod tests {
     #[test]
     fn reset_and_disable_drop_pending_keys() {
         let mut k = Keyboard::default();
+        assert!(!k.scanning(), "no scanning before a driver enables it");
+        assert_eq!(send(&mut k, &[0xf4]), [ACK]);
         assert!(k.send_scancodes(&[0x1c, 0xf0, 0x1c]));
         assert_eq!(send(&mut k, &[0xf5]), [ACK]);
         assert!(k.send_scancodes(&[0x1c]));
@@ -287,6 +295,7 @@ mod tests {
     #[test]
     fn a_full_queue_ends_with_one_overrun_code() {
         let mut k = Keyboard::default();
+        send(&mut k, &[0xf4]);
         let mut accepted = 0;
         for _ in 0..QUEUE_BYTES {
             if k.send_scancodes(&[0x1c, 0xf0, 0x1c]) {
