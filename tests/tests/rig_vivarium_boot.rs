@@ -4,7 +4,8 @@
 //!
 //! One rig run, three boots:
 //! 1. checks CPUs, memory, the disk's sha256, a write (then read back on the host side after
-//!    the VM stopped: it persisted), virtio-rng and the virtio devices; the guest powers off
+//!    the VM stopped: it persisted), virtio-rng, the virtio devices and the PS/2 keyboard and
+//!    mouse; the guest powers off
 //!    (ACPI S5) and `vivarium run` exits 0;
 //! 2. the disk is made read-only: the guest's write is refused and the image is unchanged;
 //!    the guest reboots, Vivarium resets the machine and it boots again; Ctrl-C powers off;
@@ -38,7 +39,7 @@ fn small_vivarium(scratch: &Path) -> PathBuf {
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
-    let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio";
+    let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio,input";
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
@@ -184,6 +185,16 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
     expect(&run, "rng_bytes", "64");
     expect(&run, "rng_source", "virtio_rng.0");
     expect(&run, "virtio_ids", "2,4");
+    // The i8042, found through ACPI PnP: atkbd on the translated keyboard, psmouse with the
+    // IntelliMouse wheel.
+    let inputs = run.result("input_devices").unwrap_or_default();
+    for device in ["AT_Translated_Set_2_keyboard", "ImPS/2_Generic_Wheel_Mouse"] {
+        assert!(
+            inputs.contains(device),
+            "{device} missing from the guest's input devices {inputs:?}\n{}",
+            run.transcript()
+        );
+    }
     expect(&run, "boot1_exit", "0");
     expect(
         &run,
