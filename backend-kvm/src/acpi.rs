@@ -6,7 +6,7 @@
 //! RSDP (rev 2) ─► XSDT ─┬─► FACP (FADT) ─┬─► DSDT  \_S5, \_SB.PCI0, \_SB.MRES, \_SB.COM1, CPUs
 //!                       │                 └─► FACS
 //!                       ├─► APIC (MADT)  local APICs, IOAPIC, ISA overrides, LINT1 NMI
-//!                       └─► MCFG         ECAM for segment 0, buses 0-255
+//!                       └─► MCFG         ECAM for segment 0, the root bus
 //! ```
 //!
 //! The machine is not hardware-reduced: the FADT points at the PM1a event/control blocks,
@@ -66,15 +66,17 @@ const FACS_ALIGN: usize = 64;
 /// COM1, as the legacy device wiring places it.
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
+/// The CMOS real-time clock's ports and interrupt (the ISA PC's).
+const RTC_PORT: u16 = 0x70;
+const RTC_IRQ: u32 = 8;
 
 /// MADT interrupt source override flags: polarity active-high (01), trigger edge (01 << 2).
 const MPS_INTI_EDGE_HIGH: u16 = 0b01 | (0b01 << 2);
 /// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel irqchip does).
 const MADT_PCAT_COMPAT: u32 = 1;
-/// FADT IA-PC boot architecture flags: legacy (ISA) devices present, 8042 present, ASPM
-/// must not be enabled by the OS. `MSI_NOT_SUPPORTED` is clear: virtio-pci uses MSI-X.
+/// FADT IA-PC boot architecture flags: legacy (ISA) devices present, ASPM must not be
+/// enabled by the OS. `MSI_NOT_SUPPORTED` is clear: virtio-pci uses MSI-X.
 const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
-const IAPC_8042: u16 = 1 << 1;
 const IAPC_PCIE_ASPM_CONTROLS: u16 = 1 << 4;
 
 /// ACPI tables laid out for a guest physical address: the bytes to copy there and where
@@ -248,7 +250,11 @@ fn fadt(pm: &AcpiPmPorts, dsdt: u64, facs: u64) -> Vec<u8> {
     // C2 and C3 are not supported (latencies above 100 and 1000 us).
     f.p_lvl2_lat = 101.into();
     f.p_lvl3_lat = 1001.into();
-    f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_PCIE_ASPM_CONTROLS).into();
+    // No 8042 flag until the DSDT declares a PS/2 keyboard: with the flag and no PNP0303,
+    // Linux probes the ports by hand and waits out every command the reset-only i8042 does
+    // not answer (seconds at boot). The reset command on port 0x64 works either way.
+    f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_PCIE_ASPM_CONTROLS).into();
+    f.century = vivarium_devices::rtc::CENTURY;
     f.reset_reg = io_gas(pm.reset(), 1, AccessSize::ByteAccess);
     f.reset_value = RESET_VALUE;
     aml_bytes(&f.finalize())
@@ -300,10 +306,10 @@ fn local_apic_nmi() -> [u8; 6] {
     [4, 6, 0xff, f0, f1, 1]
 }
 
-/// The MCFG: the ECAM window for PCI segment 0, buses 0-255.
+/// The MCFG: the ECAM window for PCI segment 0, the root bus (no bridges).
 fn mcfg() -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, 255);
+    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_LAST_BUS);
     aml_bytes(&mcfg)
 }
 
@@ -324,8 +330,9 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let pci0 = pci_host_bridge(mmio64);
     let mres = motherboard_resources();
     let com1 = com1();
+    let rtc = rtc();
     let cpu_devices: Vec<RawBytes> = (0..cpus).map(cpu_device).collect();
-    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1];
+    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1, &rtc];
     children.extend(cpu_devices.iter().map(|c| c as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
 
@@ -335,10 +342,10 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// `\_SB.PCI0`: a PCI Express host bridge (ECAM via MCFG) for segment 0, buses 0-255, the
+/// `\_SB.PCI0`: a PCI Express host bridge (ECAM via MCFG) for segment 0, the root bus, the
 /// legacy config ports, all I/O ports outside them, the 32-bit window and the 64-bit one.
 fn pci_host_bridge(mmio64: &Range<u64>) -> RawBytes {
-    let bus_numbers = AddressSpace::<u16>::new_bus_number(0, 255);
+    let bus_numbers = AddressSpace::<u16>::new_bus_number(0, layout::PCI_LAST_BUS.into());
     let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = AddressSpace::<u16>::new_io(0x0000, 0x0cf7, None);
     let io_high = AddressSpace::<u16>::new_io(0x0d00, 0xffff, None);
@@ -413,6 +420,22 @@ fn com1() -> RawBytes {
         vec![
             &Name::new(Path::new("_HID"), &hid),
             &Name::new(Path::new("_UID"), &aml::ONE),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )))
+}
+
+/// `\_SB.RTC_`: the CMOS real-time clock at 0x70, IRQ 8 (edge, active-high). Declaring it
+/// lets Linux's `rtc_cmos` bind through ACPI instead of guessing at the ports.
+fn rtc() -> RawBytes {
+    let ports = IO::new(RTC_PORT, RTC_PORT, 1, 2);
+    let irq = Interrupt::new(true, true, false, false, RTC_IRQ);
+    let crs = ResourceTemplate::new(vec![&ports, &irq]);
+    let hid = EISAName::new("PNP0B00");
+    RawBytes(aml_bytes(&Device::new(
+        Path::new("RTC_"),
+        vec![
+            &Name::new(Path::new("_HID"), &hid),
             &Name::new(Path::new("_CRS"), &crs),
         ],
     )))
@@ -659,7 +682,7 @@ mod tests {
         assert_eq!(m.len(), 36 + 8 + 16);
         assert_eq!(u64_at(m, 44), layout::PCI_ECAM_START);
         assert_eq!(u16_at(m, 52), 0, "segment");
-        assert_eq!((m[54], m[55]), (0, 255), "buses");
+        assert_eq!((m[54], m[55]), (0, layout::PCI_LAST_BUS), "buses");
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -786,7 +809,7 @@ mod tests {
             match name {
                 "dsdt" => {
                     for s in [
-                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "_S5_", "ACPI0007",
+                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "PNP0B00", "_S5_", "ACPI0007",
                     ] {
                         assert!(dsl.contains(s), "{s} in:\n{dsl}");
                     }

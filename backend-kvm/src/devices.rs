@@ -13,6 +13,7 @@ use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
 use vivarium_devices::i8042::{I8042, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
+use vivarium_devices::rtc::CmosRtc;
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
@@ -34,13 +35,16 @@ const COM1_PORT: u64 = 0x3f8;
 const COM1_IRQ: u32 = 4;
 /// The i8042's data port; its command port is 4 above.
 const I8042_PORT: u64 = 0x60;
+/// The CMOS real-time clock's index port (data at +1) and interrupt.
+const RTC_PORT: u64 = 0x70;
+const RTC_IRQ: u32 = 8;
 
 fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
     move |e| Error::Setup(format!("could not place the {what}: {e}"))
 }
 
-/// Adds COM1 (writing to `serial_output`) and the i8042 (whose reset command calls `reset`)
-/// to the port I/O bus.
+/// Adds COM1 (writing to `serial_output`), the i8042 (whose reset command calls `reset`) and
+/// the CMOS real-time clock to the port I/O bus.
 pub fn attach_legacy_devices(
     vm: &VmFd,
     pio: &Bus,
@@ -54,6 +58,9 @@ pub fn attach_legacy_devices(
     let i8042 = Arc::new(Mutex::new(I8042::new(reset)));
     pio.insert(I8042_PORT, 5, i8042)
         .map_err(bus_error("keyboard controller"))?;
+    let rtc_irq = Arc::new(IrqfdLine::new(vm, RTC_IRQ)?);
+    pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(CmosRtc::new(rtc_irq))))
+        .map_err(bus_error("real-time clock"))?;
     Ok(serial)
 }
 
