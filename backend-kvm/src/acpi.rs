@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! RSDP (rev 2) ─► XSDT ─┬─► FACP (FADT) ─┬─► DSDT  \_S5, \_SB.PCI0, \_SB.MRES, \_SB.COM1,
-//!                       │                 │         \_SB.PS2K, \_SB.PS2M, CPUs
+//!                       │                 │         \_SB.RTC_, \_SB.PS2K, \_SB.PS2M, CPUs
 //!                       │                 └─► FACS
 //!                       ├─► APIC (MADT)  local APICs, IOAPIC, ISA overrides, LINT1 NMI
-//!                       └─► MCFG         ECAM for segment 0, buses 0-255
+//!                       └─► MCFG         ECAM for segment 0, the root bus
 //! ```
 //!
 //! The machine is not hardware-reduced: the FADT points at the PM1a event/control blocks,
@@ -67,6 +67,9 @@ const FACS_ALIGN: usize = 64;
 /// COM1, as the legacy device wiring places it.
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
+/// The CMOS real-time clock's ports and interrupt (the ISA PC's).
+const RTC_PORT: u16 = 0x70;
+const RTC_IRQ: u32 = 8;
 
 /// The i8042 (PS/2 controller), as the legacy device wiring places it.
 const I8042_DATA_PORT: u16 = 0x60;
@@ -79,10 +82,10 @@ const MPS_INTI_EDGE_HIGH: u16 = 0b01 | (0b01 << 2);
 /// MADT flag: the machine also has dual 8259 PICs (KVM's in-kernel irqchip does).
 const MADT_PCAT_COMPAT: u32 = 1;
 /// FADT IA-PC boot architecture flags: legacy (ISA) devices present, 8042 present (the
-/// DSDT's PS2K/PS2M describe it), ASPM
-/// must not be enabled by the OS. `MSI_NOT_SUPPORTED` is clear: virtio-pci uses MSI-X.
-const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
+/// DSDT's PS2K/PS2M describe it), ASPM must not be enabled by the OS.
+/// `MSI_NOT_SUPPORTED` is clear: virtio-pci uses MSI-X.
 const IAPC_8042: u16 = 1 << 1;
+const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_PCIE_ASPM_CONTROLS: u16 = 1 << 4;
 
 /// ACPI tables laid out for a guest physical address: the bytes to copy there and where
@@ -256,7 +259,11 @@ fn fadt(pm: &AcpiPmPorts, dsdt: u64, facs: u64) -> Vec<u8> {
     // C2 and C3 are not supported (latencies above 100 and 1000 us).
     f.p_lvl2_lat = 101.into();
     f.p_lvl3_lat = 1001.into();
+    // The 8042 flag goes with the DSDT's PS/2 keyboard (PNP0303) and mouse (PNP0F13), which
+    // is how Linux finds the controller; with the flag and no PNP0303 it would probe the
+    // ports by hand.
     f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_PCIE_ASPM_CONTROLS).into();
+    f.century = vivarium_devices::rtc::CENTURY;
     f.reset_reg = io_gas(pm.reset(), 1, AccessSize::ByteAccess);
     f.reset_value = RESET_VALUE;
     aml_bytes(&f.finalize())
@@ -308,16 +315,16 @@ fn local_apic_nmi() -> [u8; 6] {
     [4, 6, 0xff, f0, f1, 1]
 }
 
-/// The MCFG: the ECAM window for PCI segment 0, buses 0-255.
+/// The MCFG: the ECAM window for PCI segment 0, the root bus (no bridges).
 fn mcfg() -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, 255);
+    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_LAST_BUS);
     aml_bytes(&mcfg)
 }
 
 /// The DSDT: the S5 sleep state, the PCI host bridge and its windows, the ECAM as a
 /// motherboard resource (Linux only trusts an MCFG area that is reserved somewhere), COM1,
-/// the PS/2 keyboard and mouse, and a processor device per vCPU.
+/// the real-time clock, the PS/2 keyboard and mouse, and a processor device per vCPU.
 fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let mut body = Vec::new();
 
@@ -332,9 +339,10 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let pci0 = pci_host_bridge(mmio64);
     let mres = motherboard_resources();
     let com1 = com1();
+    let rtc = rtc();
     let [ps2_keyboard, ps2_mouse] = ps2_devices();
     let cpu_devices: Vec<RawBytes> = (0..cpus).map(cpu_device).collect();
-    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1, &ps2_keyboard, &ps2_mouse];
+    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1, &rtc, &ps2_keyboard, &ps2_mouse];
     children.extend(cpu_devices.iter().map(|c| c as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
 
@@ -344,10 +352,10 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// `\_SB.PCI0`: a PCI Express host bridge (ECAM via MCFG) for segment 0, buses 0-255, the
+/// `\_SB.PCI0`: a PCI Express host bridge (ECAM via MCFG) for segment 0, the root bus, the
 /// legacy config ports, all I/O ports outside them, the 32-bit window and the 64-bit one.
 fn pci_host_bridge(mmio64: &Range<u64>) -> RawBytes {
-    let bus_numbers = AddressSpace::<u16>::new_bus_number(0, 255);
+    let bus_numbers = AddressSpace::<u16>::new_bus_number(0, layout::PCI_LAST_BUS.into());
     let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = AddressSpace::<u16>::new_io(0x0000, 0x0cf7, None);
     let io_high = AddressSpace::<u16>::new_io(0x0d00, 0xffff, None);
@@ -422,6 +430,22 @@ fn com1() -> RawBytes {
         vec![
             &Name::new(Path::new("_HID"), &hid),
             &Name::new(Path::new("_UID"), &aml::ONE),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )))
+}
+
+/// `\_SB.RTC_`: the CMOS real-time clock at 0x70, IRQ 8 (edge, active-high). Declaring it
+/// lets Linux's `rtc_cmos` bind through ACPI instead of guessing at the ports.
+fn rtc() -> RawBytes {
+    let ports = IO::new(RTC_PORT, RTC_PORT, 1, 2);
+    let irq = Interrupt::new(true, true, false, false, RTC_IRQ);
+    let crs = ResourceTemplate::new(vec![&ports, &irq]);
+    let hid = EISAName::new("PNP0B00");
+    RawBytes(aml_bytes(&Device::new(
+        Path::new("RTC_"),
+        vec![
+            &Name::new(Path::new("_HID"), &hid),
             &Name::new(Path::new("_CRS"), &crs),
         ],
     )))
@@ -630,6 +654,11 @@ mod tests {
         assert_ne!(flags & Flags::ResetRegSup as u32, 0);
         assert_eq!(flags & Flags::HwReducedAcpi as u32, 0);
         assert_eq!(u16_at(f, 109) & (1 << 3), 0, "MSI is supported");
+        assert_ne!(
+            u16_at(f, 109) & IAPC_8042,
+            0,
+            "an 8042, described in the DSDT"
+        );
         // RESET_REG: system I/O, 8 bits, offset 0, at the device's reset port.
         assert_eq!(&f[116..120], &[1, 8, 0, 1]);
         assert_eq!(u64_at(f, 120), u64::from(pm.reset()));
@@ -698,7 +727,7 @@ mod tests {
         assert_eq!(m.len(), 36 + 8 + 16);
         assert_eq!(u64_at(m, 44), layout::PCI_ECAM_START);
         assert_eq!(u16_at(m, 52), 0, "segment");
-        assert_eq!((m[54], m[55]), (0, 255), "buses");
+        assert_eq!((m[54], m[55]), (0, layout::PCI_LAST_BUS), "buses");
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -841,8 +870,8 @@ mod tests {
             match name {
                 "dsdt" => {
                     for s in [
-                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "PNP0303", "PNP0F13", "_S5_",
-                        "ACPI0007",
+                        "PNP0A08", "PNP0A03", "PNP0C02", "PNP0501", "PNP0B00", "PNP0303",
+                        "PNP0F13", "_S5_", "ACPI0007",
                     ] {
                         assert!(dsl.contains(s), "{s} in:\n{dsl}");
                     }

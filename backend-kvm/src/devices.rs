@@ -13,6 +13,7 @@ use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
 use vivarium_devices::i8042::{I8042, Ps2Input, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
+use vivarium_devices::rtc::CmosRtc;
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
@@ -37,14 +38,17 @@ const I8042_PORT: u64 = 0x60;
 /// The i8042's interrupts: keyboard bytes on IRQ 1, mouse bytes on IRQ 12 (ISA, edge).
 const I8042_KEYBOARD_IRQ: u32 = 1;
 const I8042_MOUSE_IRQ: u32 = 12;
+/// The CMOS real-time clock's index port (data at +1) and interrupt.
+const RTC_PORT: u64 = 0x70;
+const RTC_IRQ: u32 = 8;
 
 fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
     move |e| Error::Setup(format!("could not place the {what}: {e}"))
 }
 
-/// Adds COM1 (writing to `serial_output`, IRQ 4) and the i8042 with its PS/2 keyboard
-/// (IRQ 1) and mouse (IRQ 12), whose reset command calls `reset`, to the port I/O bus.
-/// Returns the host's input handle for the PS/2 keyboard and mouse.
+/// Adds COM1 (writing to `serial_output`, IRQ 4), the i8042 with its PS/2 keyboard (IRQ 1)
+/// and mouse (IRQ 12), whose reset command calls `reset`, and the CMOS real-time clock
+/// (IRQ 8) to the port I/O bus. Returns the host's input handle for the PS/2 devices.
 pub fn attach_legacy_devices(
     vm: &VmFd,
     pio: &Bus,
@@ -61,6 +65,9 @@ pub fn attach_legacy_devices(
     let ps2_input = i8042.input();
     pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))
         .map_err(bus_error("keyboard controller"))?;
+    let rtc_irq = Arc::new(IrqfdLine::new(vm, RTC_IRQ)?);
+    pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(CmosRtc::new(rtc_irq))))
+        .map_err(bus_error("real-time clock"))?;
     Ok(ps2_input)
 }
 

@@ -29,6 +29,11 @@ pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 /// PCI Express enhanced configuration space (ECAM).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// The last PCI bus number the machine declares (MCFG and the host bridge's `_CRS`). Every
+/// device sits on the root bus and there are no bridges; declaring 256 buses would make
+/// Linux probe 32 slots on each of them through port I/O at boot (about a second of exits
+/// in a nested VM).
+pub const PCI_LAST_BUS: u8 = 0;
 /// Size of the ECAM window (256 buses x 32 devices x 8 functions x 4 KiB).
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
 /// Size of the 64-bit MMIO window placed above RAM.

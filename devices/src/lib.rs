@@ -29,6 +29,7 @@ pub mod bus;
 pub mod error;
 pub mod i8042;
 pub mod pci;
+pub mod rtc;
 pub mod serial;
 pub mod virtio;
 

@@ -39,7 +39,7 @@ fn small_vivarium(scratch: &Path) -> PathBuf {
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
-    let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio,input";
+    let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio,rtc,input";
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
@@ -71,6 +71,7 @@ $V import guest disk.img --kernel "$VIVARIUM_GUEST_KERNEL" --initrd "$VIVARIUM_G
 D="$VIVARIUM_HOME/vms/guest.vivm/disks/disk0.raw"
 
 echo "VIVARIUM-RIG-MARK boot1-start"
+echo "VIVARIUM-RESULT rig_epoch=$(date +%s)"
 $V run guest
 echo "VIVARIUM-RESULT boot1_exit=$?"
 echo "VIVARIUM-RIG-MARK boot1-end"
@@ -185,6 +186,21 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
     expect(&run, "rng_bytes", "64");
     expect(&run, "rng_source", "virtio_rng.0");
     expect(&run, "virtio_ids", "2,4");
+    // The CMOS clock: Linux's rtc_cmos binds it through ACPI and reads the host's time (the
+    // rig's clock when the VM started, give or take the boot).
+    expect(&run, "rtc_driver", "rtc_cmos");
+    let rtc: i64 = run
+        .result("rtc_epoch")
+        .and_then(|v| v.parse().ok())
+        .expect("rtc_epoch");
+    let rig: i64 = run
+        .result("rig_epoch")
+        .and_then(|v| v.parse().ok())
+        .expect("rig_epoch");
+    assert!(
+        (0..300).contains(&(rtc - rig)),
+        "the guest's RTC says {rtc}, the rig's clock said {rig} when the VM started"
+    );
     // The i8042, found through ACPI PnP: atkbd on the translated keyboard, psmouse with the
     // IntelliMouse wheel.
     let inputs = run.result("input_devices").unwrap_or_default();

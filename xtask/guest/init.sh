@@ -29,6 +29,8 @@
 #     cdrom-sha256 cdrom_sha256=<sha256 of the first cd_len bytes of /dev/sr0>
 #     input        input_devices=<names of the input devices, comma separated, spaces as _>
 #     fb           fb=<name of /dev/fb0's driver or none>
+#     rtc          rtc_epoch=<seconds since the epoch by /dev/rtc0, or none>
+#                  rtc_driver=<the driver of rtc0, or none>
 #     virtio       virtio_ids=<virtio device ids present, comma separated, or none>
 #     an unknown check gives <check>=unknown-check
 #   vivarium.blk_dev=vda    block device of blk-sha256, blk-size and blk-write
@@ -189,6 +191,10 @@ run_check() {
     input) check_input ;;
     fb) result fb "$(cat /sys/class/graphics/fb0/name 2>/dev/null || echo none)" ;;
     virtio) check_virtio ;;
+    rtc)
+        result rtc_epoch "$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)"
+        result rtc_driver "$(basename "$(readlink /sys/class/rtc/rtc0/device/driver 2>/dev/null)" 2>/dev/null || echo none)"
+        ;;
     *) result "$1" unknown-check ;;
     esac
 }
