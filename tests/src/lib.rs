@@ -5,4 +5,5 @@ pub mod guest_disk;
 pub mod vivarium;
 
 pub mod fixtures;
+pub mod handmade;
 pub mod rig;
