@@ -7,3 +7,4 @@ pub mod vivarium;
 pub mod fixtures;
 pub mod handmade;
 pub mod rig;
+pub mod vm_process;
