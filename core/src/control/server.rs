@@ -390,3 +390,127 @@ fn feed_guest(machine: &dyn RunningMachine, mut bytes: &[u8]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+
+    use super::*;
+    use crate::backend::{BackendError, MachineExit};
+    use crate::control::ControlClient;
+    use crate::library::Library;
+
+    /// A stand-in machine: records requests and echoes console input to its serial output.
+    struct EchoMachine {
+        requests: Mutex<Vec<ControlRequest>>,
+        output: Mutex<Box<dyn Write + Send>>,
+        ended: (Mutex<bool>, Condvar),
+    }
+
+    impl RunningMachine for EchoMachine {
+        fn request(&self, request: ControlRequest) -> Result<(), BackendError> {
+            self.requests.lock().unwrap().push(request);
+            if request == ControlRequest::PowerOff {
+                *self.ended.0.lock().unwrap() = true;
+                self.ended.1.notify_all();
+            }
+            Ok(())
+        }
+        fn wait(&self) -> MachineExit {
+            let mut ended = self.ended.0.lock().unwrap();
+            while !*ended {
+                ended = self.ended.1.wait(ended).unwrap();
+            }
+            MachineExit::PoweredOff
+        }
+        fn send_serial_input(&self, bytes: &[u8]) -> Result<usize, BackendError> {
+            let taken = bytes.len().min(3); // a small FIFO: the server must retry
+            self.output
+                .lock()
+                .unwrap()
+                .write_all(&bytes[..taken])
+                .unwrap();
+            Ok(taken)
+        }
+    }
+
+    #[test]
+    fn requests_change_the_state_and_the_console_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = Library::open(dir.path()).unwrap();
+        let hub = SerialHub::new(None, None);
+        hub.sink().write_all(b"boot banner\n").unwrap();
+        let machine = Arc::new(EchoMachine {
+            requests: Mutex::new(Vec::new()),
+            output: Mutex::new(hub.sink()),
+            ended: (Mutex::new(false), Condvar::new()),
+        });
+        let path = crate::control::socket_path(&library, "fake");
+        let server = ControlServer::bind(
+            &path,
+            ServedVm {
+                name: "fake".into(),
+                started_at_unix: 7,
+                machine: machine.clone(),
+                serial: hub.clone(),
+                log: None,
+            },
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut client = ControlClient::connect(&library, "fake").unwrap();
+        assert_eq!(client.pid(), std::process::id());
+        client.pause().unwrap();
+        assert_eq!(client.status().unwrap().state, RunState::Paused);
+        let refused = client.shut_down().unwrap_err().to_string();
+        assert!(refused.contains("paused"), "{refused}");
+        client.resume().unwrap();
+        client.shut_down().unwrap();
+        assert_eq!(client.status().unwrap().state, RunState::ShuttingDown);
+        client.reset().unwrap();
+        assert_eq!(client.status().unwrap().state, RunState::Running);
+
+        let mut console = ControlClient::connect(&library, "fake")
+            .unwrap()
+            .attach_serial()
+            .unwrap();
+        console
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        console.input().unwrap().write_all(b"typed text").unwrap();
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"typed text") {
+            let mut buf = [0u8; 64];
+            let n = console.read(&mut buf).unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            seen.starts_with(b"boot banner\n"),
+            "the backlog comes first"
+        );
+        assert_eq!(client.status().unwrap().serial_clients, 1);
+        drop(console);
+
+        client.power_off().unwrap();
+        assert_eq!(machine.wait(), MachineExit::PoweredOff);
+        assert_eq!(
+            *machine.requests.lock().unwrap(),
+            [
+                ControlRequest::Pause,
+                ControlRequest::Resume,
+                ControlRequest::PowerButton,
+                ControlRequest::Reset,
+                ControlRequest::PowerOff
+            ]
+        );
+        drop(server);
+        assert!(!path.exists(), "the socket is removed");
+        assert!(matches!(
+            ControlClient::connect(&library, "fake"),
+            Err(ControlError::NotRunning(_))
+        ));
+    }
+}
