@@ -6,7 +6,10 @@ use clap::Parser;
 
 mod backend;
 mod cli;
+mod console;
+mod lifecycle;
 mod runner;
+mod vmprocess;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -54,10 +54,10 @@ pub fn attach_legacy_devices(
     pio: &Bus,
     serial_output: impl Write + Send + 'static,
     reset: Arc<dyn ResetLine>,
-) -> Result<Ps2Input> {
+) -> Result<LegacyDevices> {
     let irq = Arc::new(IrqfdLine::new(vm, COM1_IRQ)?);
     let serial = Arc::new(Mutex::new(Serial::new(irq, Box::new(serial_output))));
-    pio.insert(COM1_PORT, 8, serial)
+    pio.insert(COM1_PORT, 8, serial.clone())
         .map_err(bus_error("serial port"))?;
     let keyboard_irq = Arc::new(IrqfdLine::new(vm, I8042_KEYBOARD_IRQ)?);
     let mouse_irq = Arc::new(IrqfdLine::new(vm, I8042_MOUSE_IRQ)?);
@@ -68,7 +68,15 @@ pub fn attach_legacy_devices(
     let rtc_irq = Arc::new(IrqfdLine::new(vm, RTC_IRQ)?);
     pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(CmosRtc::new(rtc_irq))))
         .map_err(bus_error("real-time clock"))?;
-    Ok(ps2_input)
+    Ok(LegacyDevices { serial, ps2_input })
+}
+
+/// The legacy devices the host talks to while the machine runs.
+pub struct LegacyDevices {
+    /// COM1, where console input goes.
+    pub serial: Arc<Mutex<Serial>>,
+    /// The i8042's keyboard and mouse input.
+    pub ps2_input: Ps2Input,
 }
 
 /// Messages of MSI-X capable devices, delivered with `KVM_SIGNAL_MSI`.

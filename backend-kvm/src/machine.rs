@@ -58,6 +58,8 @@ struct ControlState {
     acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
     /// The current boot's PS/2 keyboard and mouse input (a reset builds a new i8042).
     ps2_input: Option<Ps2Input>,
+    /// The current boot's serial port, where console input goes.
+    serial: Option<Arc<Mutex<vivarium_devices::serial::Serial>>>,
 }
 
 impl Control {
@@ -332,6 +334,23 @@ impl RunningMachine for KvmMachine {
         Ok(())
     }
 
+    fn send_serial_input(&self, bytes: &[u8]) -> std::result::Result<usize, BackendError> {
+        let serial = {
+            let state = self.control.lock();
+            if state.ended.is_some() {
+                return Err(BackendError::Stopped);
+            }
+            state.serial.clone()
+        };
+        match serial {
+            Some(serial) => Ok(serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes)),
+            None => Ok(0),
+        }
+    }
+
     fn wait(&self) -> MachineExit {
         let mut state = self.control.lock();
         loop {
@@ -420,9 +439,13 @@ impl Vm {
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
         let reset = Arc::new(GuestReset(Arc::clone(control)));
-        let ps2_input =
+        let legacy =
             crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
-        control.lock().ps2_input = Some(ps2_input);
+        {
+            let mut state = control.lock();
+            state.ps2_input = Some(legacy.ps2_input);
+            state.serial = Some(legacy.serial);
+        }
         let power_control = Arc::clone(control);
         let power_off = Arc::new(crate::devices::GuestPowerOff(Box::new(move || {
             power_control.stop(Stop::PowerOff)
