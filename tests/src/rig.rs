@@ -43,6 +43,10 @@ pub const READY_MARKER: &str = "VIVARIUM-RIG-READY";
 
 /// Marker of the script's end: `VIVARIUM-RIG-EXIT <code>`.
 pub const EXIT_MARKER: &str = "VIVARIUM-RIG-EXIT";
+/// What the rig's init writes to the console every few seconds while the machine runs its
+/// own processes, without a line ending (so it can land inside another line; the reader
+/// takes it out wherever it is).
+pub const ALIVE_TOKEN: &str = "<VIVARIUM-RIG-ALIVE>";
 
 /// Prefix of result lines: `VIVARIUM-RESULT key=value [key=value...]`.
 pub const RESULT_MARKER: &str = "VIVARIUM-RESULT";
@@ -86,7 +90,7 @@ pub struct RigRun {
     pub exit_code: Option<i32>,
     /// The run was stopped because it took longer than the timeout.
     pub timed_out: bool,
-    /// The run was stopped because the emulated machine froze (see [`Rig::run`]).
+    /// The run was stopped because the emulated machine froze or stalled (see [`Rig::run`]).
     pub frozen: bool,
     /// Wall time from starting QEMU to its end.
     pub elapsed: Duration,
@@ -105,6 +109,12 @@ const FREEZE_POLL: Duration = Duration::from_secs(5);
 const FREEZE_AFTER: Duration = Duration::from_secs(60);
 /// CPU ticks (1/100 s) a live machine uses at the least in [`FREEZE_AFTER`].
 const FREEZE_TICKS: u64 = 40;
+/// A machine whose init has not said it is alive for this long has stalled: its emulated
+/// CPU is busy, but inside a nested guest that never gives it back (a fault of nested
+/// virtualisation under the software emulator, seen with guests of two vCPUs). The script's
+/// own processes, the heartbeat among them, no longer run, so this is never the VMM under
+/// test hanging its guest (that leaves the heartbeat going).
+const STALL_AFTER: Duration = Duration::from_secs(90);
 /// Runs of a script before a freeze is reported as the result.
 const FREEZE_ATTEMPTS: u32 = 3;
 
@@ -257,7 +267,10 @@ impl Rig {
             // The script starts from scratch in a new machine, so a rerun is sound.
             let _ = writeln!(
                 std::io::stderr(),
-                "rig: the emulated machine froze after {:.0} s (it stopped using the CPU with                  nothing printed: a known fault of nested virtualisation under the software                  emulator); running the script again ({}/{FREEZE_ATTEMPTS})",
+                "rig: the emulated machine froze after {:.0} s (it stopped using the CPU with \
+                 nothing printed, or its own processes stopped running: a known fault of nested \
+                 virtualisation under the software emulator); running the script again \
+                 ({}/{FREEZE_ATTEMPTS})",
                 run.elapsed.as_secs_f64(),
                 attempt + 1
             );
@@ -350,6 +363,8 @@ impl Rig {
         };
         let deadline = started + self.timeout;
         let mut cpu_seen = (qemu_cpu_ticks(child.id()), Instant::now());
+        // Since when the machine's init is known to run (from its ready marker on).
+        let mut alive: Option<Instant> = None;
         loop {
             let wait = deadline
                 .saturating_duration_since(Instant::now())
@@ -358,10 +373,24 @@ impl Rig {
                 run.timed_out = true;
                 break;
             }
+            if alive.is_some_and(|at| at.elapsed() >= STALL_AFTER) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "rig: no heartbeat from the emulated machine for {} s",
+                    STALL_AFTER.as_secs()
+                );
+                run.frozen = true;
+                run.timed_out = true;
+                break;
+            }
             match lines.recv_timeout(wait) {
-                Ok(line) => {
+                Ok(Console::Alive) => alive = Some(Instant::now()),
+                Ok(Console::Line(line)) => {
                     if self.echo {
                         eprintln!("rig {:6.2}s| {}", line.at.as_secs_f64(), line.text);
+                    }
+                    if marker_rest(&line.text, READY_MARKER).is_some() {
+                        alive = Some(Instant::now());
                     }
                     run.note(line);
                 }
@@ -626,7 +655,7 @@ fn host_is_intel() -> bool {
 fn spawn_line_reader(
     mut stream: impl Read + Send + 'static,
     started: Instant,
-) -> mpsc::Receiver<RigLine> {
+) -> mpsc::Receiver<Console> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut pending = Vec::new();
@@ -636,6 +665,12 @@ fn spawn_line_reader(
                 break;
             }
             pending.extend_from_slice(&buf[..n]);
+            while let Some(at) = find(&pending, ALIVE_TOKEN.as_bytes()) {
+                pending.drain(at..at + ALIVE_TOKEN.len());
+                if tx.send(Console::Alive).is_err() {
+                    return;
+                }
+            }
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let raw: Vec<u8> = pending.drain(..=end).collect();
                 let text = String::from_utf8_lossy(&raw)
@@ -645,20 +680,33 @@ fn spawn_line_reader(
                     at: started.elapsed(),
                     text,
                 };
-                if tx.send(line).is_err() {
+                if tx.send(Console::Line(line)).is_err() {
                     return;
                 }
             }
         }
         if !pending.is_empty() {
             let text = String::from_utf8_lossy(&pending).replace('\r', "");
-            let _ = tx.send(RigLine {
+            let _ = tx.send(Console::Line(RigLine {
                 at: started.elapsed(),
                 text,
-            });
+            }));
         }
     });
     rx
+}
+
+/// What the outer console reader passes on.
+enum Console {
+    /// A line of output.
+    Line(RigLine),
+    /// The heartbeat ([`ALIVE_TOKEN`]).
+    Alive,
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// All of a stream, read on a thread.
@@ -686,6 +734,40 @@ fn finish(child: &mut Child, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A console that delivers its bytes in the given pieces, one per read.
+    struct Pieces(Vec<&'static [u8]>);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let piece = self.0.remove(0);
+            buf[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_is_taken_out_of_lines_wherever_it_lands() {
+        let console = Pieces(vec![
+            b"VIVARIUM-RES<VIVARIUM-RIG-ALIVE>ULT a=1\n",
+            b"<VIVARIUM-RIG-AL",
+            b"IVE>VIVARIUM-RESULT b=2\n<VIVARIUM-RIG-ALIVE>",
+        ]);
+        let rx = spawn_line_reader(console, Instant::now());
+        let mut lines = Vec::new();
+        let mut beats = 0;
+        for item in rx {
+            match item {
+                Console::Alive => beats += 1,
+                Console::Line(line) => lines.push(line.text),
+            }
+        }
+        assert_eq!(beats, 3);
+        assert_eq!(lines, ["VIVARIUM-RESULT a=1", "VIVARIUM-RESULT b=2"]);
+    }
 
     fn run_of(lines: &[&str]) -> RigRun {
         let mut run = RigRun {

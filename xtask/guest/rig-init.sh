@@ -16,6 +16,7 @@
 #   VIVARIUM-RIG-READY kvm=yes|no   modules loaded; whether /dev/kvm exists
 #   ...                             whatever the script prints (its stdout and stderr)
 #   VIVARIUM-RIG-EXIT <code>        the script's exit code; the machine powers off next
+#   <VIVARIUM-RIG-ALIVE>            every 5 s, anywhere (no line ending): the machine runs
 #
 # The script runs in /rig/work (a tmpfs) with PATH set and these variables:
 #   VIVARIUM_GUEST_KERNEL, VIVARIUM_GUEST_INITRD   the guest fixtures
@@ -49,6 +50,10 @@ else
     echo "VIVARIUM-RIG-READY kvm=no"
     dmesg | grep -i -e kvm -e svm | tail -n 5
 fi
+
+# Heartbeat: the host side takes a machine that stops saying this for long as stalled (the
+# token has no line ending; the reader removes it from whatever line it lands in).
+(while :; do sleep 5; printf '<VIVARIUM-RIG-ALIVE>'; done) &
 
 export VIVARIUM_GUEST_KERNEL=/rig/fixtures/vmlinuz
 export VIVARIUM_GUEST_INITRD=/rig/fixtures/guest-initramfs.cpio.gz
