@@ -30,6 +30,7 @@ pub mod error;
 pub mod i8042;
 pub mod pci;
 pub mod rtc;
+pub mod scsi;
 pub mod serial;
 pub mod virtio;
 
