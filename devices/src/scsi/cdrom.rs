@@ -345,6 +345,15 @@ impl Cdrom {
         }
     }
 
+    /// A logical unit reset (SAM-5): medium removal is allowed again and pending
+    /// conditions are cleared; the medium stays.
+    pub fn reset(&self) {
+        self.shared.with(|d| {
+            d.prevent_removal = false;
+            d.unit_attention = None;
+        });
+    }
+
     /// Execute `cdb`, writing data-in to `out`.
     pub fn execute(&self, cdb: &[u8], out: &mut dyn DataIn) -> Completion {
         let Some(&opcode) = cdb.first() else {

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod pci;
 pub mod rng;
+pub mod scsi;
 
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub const STATUS_FAILED: u8 = 0x80;
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Virtio device ID of an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;
+/// Virtio device ID of a SCSI host adapter.
+pub const VIRTIO_ID_SCSI: u32 = 8;
 
 /// How a device tells the driver about used buffers and configuration changes. The
 /// transport implements it (MSI-X or INTx for PCI).
