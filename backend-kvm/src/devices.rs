@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use vivarium_core::backend::DiskSpec;
+use vivarium_core::backend::{CdromSpec, DiskSpec};
 use vivarium_core::config::DiskFormat;
 use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
@@ -14,11 +14,13 @@ use vivarium_devices::bus::Bus;
 use vivarium_devices::i8042::{I8042, Ps2Input, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::rtc::CmosRtc;
+use vivarium_devices::scsi::cdrom::{Cdrom, CdromControl};
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
+use vivarium_devices::virtio::scsi::{EVENT_QUEUE, VirtioScsi};
 
 use crate::error::{Error, Result};
 use crate::layout;
@@ -136,6 +138,7 @@ pub fn attach_pci(
     memory: &Arc<GuestMemoryMmap>,
     memory_size: u64,
     disks: &[DiskSpec],
+    cdrom: Option<&CdromControl>,
 ) -> Result<()> {
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
@@ -192,9 +195,50 @@ pub fn attach_pci(
             "disk controller",
         )?;
     }
+    if let Some(cdrom) = cdrom {
+        attach_cdrom(&root, memory, &msi, cdrom)?;
+    }
     let rng = Rng::new()
         .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;
     add(Box::new(rng), "random number generator")?;
+    Ok(())
+}
+
+/// The drive of a [`CdromSpec`], kept by the machine across resets so that the medium the
+/// host inserted or ejected stays so. Fails with a message naming the image if it cannot
+/// be used.
+pub fn open_cdrom(spec: &CdromSpec) -> Result<CdromControl> {
+    CdromControl::new(spec.image.as_deref()).map_err(|e| Error::InvalidMachine(e.to_string()))
+}
+
+/// A virtio-scsi controller with `cdrom`'s drive as target 0, LUN 0. A host-side medium
+/// change notifies the controller's event queue at once.
+fn attach_cdrom(
+    root: &Arc<Mutex<PciRoot>>,
+    memory: &Arc<GuestMemoryMmap>,
+    msi: &Arc<dyn vivarium_devices::pci::MsiSignaller>,
+    cdrom: &CdromControl,
+) -> Result<()> {
+    let unit = Cdrom::with_control("vivarium-cd0", cdrom);
+    // A new machine (power on, reset) starts with the drive unlocked.
+    unit.reset();
+    let scsi = VirtioScsi::new(unit);
+    let pci = VirtioPciDevice::new(Box::new(scsi), memory.clone(), msi.clone())
+        .map_err(|e| Error::Setup(format!("could not create the CD-ROM controller: {e}")))?;
+    let pci = Arc::new(Mutex::new(pci));
+    root.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add_device(pci.clone())
+        .map_err(|e| Error::Setup(format!("could not plug in the CD-ROM controller: {e}")))?;
+    // Weak: the drive outlives this machine's controller across resets.
+    let controller = Arc::downgrade(&pci);
+    cdrom.set_change_listener(Arc::new(move || {
+        if let Some(c) = controller.upgrade() {
+            c.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notify_queue(EVENT_QUEUE);
+        }
+    }));
     Ok(())
 }
 

@@ -154,6 +154,8 @@ struct MachinePlan {
     memory_size: u64,
     boot: BootSpec,
     disks: Vec<vivarium_core::backend::DiskSpec>,
+    /// The CD-ROM drive (with its medium) outlives each build of the machine.
+    cdrom: Option<vivarium_devices::scsi::cdrom::CdromControl>,
     serial: SharedOutput,
 }
 
@@ -226,6 +228,11 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         memory_size: spec.memory_mib << 20,
         boot: spec.boot,
         disks: spec.disks,
+        cdrom: spec
+            .cdrom
+            .as_ref()
+            .map(crate::devices::open_cdrom)
+            .transpose()?,
         serial: SharedOutput(Arc::new(Mutex::new(spec.serial_output))),
     };
     let control = Arc::new(Control {
@@ -454,7 +461,15 @@ impl Vm {
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
         let memory = Arc::new(memory);
-        crate::devices::attach_pci(&vm, &pio, &mmio, &memory, plan.memory_size, &plan.disks)?;
+        crate::devices::attach_pci(
+            &vm,
+            &pio,
+            &mmio,
+            &memory,
+            plan.memory_size,
+            &plan.disks,
+            plan.cdrom.as_ref(),
+        )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
         let rsdp = crate::acpi::write_acpi_tables(
             &memory,

@@ -65,6 +65,13 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
+/// The CD-ROM drive as the backend needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdromSpec {
+    /// The inserted image (absolute path, opened read-only), or `None` for an empty drive.
+    pub image: Option<PathBuf>,
+}
+
 /// How the machine boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootSpec {
@@ -98,6 +105,8 @@ pub struct MachineSpec {
     pub boot: BootSpec,
     /// Disks in the order the guest sees them.
     pub disks: Vec<DiskSpec>,
+    /// The CD-ROM drive, if the machine has one.
+    pub cdrom: Option<CdromSpec>,
     /// Where the guest's serial console output goes.
     pub serial_output: Box<dyn Write + Send>,
 }
@@ -143,6 +152,9 @@ impl MachineSpec {
                     read_only: d.read_only,
                 })
                 .collect(),
+            cdrom: config.cdrom.as_ref().map(|c| CdromSpec {
+                image: c.image.as_ref().map(|i| bundle.join(i)),
+            }),
             serial_output,
         })
     }
@@ -226,4 +238,66 @@ pub enum BackendError {
     /// The machine is not running any more.
     #[error("the machine has stopped")]
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        BootSource, CONFIG_FORMAT, CdromConfig, DisplayConfig, NetworkConfig, OsInfo,
+    };
+
+    fn config(cdrom: Option<CdromConfig>) -> VmConfig {
+        VmConfig {
+            format: CONFIG_FORMAT,
+            id: uuid::Uuid::new_v4(),
+            name: "installer".into(),
+            created: "2026-11-24T10:00:00Z".into(),
+            os: OsInfo::linux(),
+            cpus: 1,
+            memory_mib: 512,
+            boot: BootSource::Linux {
+                kernel: "/k/vmlinuz".into(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            },
+            disks: vec![],
+            cdrom,
+            network: NetworkConfig::None,
+            display: DisplayConfig::default_framebuffer(),
+            notes: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_cdrom_reaches_the_machine() {
+        let bundle = std::path::Path::new("/vms/installer.vivarium");
+        let spec = |cdrom| {
+            MachineSpec::from_config(&config(cdrom), bundle, Box::new(std::io::sink()))
+                .unwrap()
+                .cdrom
+        };
+        assert_eq!(spec(None), None);
+        assert_eq!(
+            spec(Some(CdromConfig { image: None })),
+            Some(CdromSpec { image: None })
+        );
+        assert_eq!(
+            spec(Some(CdromConfig {
+                image: Some("/isos/debian.iso".into())
+            })),
+            Some(CdromSpec {
+                image: Some("/isos/debian.iso".into())
+            })
+        );
+        // A path relative to the bundle (e.g. a copy in state/) is resolved in it.
+        assert_eq!(
+            spec(Some(CdromConfig {
+                image: Some("state/install.iso".into())
+            })),
+            Some(CdromSpec {
+                image: Some(bundle.join("state/install.iso"))
+            })
+        );
+    }
 }

@@ -223,6 +223,15 @@ impl std::fmt::Debug for CdromControl {
 }
 
 impl CdromControl {
+    /// A drive with the image at `medium` inserted (or empty, tray closed), without a
+    /// logical unit yet (see [`Cdrom::with_control`]).
+    pub fn new(medium: Option<&Path>) -> Result<CdromControl, CdromError> {
+        let medium = medium.map(Medium::open).transpose()?;
+        let shared = Arc::new(Shared::default());
+        shared.with(|d| d.medium = medium);
+        Ok(CdromControl { shared })
+    }
+
     /// Remove the medium. Fails with [`CdromError::Locked`] while the guest prevents
     /// removal; the guest then sees an eject request (a desktop or udev may release and
     /// eject the disc itself).
@@ -327,15 +336,21 @@ impl Cdrom {
     /// A drive with the image at `medium` inserted (or empty, tray closed). `serial`
     /// (printable ASCII, at most 32 bytes kept) identifies it in INQUIRY VPD pages.
     pub fn new(serial: &str, medium: Option<&Path>) -> Result<Cdrom, CdromError> {
-        let medium = medium.map(Medium::open).transpose()?;
-        let shared = Arc::new(Shared::default());
-        shared.with(|d| d.medium = medium);
+        Ok(Cdrom::with_control(serial, &CdromControl::new(medium)?))
+    }
+
+    /// The logical unit of the drive `control` manages. A machine that is rebuilt (reset)
+    /// keeps its drive, and with it the medium, across logical units.
+    pub fn with_control(serial: &str, control: &CdromControl) -> Cdrom {
         let serial: String = serial
             .chars()
             .filter(|c| c.is_ascii_graphic())
             .take(32)
             .collect();
-        Ok(Cdrom { shared, serial })
+        Cdrom {
+            shared: control.shared.clone(),
+            serial,
+        }
     }
 
     /// The host's handle on this drive.
