@@ -7,8 +7,10 @@
 //!    the VM stopped: it persisted), virtio-rng, the virtio devices and the PS/2 keyboard and
 //!    mouse; the guest powers off
 //!    (ACPI S5) and `vivarium run` exits 0;
-//! 2. the disk is made read-only: the guest's write is refused and the image is unchanged;
-//!    the guest reboots, Vivarium resets the machine and it boots again; Ctrl-C powers off;
+//! 2. the disk is made read-only and an image is inserted in the CD-ROM drive (`set --iso`):
+//!    the guest's write is refused and the image is unchanged; the guest finds the virtio-scsi
+//!    CD-ROM as `/dev/sr0` with the image's size and contents; the guest reboots, Vivarium
+//!    resets the machine and it boots again with the drive still there; Ctrl-C powers off;
 //! 3. the guest waits for the ACPI power button; SIGTERM to `vivarium run` presses it and the
 //!    guest shuts down cleanly.
 //!
@@ -26,6 +28,8 @@ const HASHED_BYTES: usize = 1 << 20;
 const WRITE_OFFSET: usize = 64 << 10;
 const GUEST_CPUS: u32 = 2;
 const GUEST_MIB: u64 = 256;
+/// The CD-ROM medium: any file works; a multiple of the 2048-byte sector.
+const CD_BYTES: usize = 3 << 20;
 
 /// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
 fn small_vivarium(scratch: &Path) -> PathBuf {
@@ -79,8 +83,8 @@ written=$(dd if="$D" bs=512 skip={skip} count=1 2>/dev/null | head -c 22 | tr ' 
 echo "VIVARIUM-RESULT persisted=$written"
 
 sum_before=$(sha256sum "$D" | cut -d' ' -f1)
-$V set guest --disk-read-only on \
-    --cmdline "$base vivarium.checks=blk-ro vivarium.ro_dev=vda vivarium.then=reboot" || exit 11
+$V set guest --disk-read-only on --iso "$VIVARIUM_RIG_FILES/cd.img" \
+    --cmdline "$base vivarium.checks=blk-ro,cdrom-sha256,blk-size,virtio vivarium.ro_dev=vda vivarium.blk_dev=sr0 vivarium.cd_len={CD_BYTES} vivarium.then=reboot" || exit 11
 $V run guest > boot2.log 2>&1 &
 pid=$!
 wait_for boot2.log VIVARIUM-GUEST-DONE 2
@@ -88,6 +92,13 @@ stop_vm $pid INT
 echo "VIVARIUM-RESULT boot2_exit=$?"
 echo "VIVARIUM-RESULT boot2_boots=$(grep -c VIVARIUM-GUEST-READY boot2.log)"
 echo "VIVARIUM-RESULT boot2_$(grep -m1 -o 'blk_ro=[A-Za-z]*' boot2.log)"
+for key in cdrom_sha256 blk_bytes virtio_ids; do
+    # One value per boot: the CD-ROM must look the same after the reset.
+    echo "VIVARIUM-RESULT boot2_$key=$(grep -o "$key=[0-9a-f,]*" boot2.log | cut -d= -f2 | sort -u | tr '\n' / | sed 's#/$##')"
+done
+echo "VIVARIUM-RESULT boot2_cd_reports=$(grep -c cdrom_sha256= boot2.log)"
+grep -i -m5 "sr0\|scsi" boot2.log
+$V set guest --eject || exit 13
 sum_after=$(sha256sum "$D" | cut -d' ' -f1)
 [ "$sum_before" = "$sum_after" ] && echo "VIVARIUM-RESULT ro_unchanged=yes" || echo "VIVARIUM-RESULT ro_unchanged=no"
 
@@ -140,10 +151,14 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
     write_pattern_disk(&disk, DISK_BYTES, 0x2545_f491_4f6c_dd1d);
     let disk_sha256 = host_sha256(&disk, HASHED_BYTES);
     let vivarium = small_vivarium(scratch.path());
+    let cd = scratch.path().join("cd.img");
+    write_pattern_disk(&cd, CD_BYTES, 0x9e37_79b9_7f4a_7c15);
+    let cd_sha256 = host_sha256(&cd, CD_BYTES);
 
     let run = Rig::new(&fixtures, &rig_script(&vivarium))
         .binary(&vivarium)
         .file(&disk, "disk.img")
+        .file(&cd, "cd.img")
         .timeout(std::time::Duration::from_secs(600))
         .run()
         .expect("the rig starts");
@@ -235,6 +250,27 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         run.transcript()
     );
     expect(&run, "boot2_exit", "0");
+    // Boot 2 (both boots, before and after the reset): the CD-ROM behind virtio-scsi.
+    expect(&run, "boot2_cdrom_sha256", &cd_sha256);
+    expect(&run, "boot2_blk_bytes", &CD_BYTES.to_string());
+    let reports: u32 = run
+        .result("boot2_cd_reports")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        reports >= 2,
+        "the CD-ROM was not checked after the reset\n{}",
+        run.transcript()
+    );
+    let ids = run.result("boot2_virtio_ids").unwrap_or_default();
+    let mut ids: Vec<&str> = ids.trim().split(',').collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["2", "4", "8"],
+        "virtio devices with the CD-ROM\n{}",
+        run.transcript()
+    );
     // Boot 3: the host's power button shuts the guest down cleanly.
     expect(&run, "boot3_exit", "0");
     expect(&run, "boot3_powered_off", "yes");
