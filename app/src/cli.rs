@@ -133,6 +133,23 @@ pub enum Command {
         /// The VM.
         name: String,
     },
+    /// Eject the CD-ROM of a running VM (the guest is told; a drive the guest locked is
+    /// asked to release its disc unless --force). `set --eject` changes a stopped VM.
+    Eject {
+        /// The VM.
+        name: String,
+        /// Eject even if the guest has locked the drive.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Insert an image in the CD-ROM of a running VM (the guest sees the new disc).
+    /// `set --iso` changes a stopped VM.
+    Insert {
+        /// The VM.
+        name: String,
+        /// The image (an ISO file).
+        file: PathBuf,
+    },
     /// Show whether a VM runs (and what it does), or how its last run ended.
     Status {
         /// The VM.
@@ -381,6 +398,8 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Pause { name } => crate::lifecycle::pause(&library, &name, json),
         Command::Resume { name } => crate::lifecycle::resume(&library, &name, json),
         Command::Reset { name } => crate::lifecycle::reset(&library, &name, json),
+        Command::Eject { name, force } => crate::lifecycle::eject(&library, &name, force, json),
+        Command::Insert { name, file } => crate::lifecycle::insert(&library, &name, &file, json),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
         Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),

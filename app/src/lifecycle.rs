@@ -142,6 +142,32 @@ pub fn reset(library: &Library, name: &str, json: bool) -> Result<(), Error> {
     simple(library, name, json, "reset", ControlClient::reset)
 }
 
+/// `vivarium eject NAME [--force]`: empty a running VM's CD-ROM drive.
+pub fn eject(library: &Library, name: &str, force: bool, json: bool) -> Result<(), Error> {
+    simple(library, name, json, "CD-ROM ejected", |c| {
+        c.eject_cdrom(force)
+    })
+}
+
+/// `vivarium insert NAME FILE`: put an image in a running VM's CD-ROM drive.
+pub fn insert(
+    library: &Library,
+    name: &str,
+    image: &std::path::Path,
+    json: bool,
+) -> Result<(), Error> {
+    // The VM process has its own working folder: send an absolute path.
+    let absolute = std::fs::canonicalize(image).map_err(|_| {
+        Error::InvalidInput(format!(
+            "the CD-ROM image `{}` does not exist: check the path",
+            image.display()
+        ))
+    })?;
+    simple(library, name, json, "CD-ROM image inserted", |c| {
+        c.insert_cdrom(&absolute)
+    })
+}
+
 /// The last run as JSON.
 pub fn last_run_json(run: &LastRun) -> Value {
     json!({

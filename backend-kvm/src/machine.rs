@@ -162,6 +162,8 @@ struct MachinePlan {
 /// A machine started by [`start`].
 pub struct KvmMachine {
     control: Arc<Control>,
+    /// The CD-ROM drive, shared with every build of the machine.
+    cdrom: Option<vivarium_devices::scsi::cdrom::CdromControl>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -241,6 +243,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
     });
     // Build the first boot before returning, so configuration errors reach the caller.
     let first = Vm::build(&plan, &control)?;
+    let cdrom = plan.cdrom.clone();
     let thread_control = Arc::clone(&control);
     let thread = std::thread::Builder::new()
         .name("vivarium-machine".into())
@@ -248,6 +251,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         .map_err(|e| Error::Setup(format!("could not start the machine thread: {e}")))?;
     Ok(KvmMachine {
         control,
+        cdrom,
         thread: Some(thread),
     })
 }
@@ -305,6 +309,34 @@ impl KvmMachine {
 }
 
 impl RunningMachine for KvmMachine {
+    fn change_cdrom(
+        &self,
+        image: Option<&std::path::Path>,
+        force: bool,
+    ) -> std::result::Result<(), BackendError> {
+        if self.control.lock().ended.is_some() {
+            return Err(BackendError::Stopped);
+        }
+        let Some(cdrom) = &self.cdrom else {
+            return Err(BackendError::Unsupported(
+                "this VM has no CD-ROM drive: give it one while it is stopped (vivarium set \
+                 NAME --iso FILE)"
+                    .into(),
+            ));
+        };
+        let refused = |e: vivarium_devices::scsi::cdrom::CdromError| {
+            BackendError::InvalidMachine(e.to_string())
+        };
+        match (image, force) {
+            (Some(image), _) => cdrom.insert(image).map_err(refused),
+            (None, true) => {
+                cdrom.force_eject();
+                Ok(())
+            }
+            (None, false) => cdrom.eject().map_err(refused),
+        }
+    }
+
     fn request(&self, request: ControlRequest) -> std::result::Result<(), BackendError> {
         if self.control.lock().ended.is_some() {
             return Err(BackendError::Stopped);

@@ -202,6 +202,22 @@ pub trait RunningMachine: Send + Sync {
     /// fewer than offered (possibly none) when the port's receive buffer is full, so the
     /// caller retries the rest once the guest has read some.
     fn send_serial_input(&self, bytes: &[u8]) -> Result<usize, BackendError>;
+    /// Changes the medium of the CD-ROM drive while the machine runs: `Some(image)` inserts
+    /// that image (absolute path), `None` ejects; `force` ejects even when the guest has
+    /// locked the drive. The guest is told the medium changed. A machine without a drive
+    /// refuses.
+    fn change_cdrom(
+        &self,
+        image: Option<&std::path::Path>,
+        force: bool,
+    ) -> Result<(), BackendError> {
+        let _ = (image, force);
+        Err(BackendError::Unsupported(
+            "this VM has no CD-ROM drive: give it one while it is stopped (vivarium set NAME \
+             --iso FILE)"
+                .into(),
+        ))
+    }
 }
 
 /// A hypervisor backend.

@@ -357,3 +357,52 @@ fn bad_clients_get_errors_and_never_disturb_the_vm() {
     drop(client);
     library.ok(&["stop", "--force", "sturdy"]);
 }
+
+/// The CD-ROM drive of a running VM: `eject` and `insert` reach it through the control
+/// socket (the guest side is covered by the devices' unit tests and the rig); a VM without a
+/// drive and a bad image are refused with a reason, and nothing changes.
+#[test]
+fn cdrom_eject_and_insert_while_running() {
+    if !kvm_usable("vm_process") {
+        return;
+    }
+    let library = TempLibrary::new();
+    create_handmade_vm(&library, "cd");
+    let _guard = PowerOffOnDrop::new(&library, "cd");
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.iso");
+    let second = dir.path().join("second.iso");
+    let empty = dir.path().join("empty.iso");
+    std::fs::write(&first, vec![1u8; 8192]).unwrap();
+    std::fs::write(&second, vec![2u8; 4096]).unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // Without a drive.
+    library.ok(&["start", "cd"]);
+    let refused = library.fails(6, &["eject", "cd"]);
+    assert!(refused.contains("no CD-ROM drive"), "{refused}");
+    library.ok(&["stop", "--force", "cd"]);
+    wait_until("the VM to stop", WAIT, || {
+        status(&library, "cd")["state"] == "stopped"
+    });
+
+    // With one: eject (twice: an empty drive stays empty), insert, bad images refused.
+    library.ok(&["set", "cd", "--iso", &path(&first)]);
+    library.ok(&["start", "cd"]);
+    library.ok(&["eject", "cd"]);
+    library.ok(&["eject", "cd", "--force"]);
+    let missing = library.fails(5, &["insert", "cd", &path(&dir.path().join("nope.iso"))]);
+    assert!(missing.contains("does not exist"), "{missing}");
+    let refused = library.fails(6, &["insert", "cd", &path(&empty)]);
+    assert!(refused.contains("is empty"), "{refused}");
+    let done = library.json(&["insert", "cd", &path(&second)]);
+    assert_eq!(done["done"], "CD-ROM image inserted", "{done}");
+    assert_eq!(status(&library, "cd")["state"], "running");
+    library.ok(&["stop", "--force", "cd"]);
+    // The VM's log tells what happened.
+    let vm_log = core_library(&library).bundle_path("cd").join("logs/vm.log");
+    let log = read_text(&vm_log);
+    assert!(log.contains("eject the CD-ROM"), "{log}");
+    assert!(log.contains("second.iso"), "{log}");
+}

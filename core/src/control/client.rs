@@ -182,6 +182,18 @@ impl ControlClient {
         self.command(Request::ShutDown)
     }
 
+    /// Ejects the medium of the VM's CD-ROM drive; `force` even if the guest locked it.
+    pub fn eject_cdrom(&mut self, force: bool) -> Result<(), ControlError> {
+        self.command(Request::Eject { force })
+    }
+
+    /// Inserts the image at `image` (an absolute path) in the VM's CD-ROM drive.
+    pub fn insert_cdrom(&mut self, image: &std::path::Path) -> Result<(), ControlError> {
+        self.command(Request::Insert {
+            image: image.to_path_buf(),
+        })
+    }
+
     /// Turns this connection into the VM's serial console.
     pub fn attach_serial(mut self) -> Result<SerialStream, ControlError> {
         match self.exchange(&Request::AttachSerial)? {

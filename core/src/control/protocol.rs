@@ -83,6 +83,18 @@ pub enum Request {
     Reset,
     /// Turns the connection into the serial console stream.
     AttachSerial,
+    /// Ejects the CD-ROM's medium; `force` even if the guest locked the drive.
+    Eject {
+        /// Eject even if the guest prevents medium removal.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Inserts an image in the CD-ROM drive (replacing the medium unless the guest locked
+    /// the drive).
+    Insert {
+        /// The image, as an absolute path (the VM process has its own working folder).
+        image: std::path::PathBuf,
+    },
 }
 
 /// A message from the VM process.
@@ -200,6 +212,21 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>("{\"type\":\"pause\",\"x\":1}").unwrap(),
             Request::Pause
+        );
+        // The CD-ROM requests; `force` may be left out.
+        assert_eq!(
+            encode(&Request::Insert {
+                image: "/isos/d.iso".into()
+            }),
+            b"{\"type\":\"insert\",\"image\":\"/isos/d.iso\"}\n"
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>("{\"type\":\"eject\"}").unwrap(),
+            Request::Eject { force: false }
+        );
+        assert_eq!(
+            encode(&Request::Eject { force: true }),
+            b"{\"type\":\"eject\",\"force\":true}\n"
         );
     }
 

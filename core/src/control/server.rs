@@ -279,6 +279,23 @@ fn handle(request: Request, shared: &Shared) -> Reply {
             return Reply::error("bad-message", "hello was already said");
         }
         Request::AttachSerial => unreachable!("handled by the connection loop"),
+        Request::Eject { force } => {
+            shared.note(&format!("control: eject the CD-ROM (force: {force})"));
+            return cdrom_reply(machine.change_cdrom(None, force), shared);
+        }
+        Request::Insert { image } => {
+            if !image.is_absolute() {
+                return Reply::error(
+                    "bad-message",
+                    format!("the image path `{}` is not absolute", image.display()),
+                );
+            }
+            shared.note(&format!(
+                "control: insert `{}` in the CD-ROM",
+                image.display()
+            ));
+            return cdrom_reply(machine.change_cdrom(Some(&image), false), shared);
+        }
         Request::Pause => (ControlRequest::Pause, Some(RunState::Paused)),
         Request::Resume => {
             let after = match shared.state() {
@@ -316,6 +333,16 @@ fn handle(request: Request, shared: &Shared) -> Reply {
         }
         Err(e) => {
             shared.note(&format!("control: {control:?} failed: {e}"));
+            Reply::error("refused", e.to_string())
+        }
+    }
+}
+
+fn cdrom_reply(result: Result<(), crate::backend::BackendError>, shared: &Shared) -> Reply {
+    match result {
+        Ok(()) => Reply::Ok,
+        Err(e) => {
+            shared.note(&format!("control: CD-ROM change refused: {e}"));
             Reply::error("refused", e.to_string())
         }
     }
@@ -493,6 +520,21 @@ mod tests {
         );
         assert_eq!(client.status().unwrap().serial_clients, 1);
         drop(console);
+
+        // CD-ROM changes reach the machine, which has no drive and says so; relative
+        // paths never reach it.
+        let refused = client.eject_cdrom(false).unwrap_err().to_string();
+        assert!(refused.contains("no CD-ROM drive"), "{refused}");
+        let refused = client
+            .insert_cdrom(std::path::Path::new("d.iso"))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("not absolute"), "{refused}");
+        let refused = client
+            .insert_cdrom(std::path::Path::new("/d.iso"))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no CD-ROM drive"), "{refused}");
 
         client.power_off().unwrap();
         assert_eq!(machine.wait(), MachineExit::PoweredOff);
