@@ -509,3 +509,125 @@ fn broken_event_ring_needs_reset() {
         Err(Error::NeedsReset(_))
     ));
 }
+
+/// A driver's view, through the buses only (ECAM, BAR MMIO, notify writes, MSI-X), wired
+/// as the KVM backend wires it: an INQUIRY on the request queue, then a host-side eject
+/// whose change listener notifies the event queue.
+#[test]
+fn through_pci_with_the_backend_wiring() {
+    use crate::bus::{Bus, BusKind};
+    use crate::pci::tests_support::RecordingSignaller;
+    use crate::pci::*;
+    use crate::virtio::pci::VirtioPciDevice;
+    use crate::virtio::*;
+    use std::sync::Mutex;
+
+    const ECAM: u64 = 0xe000_0000;
+    let mem = memory();
+    let (f, _) = image(4);
+    let control = CdromControl::new(Some(f.path())).unwrap();
+    let scsi = VirtioScsi::new(Cdrom::with_control("cd0", &control));
+    let msis = Arc::new(RecordingSignaller::default());
+    let dev = VirtioPciDevice::new(Box::new(scsi), mem.clone(), msis.clone()).unwrap();
+    let mmio = Arc::new(Bus::new(BusKind::Mmio));
+    let pio = Arc::new(Bus::new(BusKind::Pio));
+    let windows = PciWindows {
+        mem32: (0xc000_0000, 0x2000_0000),
+        mem64: (0x80_0000_0000, 0x10_0000_0000),
+        io: (0xc000, 0x1000),
+    };
+    let root = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio, windows)));
+    mmio.insert(
+        ECAM,
+        ECAM_BUS_SIZE,
+        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+    )
+    .unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let slot = u64::from(root.lock().unwrap().add_device(dev.clone()).unwrap());
+    let cfg_read = |reg: u64, len: usize| {
+        let mut b = [0u8; 4];
+        mmio.read(ECAM + (slot << 15) + reg, &mut b[..len]);
+        u32::from_le_bytes(b)
+    };
+    let cfg_write = |reg: u64, data: &[u8]| mmio.write(ECAM + (slot << 15) + reg, data);
+    assert_eq!(cfg_read(0, 4), 0x1048_1af4, "virtio 1.x SCSI host");
+    assert_eq!(cfg_read(0x08, 4) >> 8, 0x01_0000, "mass storage, SCSI");
+    let bar = u64::from(cfg_read(0x10, 4) & !0xf) | (u64::from(cfg_read(0x14, 4)) << 32);
+    cfg_write(4, &(COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes());
+    let mut p = u64::from(cfg_read(0x34, 1));
+    while cfg_read(p, 1) != 0x11 {
+        p = u64::from(cfg_read(p + 1, 1));
+    }
+    cfg_write(p + 2, &MSIX_CONTROL_ENABLE.to_le_bytes());
+    let w = |off: u64, data: &[u8]| assert!(mmio.write(bar + off, data));
+    for v in 0..3u64 {
+        w(0x4000 + 16 * v, &0xfee0_0000u32.to_le_bytes());
+        w(0x4008 + 16 * v, &(0x40 + v as u32).to_le_bytes());
+        w(0x400c + 16 * v, &0u32.to_le_bytes());
+    }
+    w(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+    w(0x08, &0u32.to_le_bytes());
+    w(0x0c, &(1u32 << vs::VIRTIO_SCSI_F_CHANGE).to_le_bytes());
+    w(0x08, &1u32.to_le_bytes());
+    w(0x0c, &1u32.to_le_bytes());
+    w(
+        0x14,
+        &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK],
+    );
+    // Rings: control at 0xa_0000 (empty), event at EVQ, request where testutil puts it.
+    let ev = 0x9_0000u64;
+    event_queue(&mem, &[desc(ev, 16, F_WRITE, 0)]);
+    request(&mem, LUN0, &[0x12, 0, 0, 0, 36, 0]);
+    queue_chain(
+        &mem,
+        &[(REQ, 51, 0), (RESP, RESP_LEN, F_WRITE), (DATA, 36, F_WRITE)],
+    );
+    for (q, base) in [(0u16, 0xa_0000u64), (1, EVQ), (2, DESC_TABLE)] {
+        let (desc_table, avail, used) = if q == 2 {
+            (DESC_TABLE, AVAIL_RING, USED_RING)
+        } else {
+            (base, base + 0x100, base + 0x200)
+        };
+        w(0x16, &q.to_le_bytes());
+        w(0x18, &16u16.to_le_bytes());
+        w(0x1a, &q.to_le_bytes());
+        for (off, addr) in [(0x20, desc_table), (0x28, avail), (0x30, used)] {
+            w(off, &(addr as u32).to_le_bytes());
+            w(off + 4, &((addr >> 32) as u32).to_le_bytes());
+        }
+        w(0x1c, &1u16.to_le_bytes());
+    }
+    w(
+        0x14,
+        &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK],
+    );
+    // The backend's wiring: a medium change notifies the event queue.
+    let weak = Arc::downgrade(&dev);
+    control.set_change_listener(Arc::new(move || {
+        if let Some(d) = weak.upgrade() {
+            d.lock().unwrap().notify_queue(EVENT_QUEUE);
+        }
+    }));
+
+    let notify = dev.lock().unwrap().queue_notify_address(2).unwrap();
+    assert!(mmio.write(notify, &2u16.to_le_bytes()));
+    assert_eq!(response(&mem, RESP), (0, 0, 0, 0, vec![]));
+    let mut inq = [0u8; 36];
+    mem.read_slice(&mut inq, GuestAddress(DATA)).unwrap();
+    assert_eq!(&inq[..2], &[0x05, 0x80]);
+    assert_eq!(*msis.0.lock().unwrap(), vec![(0xfee0_0000, 0x42)]);
+
+    control.eject().unwrap();
+    assert_eq!(event_used_idx(&mem), 1);
+    let mut e = [0u8; 16];
+    mem.read_slice(&mut e, GuestAddress(ev)).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(e[..4].try_into().unwrap()),
+        vs::VIRTIO_SCSI_T_PARAM_CHANGE
+    );
+    assert_eq!(
+        *msis.0.lock().unwrap(),
+        vec![(0xfee0_0000, 0x42), (0xfee0_0000, 0x41)]
+    );
+}
