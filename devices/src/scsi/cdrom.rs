@@ -178,25 +178,15 @@ impl Drive {
 /// Called after a host-side medium change, outside the drive's lock.
 pub type ChangeListener = Arc<dyn Fn() + Send + Sync>;
 
-#[derive(Default)]
 struct Shared {
-    drive: Mutex<Option<Drive>>,
+    drive: Mutex<Drive>,
     listener: Mutex<Option<ChangeListener>>,
 }
 
 impl Shared {
-    /// Run `f` on the drive. (The `Option` only exists to make `Shared: Default`.)
+    /// Run `f` on the drive.
     fn with<R>(&self, f: impl FnOnce(&mut Drive) -> R) -> R {
-        let mut guard = lock(&self.drive);
-        let drive = guard.get_or_insert_with(|| Drive {
-            medium: None,
-            tray_open: false,
-            prevent_removal: false,
-            unit_attention: None,
-            media_event: MediaEvent::NoChange,
-            changes: 0,
-        });
-        f(drive)
+        f(&mut lock(&self.drive))
     }
 
     fn notify(&self) {
@@ -227,9 +217,20 @@ impl CdromControl {
     /// logical unit yet (see [`Cdrom::with_control`]).
     pub fn new(medium: Option<&Path>) -> Result<CdromControl, CdromError> {
         let medium = medium.map(Medium::open).transpose()?;
-        let shared = Arc::new(Shared::default());
-        shared.with(|d| d.medium = medium);
-        Ok(CdromControl { shared })
+        let drive = Drive {
+            medium,
+            tray_open: false,
+            prevent_removal: false,
+            unit_attention: None,
+            media_event: MediaEvent::NoChange,
+            changes: 0,
+        };
+        Ok(CdromControl {
+            shared: Arc::new(Shared {
+                drive: Mutex::new(drive),
+                listener: Mutex::new(None),
+            }),
+        })
     }
 
     /// Remove the medium. Fails with [`CdromError::Locked`] while the guest prevents
