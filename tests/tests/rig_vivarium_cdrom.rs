@@ -3,7 +3,9 @@
 //!
 //! One rig run, one boot (`vivarium start`, the guest ends in a shell on its console):
 //! 1. the guest hashes the first disc (`/dev/sr0`) at boot and reports its size;
-//! 2. `vivarium eject` empties the drive: the guest's next read of `/dev/sr0` is refused;
+//! 2. while a guest process holds `/dev/sr0` open, Linux locks the drive and `vivarium
+//!    eject` is refused with the reason; once it let go, `vivarium eject` empties the drive
+//!    and the guest's next read of `/dev/sr0` is refused;
 //! 3. `vivarium insert` puts in a second disc of another size: the guest sees the new size
 //!    and contents (the medium change reached Linux, which dropped its cached pages).
 //!
@@ -61,6 +63,17 @@ wait_for "$S" VIVARIUM-GUEST-DONE || exit 13
 sleep 2
 guest 'echo CD""RESULT boot_size=$(blockdev --getsize64 /dev/sr0)'
 wait_for "$S" "CDRESULT boot_size"
+
+# While a guest process holds the disc open, Linux locks the drive: the eject is refused.
+guest 'sleep 600 < /dev/sr0 & echo CD""RESULT holder=started'
+wait_for "$S" "CDRESULT holder"
+sleep 1
+$V eject guest 2> locked.err
+echo "VIVARIUM-RESULT locked_eject_exit=$?"
+grep -q "locked the CD-ROM drive" locked.err && echo "VIVARIUM-RESULT locked_reason=yes"
+cat locked.err
+guest 'kill $(pidof sleep); sleep 1; echo CD""RESULT holder=stopped'
+wait_for "$S" "holder=stopped"
 
 $V eject guest
 echo "VIVARIUM-RESULT eject_exit=$?"
@@ -139,6 +152,8 @@ fn the_guest_reads_the_cdrom_and_sees_eject_and_insert() {
     );
     expect(&run, "cdrom_sha256", &host_sha256(&first, FIRST_BYTES));
     expect(&run, "boot_size", &FIRST_BYTES.to_string());
+    expect(&run, "locked_eject_exit", "6");
+    expect(&run, "locked_reason", "yes");
     expect(&run, "eject_exit", "0");
     expect(&run, "ejected_read", "refused");
     expect(&run, "insert_exit", "0");
