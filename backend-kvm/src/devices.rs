@@ -5,7 +5,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use vivarium_core::backend::DiskSpec;
+use std::os::unix::net::UnixStream;
+
+use vivarium_core::backend::{DiskSpec, NetworkSpec};
 use vivarium_core::config::DiskFormat;
 use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
@@ -17,6 +19,7 @@ use vivarium_devices::rtc::CmosRtc;
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
+use vivarium_devices::virtio::net::Net;
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 
@@ -136,6 +139,7 @@ pub fn attach_pci(
     memory: &Arc<GuestMemoryMmap>,
     memory_size: u64,
     disks: &[DiskSpec],
+    network: Option<&NetworkSpec>,
 ) -> Result<()> {
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
@@ -181,7 +185,8 @@ pub fn attach_pci(
             // instead of hanging.
             DiskFormat::Qcow2 => {
                 return Err(Error::InvalidMachine(format!(
-                    "the disk `{}` is qcow2 (a linked clone); this VMM boots raw disks only so                      far: make a full clone to boot it",
+                    "the disk `{}` is qcow2 (a linked clone); this VMM boots raw disks only so \
+                     far: make a full clone to boot it",
                     disk.path.display()
                 )));
             }
@@ -191,6 +196,17 @@ pub fn attach_pci(
             Box::new(Block::new(backend, id.as_bytes())),
             "disk controller",
         )?;
+    }
+    if let Some(network) = network {
+        let stream = UnixStream::connect(&network.frame_socket).map_err(|e| {
+            Error::Setup(format!(
+                "could not connect the network card to `{}`: {e}",
+                network.frame_socket.display()
+            ))
+        })?;
+        let card = Net::new(network.mac, stream)
+            .map_err(|e| Error::Setup(format!("could not create the network card: {e}")))?;
+        add(Box::new(card), "network card")?;
     }
     let rng = Rng::new()
         .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;

@@ -154,6 +154,7 @@ struct MachinePlan {
     memory_size: u64,
     boot: BootSpec,
     disks: Vec<vivarium_core::backend::DiskSpec>,
+    network: Option<vivarium_core::backend::NetworkSpec>,
     serial: SharedOutput,
 }
 
@@ -226,6 +227,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         memory_size: spec.memory_mib << 20,
         boot: spec.boot,
         disks: spec.disks,
+        network: spec.network,
         serial: SharedOutput(Arc::new(Mutex::new(spec.serial_output))),
     };
     let control = Arc::new(Control {
@@ -454,7 +456,15 @@ impl Vm {
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
         let memory = Arc::new(memory);
-        crate::devices::attach_pci(&vm, &pio, &mmio, &memory, plan.memory_size, &plan.disks)?;
+        crate::devices::attach_pci(
+            &vm,
+            &pio,
+            &mmio,
+            &memory,
+            plan.memory_size,
+            &plan.disks,
+            plan.network.as_ref(),
+        )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
         let rsdp = crate::acpi::write_acpi_tables(
             &memory,

@@ -65,6 +65,16 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
+/// The network card and where its frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+    /// A unix stream socket that carries Ethernet frames, each behind its 4-byte big-endian
+    /// length (passt's socket). The machine connects to it at every boot.
+    pub frame_socket: PathBuf,
+}
+
 /// How the machine boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootSpec {
@@ -98,6 +108,9 @@ pub struct MachineSpec {
     pub boot: BootSpec,
     /// Disks in the order the guest sees them.
     pub disks: Vec<DiskSpec>,
+    /// The network card, if the machine has one. The VM's configuration asks for it; the
+    /// process running the VM provides the frame socket (see `passt`).
+    pub network: Option<NetworkSpec>,
     /// Where the guest's serial console output goes.
     pub serial_output: Box<dyn Write + Send>,
 }
@@ -143,6 +156,7 @@ impl MachineSpec {
                     read_only: d.read_only,
                 })
                 .collect(),
+            network: None,
             serial_output,
         })
     }

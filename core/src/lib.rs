@@ -12,6 +12,8 @@ pub mod error;
 pub mod fsutil;
 pub mod library;
 pub mod logfile;
+#[cfg(unix)]
+pub mod passt;
 
 pub use config::VmConfig;
 pub use error::{Error, ErrorKind, Result};

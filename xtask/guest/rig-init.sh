@@ -51,6 +51,15 @@ else
     dmesg | grep -i -e kvm -e svm | tail -n 5
 fi
 
+# Loopback, and a dummy interface with a default route: user-mode networking (passt) models
+# the guest's network on the host's default route, and servers a test starts listen on lo.
+ip link set lo up
+if ip link add vivarium0 type dummy 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev vivarium0
+    ip link set vivarium0 up
+    ip route add default via 10.0.2.2 dev vivarium0
+fi
+
 # Heartbeat: the host side takes a machine that stops saying this for long as stalled (the
 # token has no line ending; the reader removes it from whatever line it lands in).
 (while :; do sleep 5; printf '<VIVARIUM-RIG-ALIVE>'; done) &
