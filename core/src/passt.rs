@@ -69,6 +69,10 @@ impl Passt {
             .arg("--log-file")
             .arg(log_file)
             .args(["--log-size", "1048576"]);
+        // A debugging aid: every frame and connection in passt's log.
+        if std::env::var_os("VIVARIUM_PASST_TRACE").is_some_and(|v| v == "1") {
+            command.arg("--trace");
+        }
         // passt leaves root for `nobody` unless told otherwise, and `nobody` could not
         // create its socket in this user's private runtime folder: it runs as the VM
         // process's own user (only ever root when Vivarium itself runs as root).

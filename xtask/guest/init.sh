@@ -197,6 +197,7 @@ SCRIPT
     else
         result net_ip none
         result net_gw none
+        result net_counters "rx=$(cat /sys/class/net/eth0/statistics/rx_packets),tx=$(cat /sys/class/net/eth0/statistics/tx_packets),operstate=$(cat /sys/class/net/eth0/operstate)"
     fi
 }
 
@@ -204,7 +205,7 @@ check_net_tcp() {
     gw=none
     [ -s /tmp/dhcp-lease ] && read -r _ gw </tmp/dhcp-lease
     mac=$(tr -d : </sys/class/net/eth0/address 2>/dev/null)
-    reply=$(echo "guest-$mac" | nc -w 10 "$gw" "$(param tcp_port 7777)" 2>&1 | head -n 1)
+    reply=$(echo "guest-$mac" | timeout 30 nc -w 10 "$gw" "$(param tcp_port 7777)" 2>&1 | head -n 1)
     result net_tcp "$(echo "${reply:-none}" | tr ' ' _)"
 }
 

@@ -27,6 +27,22 @@
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/bin
 export HOME=/tmp TMPDIR=/tmp
 
+# Leave the initramfs for a tmpfs root first: the kernel's rootfs cannot be pivoted away
+# from, and programs that sandbox themselves with pivot_root (passt) refuse to run on it.
+if [ ! -e /.vivarium-rig-root ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o size=90% tmpfs /newroot
+    for entry in /*; do
+        case "$entry" in
+        /newroot | /proc | /sys | /dev) ;;
+        *) cp -a "$entry" /newroot/ ;;
+        esac
+    done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    : >/newroot/.vivarium-rig-root
+    exec switch_root /newroot /init
+fi
+
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null

@@ -483,7 +483,10 @@ impl VirtioDevice for Net {
     fn process_queue(&mut self, index: usize) -> Result<bool> {
         match index {
             RX => {
-                // The guest posted receive buffers: wake the receive thread.
+                // The guest posted receive buffers: wake the receive thread. Taking the lock
+                // first means the wake cannot fall between the thread's look at the ring and
+                // its wait.
+                let _state = self.rx.lock();
                 self.rx.wake.notify_all();
                 Ok(false)
             }
