@@ -540,3 +540,6 @@ mod tests {
         assert!(foreign(None, Some(Arch::X86_64)).is_none());
     }
 }
+
+#[cfg(test)]
+mod layout_tests;
