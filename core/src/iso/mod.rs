@@ -443,7 +443,7 @@ pub const INITRD_FILE: &str = "installer-initrd";
 
 /// Extracts the kernel and initrds of a [`BootPlan::DirectLinux`] from the ISO at `iso` into
 /// `dir` as [`KERNEL_FILE`] and [`INITRD_FILE`]. Several initrds are joined into one, each
-/// padded to 4 bytes (the kernel unpacks concatenated initramfs archives in order, as when a
+/// but the last padded to 4 bytes (the kernel unpacks concatenated initramfs archives in order, as when a
 /// boot loader loads several). Returns whether an initrd was written.
 pub fn extract_boot_files(
     iso: &Path,
@@ -504,11 +504,13 @@ pub fn extract_boot_files(
         return Ok(false);
     }
     let mut out = create(INITRD_FILE)?;
-    for initrd in &initrds {
+    for (index, initrd) in initrds.iter().enumerate() {
         let n = copy(initrd, &mut out, &mut done_before)?;
-        let pad = (4 - n % 4) % 4;
-        out.write_all(&[0u8; 3][..pad as usize])
-            .map_err(|e| Error::io("could not write the installer's initrd", e))?;
+        if index + 1 < initrds.len() {
+            let pad = (4 - n % 4) % 4;
+            out.write_all(&[0u8; 3][..pad as usize])
+                .map_err(|e| Error::io("could not write the installer's initrd", e))?;
+        }
     }
     out.sync_all()
         .map_err(|e| Error::io("could not write the installer's initrd", e))?;

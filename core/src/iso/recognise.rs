@@ -11,8 +11,7 @@ use super::reader::{ImageSource, IsoImage};
 const MAX_MARKER_BYTES: u64 = 64 << 10;
 
 /// A CPU architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     /// 64-bit x86 (amd64).
     X86_64,
@@ -61,6 +60,12 @@ impl Arch {
             Arch::Ppc64le => "ppc64le",
             Arch::S390x => "s390x",
         }
+    }
+}
+
+impl Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
