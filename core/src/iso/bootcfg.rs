@@ -339,10 +339,10 @@ pub fn grub_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> Opti
 
 /// Drops a GRUB device prefix like `(cd0)` or `($root)` from a path.
 fn strip_device(path: &str) -> String {
-    if path.starts_with('(') {
-        if let Some((_, rest)) = path.split_once(')') {
-            return rest.to_string();
-        }
+    if path.starts_with('(')
+        && let Some((_, rest)) = path.split_once(')')
+    {
+        return rest.to_string();
     }
     path.to_string()
 }
@@ -450,47 +450,45 @@ fn grub_parse(
             "}" if current.is_some() && nesting == 0 => {
                 state.entries.extend(current.take());
             }
-            "if" | "for" | "while" | "function" | "submenu" => {
-                if current.is_some() {
-                    nesting += 1;
-                }
+            "if" | "for" | "while" | "function" | "submenu" if current.is_some() => {
+                nesting += 1;
             }
             "fi" | "done" | "}" => {
                 nesting = nesting.saturating_sub(1);
             }
             "set" => {
-                if let Some((name, value)) = words.get(1).and_then(|w| w.split_once('=')) {
-                    if current.is_none() {
-                        if name == "default" {
-                            state.default = Some(value.to_string());
-                        }
-                        state.vars.insert(name.to_string(), value.to_string());
+                if let Some((name, value)) = words.get(1).and_then(|w| w.split_once('='))
+                    && current.is_none()
+                {
+                    if name == "default" {
+                        state.default = Some(value.to_string());
                     }
+                    state.vars.insert(name.to_string(), value.to_string());
                 }
             }
             "linux" | "linuxefi" | "linux16" => {
-                if let (Some(entry), Some(_)) = (current.as_mut(), words.get(1)) {
-                    if entry.linux.is_none() {
-                        entry.linux = Some(words[1..].to_vec());
-                    }
+                if let (Some(entry), Some(_)) = (current.as_mut(), words.get(1))
+                    && entry.linux.is_none()
+                {
+                    entry.linux = Some(words[1..].to_vec());
                 }
             }
             "initrd" | "initrdefi" | "initrd16" => {
-                if let Some(entry) = current.as_mut() {
-                    if entry.initrd.is_empty() {
-                        entry.initrd = words[1..].to_vec();
-                    }
+                if let Some(entry) = current.as_mut()
+                    && entry.initrd.is_empty()
+                {
+                    entry.initrd = words[1..].to_vec();
                 }
             }
             "source" | "configfile" if current.is_none() => {
-                if depth < MAX_INCLUDE_DEPTH && state.files < MAX_FILES {
-                    if let Some(path) = words.get(1) {
-                        if !path.contains('$') {
-                            let path = resolve("/", &strip_device(path));
-                            if let Some(text) = read(&path) {
-                                grub_parse(&text, &path, read, state, depth + 1);
-                            }
-                        }
+                if depth < MAX_INCLUDE_DEPTH
+                    && state.files < MAX_FILES
+                    && let Some(path) = words.get(1)
+                    && !path.contains('$')
+                {
+                    let path = resolve("/", &strip_device(path));
+                    if let Some(text) = read(&path) {
+                        grub_parse(&text, &path, read, state, depth + 1);
                     }
                 }
             }

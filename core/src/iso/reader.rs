@@ -281,11 +281,11 @@ impl<S: ImageSource + ?Sized> IsoImage<S> {
         image.check_extent(primary)?;
         if let Some(skip) = image.rock_ridge_skip(primary)? {
             image.scheme = NameScheme::RockRidge { skip };
-        } else if let Some(joliet) = joliet_root {
-            if image.check_extent(joliet).is_ok() {
-                image.scheme = NameScheme::Joliet;
-                image.root = joliet;
-            }
+        } else if let Some(joliet) = joliet_root
+            && image.check_extent(joliet).is_ok()
+        {
+            image.scheme = NameScheme::Joliet;
+            image.root = joliet;
         }
         Ok(image)
     }
@@ -572,7 +572,7 @@ impl<S: ImageSource + ?Sized> IsoImage<S> {
                 "the path `{path}` is deeper than {MAX_PATH_DEPTH} levels"
             )));
         }
-        if components.iter().any(|c| *c == "..") {
+        if components.contains(&"..") {
             return Ok(None);
         }
         let mut current = DirEntry {

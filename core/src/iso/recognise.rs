@@ -163,16 +163,16 @@ fn recognise_family<S: ImageSource + ?Sized>(
         }
     }
     // Fedora and Red Hat: `.treeinfo`.
-    if let Some(text) = read_text(image, ".treeinfo") {
-        if let Some(os) = from_treeinfo(&text) {
-            return os;
-        }
+    if let Some(text) = read_text(image, ".treeinfo")
+        && let Some(os) = from_treeinfo(&text)
+    {
+        return os;
     }
     // Debian, Ubuntu and their derivatives: `.disk/info`.
-    if let Some(text) = read_text(image, ".disk/info") {
-        if let Some(os) = from_disk_info(&text) {
-            return os;
-        }
+    if let Some(text) = read_text(image, ".disk/info")
+        && let Some(os) = from_disk_info(&text)
+    {
+        return os;
     }
     if has_root("casper") {
         let mut os = RecognisedOs::new(OsFamily::Ubuntu, None);
