@@ -130,8 +130,10 @@ impl MachineSpec {
                 initrd,
                 cmdline,
             } => BootSpec::Linux {
-                kernel: kernel.clone(),
-                initrd: initrd.clone(),
+                // A relative path is a file of the bundle (e.g. an installer's kernel taken
+                // from its ISO into `state/`); `join` keeps an absolute one as it is.
+                kernel: bundle.join(kernel),
+                initrd: initrd.as_ref().map(|i| bundle.join(i)),
                 cmdline: cmdline.clone(),
             },
             other => {

@@ -10,6 +10,7 @@ pub mod control;
 pub mod disk;
 pub mod error;
 pub mod fsutil;
+pub mod iso;
 pub mod library;
 pub mod logfile;
 #[cfg(unix)]
