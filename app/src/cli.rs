@@ -45,15 +45,18 @@ pub enum Command {
         /// The VM.
         name: String,
     },
-    /// Create a VM with a new, empty (sparse) disk.
+    /// Create a VM with a new, empty (sparse) disk. With --iso, the OS on the ISO is
+    /// recognised first: the VM gets its name, hardware and installer boot from it (flags
+    /// override).
     Create {
-        /// Name of the new VM.
-        name: String,
+        /// Name of the new VM (with --iso it defaults to the recognised OS, e.g. "Debian 12").
+        #[arg(required_unless_present = "iso")]
+        name: Option<String>,
         #[command(flatten)]
         boot: BootArgs,
-        /// Size of the new disk (e.g. 20G).
-        #[arg(long, default_value = "20G", conflicts_with = "no_disk")]
-        disk_size: String,
+        /// Size of the new disk (e.g. 20G; default 20G, or what the ISO's OS needs).
+        #[arg(long, conflicts_with = "no_disk")]
+        disk_size: Option<String>,
         /// Format of the new disk.
         #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
         disk_format: String,
@@ -90,6 +93,12 @@ pub enum Command {
     },
     /// Say whether this machine can run VMs, and if not, why and what to do.
     Host,
+    /// Show what is on an installer ISO: the OS, its version and architecture, how a VM
+    /// would boot it, and the hardware a VM for it gets. Changes nothing.
+    InspectIso {
+        /// The ISO file.
+        file: PathBuf,
+    },
     /// Run a VM in this terminal until it stops: its serial console on standard output (and
     /// in the VM's logs/serial.log). SIGTERM presses the ACPI power button (a second SIGTERM,
     /// or Ctrl-C, powers off at once).
@@ -192,7 +201,8 @@ pub struct BootArgs {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     pub cmdline: Option<String>,
-    /// Insert this ISO in the CD-ROM drive and boot from it.
+    /// Insert this ISO in the CD-ROM drive and boot its installer (`create` recognises the
+    /// OS on it and boots the installer's Linux kernel directly when it can).
     #[arg(long)]
     pub iso: Option<PathBuf>,
 }
@@ -200,12 +210,12 @@ pub struct BootArgs {
 /// Hardware settings of a new VM.
 #[derive(Debug, Args)]
 pub struct HardwareArgs {
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-    /// Memory (e.g. 2G, 512M; a plain number is MiB).
-    #[arg(long, default_value = "2G")]
-    pub memory: String,
+    /// Virtual CPUs (default 2, or what the ISO's OS needs).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory (e.g. 2G, 512M; a plain number is MiB; default 2G, or what the ISO's OS needs).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// OS id (e.g. debian12, linux, windows, other).
     #[arg(long)]
     pub os: Option<String>,
@@ -351,14 +361,24 @@ fn execute(cli: Cli) -> Result<(), Error> {
             no_disk,
             hardware,
         } => {
+            if let Some(iso) = &boot.iso {
+                let options = IsoCreate {
+                    name,
+                    disk_size,
+                    disk_format,
+                    no_disk,
+                };
+                return create_from_iso(&library, iso, &boot, &hardware, options, json);
+            }
             let disk = if no_disk {
                 NewDisk::None
             } else {
                 NewDisk::Blank {
-                    size: parse_size(&disk_size)?,
+                    size: parse_size(disk_size.as_deref().unwrap_or("20G"))?,
                     format: disk_format.parse::<DiskFormat>()?,
                 }
             };
+            let name = name.expect("clap requires a name without --iso");
             let spec = new_vm(name, &boot, &hardware, disk)?;
             create(&library, &spec, json)
         }
@@ -382,6 +402,15 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Set(args) => set(&library, args, json),
         Command::Host => host(json),
+        Command::InspectIso { file } => {
+            let inspection = vivarium_core::iso::inspect(&file)?;
+            if json {
+                println!("{}", json!({"iso": inspection_json(&inspection)}));
+            } else {
+                print_inspection(&inspection);
+            }
+            Ok(())
+        }
         Command::Run { name } => crate::runner::run_in_terminal(&library, &name, json),
         Command::Start { name, headless: _ } => crate::lifecycle::start(&library, &name, json),
         Command::Stop {
@@ -450,8 +479,12 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
         (None, None) => BootSource::Disk,
     };
     let mut spec = NewVm::with_defaults(name, boot_source);
-    spec.cpus = hw.cpus;
-    spec.memory_mib = parse_memory_mib(&hw.memory)?;
+    if let Some(cpus) = hw.cpus {
+        spec.cpus = cpus;
+    }
+    if let Some(memory) = &hw.memory {
+        spec.memory_mib = parse_memory_mib(memory)?;
+    }
     spec.os = os_info(
         hw.os.as_deref(),
         hw.os_name.as_deref(),
@@ -476,6 +509,153 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
     spec.cdrom = boot.iso.clone();
     spec.disk = disk;
     Ok(spec)
+}
+
+/// The disk options of `create --iso`.
+struct IsoCreate {
+    name: Option<String>,
+    disk_size: Option<String>,
+    disk_format: String,
+    no_disk: bool,
+}
+
+/// `vivarium create --iso`: recognise the ISO, print what was found, create the VM with the
+/// recommended hardware (flags override) and the installer's boot.
+fn create_from_iso(
+    library: &Library,
+    iso: &std::path::Path,
+    boot: &BootArgs,
+    hw: &HardwareArgs,
+    options: IsoCreate,
+    json: bool,
+) -> Result<(), Error> {
+    let inspection = vivarium_core::iso::inspect(iso)?;
+    if !json {
+        print_inspection(&inspection);
+    }
+    let recommended = inspection.recommended;
+    let name = match options.name {
+        Some(name) => name,
+        None => free_name(library, &inspection.suggested_name()),
+    };
+    let disk_size = match &options.disk_size {
+        Some(text) => parse_size(text)?,
+        None => recommended.disk_bytes,
+    };
+    let disk = if options.no_disk || disk_size == 0 {
+        NewDisk::None
+    } else {
+        NewDisk::Blank {
+            size: disk_size,
+            format: options.disk_format.parse::<DiskFormat>()?,
+        }
+    };
+    let mut spec = new_vm(name, boot, hw, disk)?;
+    if hw.cpus.is_none() {
+        spec.cpus = recommended.cpus;
+    }
+    if hw.memory.is_none() {
+        spec.memory_mib = recommended.memory_mib;
+    }
+    if hw.os.is_none() {
+        spec.os = inspection.os_info();
+        if let Some(name) = &hw.os_name {
+            spec.os.name = name.clone();
+        }
+    }
+    cancel_on_interrupt();
+    let outcome = with_progress("Extracting the installer", |progress| {
+        library.create_from_iso(&spec, &inspection, progress)
+    })?;
+    print_warnings(&outcome.warnings);
+    let config = &outcome.config;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "iso": inspection_json(&inspection),
+                "created": config_json(config),
+                "warnings": outcome.warnings,
+            })
+        );
+    } else {
+        let disk = config
+            .disks
+            .first()
+            .map(|d| format!("a {} {} disk", format_size(d.size), d.format))
+            .unwrap_or_else(|| "no disk".into());
+        println!(
+            "Created `{}` ({}): {} CPUs, {} memory, {disk}, the ISO in its CD-ROM drive.",
+            config.name,
+            config.os.name,
+            config.cpus,
+            format_size(config.memory_mib << 20)
+        );
+        if let BootSource::Linux { cmdline, .. } = &config.boot {
+            println!("It boots the installer's kernel with: {cmdline}");
+        }
+    }
+    Ok(())
+}
+
+/// `base`, or `base (2)`, `base (3)`, ... whichever no VM has yet.
+fn free_name(library: &Library, base: &str) -> String {
+    let taken = |name: &str| !matches!(library.get(name), Err(Error::NotFound(_)));
+    if !taken(base) {
+        return base.to_string();
+    }
+    (2..1000)
+        .map(|n| format!("{base} ({n})"))
+        .find(|name| !taken(name))
+        .unwrap_or_else(|| base.to_string())
+}
+
+fn inspection_json(inspection: &vivarium_core::iso::IsoInspection) -> Value {
+    serde_json::to_value(inspection).expect("an inspection always serialises to JSON")
+}
+
+/// Prints what was recognised on an ISO, for people.
+fn print_inspection(inspection: &vivarium_core::iso::IsoInspection) {
+    let os = &inspection.os;
+    let version = os
+        .version
+        .as_deref()
+        .map(|v| format!(", version {v}"))
+        .unwrap_or_default();
+    let arch = os
+        .arch
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("ISO:          {}", inspection.path.display());
+    println!("Volume:       {}", inspection.volume_id);
+    println!("OS:           {} ({}{version})", os.name, os.id);
+    println!("Architecture: {arch}");
+    for evidence in &os.evidence {
+        println!("              ({evidence})");
+    }
+    let firmware = match (inspection.bios_bootable, inspection.uefi_bootable) {
+        (true, true) => "BIOS and UEFI",
+        (true, false) => "BIOS",
+        (false, true) => "UEFI",
+        (false, false) => "none",
+    };
+    println!("Boot entries: {firmware}");
+    println!("Boots:        {}", inspection.plan.describe());
+    if let vivarium_core::iso::BootPlan::DirectLinux { cmdline, .. } = &inspection.plan {
+        println!("Command line: {cmdline}");
+    }
+    let r = &inspection.recommended;
+    let disk = if r.disk_bytes == 0 {
+        "no disk".to_string()
+    } else {
+        format!("a {} disk", format_size(r.disk_bytes))
+    };
+    println!(
+        "Proposed:     {} CPUs, {} memory, {disk} (icon: {})",
+        r.cpus,
+        format_size(r.memory_mib << 20),
+        r.icon
+    );
 }
 
 fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {

@@ -19,13 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vivarium_core::backend::{ControlRequest, MachineExit, MachineSpec, RunningMachine};
+use vivarium_core::backend::{
+    ControlRequest, MachineExit, MachineSpec, NetworkSpec, RunningMachine,
+};
+use vivarium_core::config::NetworkConfig;
 use vivarium_core::control::records::{self, RunRecord};
 use vivarium_core::control::serial_hub::SerialHub;
 use vivarium_core::control::server::{ControlServer, ServedVm};
-use vivarium_core::control::{LastExit, LastRun, now_unix, socket_path};
+use vivarium_core::control::{LastExit, LastRun, network_socket_path, now_unix, socket_path};
 use vivarium_core::library::{BundleLock, Library};
 use vivarium_core::logfile::RotatingLog;
+use vivarium_core::passt::Passt;
 use vivarium_core::{Error, ErrorKind};
 
 /// The hidden subcommand that runs a VM process.
@@ -148,6 +152,8 @@ pub struct Session {
     log: Arc<Mutex<RotatingLog>>,
     machine: Arc<dyn RunningMachine>,
     server: Option<ControlServer>,
+    /// User-mode networking, ended with the session.
+    _passt: Option<Passt>,
     _lock: BundleLock,
 }
 
@@ -217,8 +223,45 @@ impl Session {
         };
         let serial = SerialHub::new(Some(open_log("serial.log").map_err(&fail)?), echo);
         serial.note(&format!("`{name}` starts"));
-        let spec = MachineSpec::from_config(&config, &bundle, serial.sink())
+        let mut spec = MachineSpec::from_config(&config, &bundle, serial.sink())
             .map_err(|e| fail(e.into()))?;
+        let passt = match &config.network {
+            NetworkConfig::None => None,
+            NetworkConfig::User { mac, forwards } => {
+                let socket = network_socket_path(library, name);
+                match Passt::start(&socket, forwards, &logs.join("passt.log")) {
+                    Ok(passt) => {
+                        note(&format!(
+                            "user-mode network through passt, MAC {mac}{}",
+                            if forwards.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    ", forwarding {}",
+                                    forwards
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            }
+                        ));
+                        spec.network = Some(NetworkSpec {
+                            mac: mac.0,
+                            frame_socket: passt.socket().to_path_buf(),
+                        });
+                        Some(passt)
+                    }
+                    // The VM still starts; the user reads why it has no network in the VM
+                    // log and at the top of its console.
+                    Err(e) => {
+                        note(&format!("no network: {e}"));
+                        serial.note(&format!("no network: {e}"));
+                        None
+                    }
+                }
+            }
+        };
         let machine = backend.start(spec).map_err(|e| fail(e.into()))?;
         note("the machine runs");
         let served = ServedVm {
@@ -237,6 +280,7 @@ impl Session {
             }
         };
         Ok(Session {
+            _passt: passt,
             name: name.to_string(),
             bundle,
             started_at_unix,

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use vivarium_core::backend::{CdromSpec, DiskSpec};
+use std::os::unix::net::UnixStream;
+
+use vivarium_core::backend::{CdromSpec, DiskSpec, NetworkSpec};
 use vivarium_core::config::DiskFormat;
 use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
@@ -18,6 +20,7 @@ use vivarium_devices::scsi::cdrom::{Cdrom, CdromControl};
 use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
+use vivarium_devices::virtio::net::Net;
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 use vivarium_devices::virtio::scsi::{EVENT_QUEUE, VirtioScsi};
@@ -129,6 +132,16 @@ pub fn attach_acpi_pm(
     Ok(pm)
 }
 
+/// The virtio devices a machine has besides the ones every machine gets.
+pub struct PciDevices<'a> {
+    /// Disks, in the order the guest sees them.
+    pub disks: &'a [DiskSpec],
+    /// The network card.
+    pub network: Option<&'a NetworkSpec>,
+    /// The CD-ROM drive.
+    pub cdrom: Option<&'a CdromControl>,
+}
+
 /// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff and ECAM), and
 /// the virtio devices of the machine behind it.
 pub fn attach_pci(
@@ -137,9 +150,13 @@ pub fn attach_pci(
     mmio: &Arc<Bus>,
     memory: &Arc<GuestMemoryMmap>,
     memory_size: u64,
-    disks: &[DiskSpec],
-    cdrom: Option<&CdromControl>,
+    devices: PciDevices<'_>,
 ) -> Result<()> {
+    let PciDevices {
+        disks,
+        network,
+        cdrom,
+    } = devices;
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
         mem64: (layout::mmio64_start(memory_size), layout::PCI_MMIO64_SIZE),
@@ -184,7 +201,8 @@ pub fn attach_pci(
             // instead of hanging.
             DiskFormat::Qcow2 => {
                 return Err(Error::InvalidMachine(format!(
-                    "the disk `{}` is qcow2 (a linked clone); this VMM boots raw disks only so                      far: make a full clone to boot it",
+                    "the disk `{}` is qcow2 (a linked clone); this VMM boots raw disks only so \
+                     far: make a full clone to boot it",
                     disk.path.display()
                 )));
             }
@@ -194,6 +212,17 @@ pub fn attach_pci(
             Box::new(Block::new(backend, id.as_bytes())),
             "disk controller",
         )?;
+    }
+    if let Some(network) = network {
+        let stream = UnixStream::connect(&network.frame_socket).map_err(|e| {
+            Error::Setup(format!(
+                "could not connect the network card to `{}`: {e}",
+                network.frame_socket.display()
+            ))
+        })?;
+        let card = Net::new(network.mac, stream)
+            .map_err(|e| Error::Setup(format!("could not create the network card: {e}")))?;
+        add(Box::new(card), "network card")?;
     }
     if let Some(cdrom) = cdrom {
         attach_cdrom(&root, memory, &msi, cdrom)?;

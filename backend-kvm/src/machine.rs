@@ -154,6 +154,7 @@ struct MachinePlan {
     memory_size: u64,
     boot: BootSpec,
     disks: Vec<vivarium_core::backend::DiskSpec>,
+    network: Option<vivarium_core::backend::NetworkSpec>,
     /// The CD-ROM drive (with its medium) outlives each build of the machine.
     cdrom: Option<vivarium_devices::scsi::cdrom::CdromControl>,
     serial: SharedOutput,
@@ -230,6 +231,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         memory_size: spec.memory_mib << 20,
         boot: spec.boot,
         disks: spec.disks,
+        network: spec.network,
         cdrom: spec
             .cdrom
             .as_ref()
@@ -499,8 +501,11 @@ impl Vm {
             &mmio,
             &memory,
             plan.memory_size,
-            &plan.disks,
-            plan.cdrom.as_ref(),
+            crate::devices::PciDevices {
+                disks: &plan.disks,
+                network: plan.network.as_ref(),
+                cdrom: plan.cdrom.as_ref(),
+            },
         )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
         let rsdp = crate::acpi::write_acpi_tables(

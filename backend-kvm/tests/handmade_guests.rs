@@ -68,6 +68,7 @@ fn start(backend: &KvmBackend, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMach
             load_address: LOAD,
         },
         disks: Vec::new(),
+        network: None,
         cdrom: None,
         serial_output: Box::new(out.clone()),
     };
@@ -190,6 +191,7 @@ fn bad_machines_are_refused_with_clear_errors() {
         memory_mib,
         boot,
         disks: Vec::new(),
+        network: None,
         cdrom: None,
         serial_output: Box::new(Capture::default()),
     };
@@ -390,6 +392,7 @@ fn host_keys_and_mouse_movement_reach_the_guest() {
                 load_address: LOAD,
             },
             disks: Vec::new(),
+            network: None,
             cdrom: None,
             serial_output: Box::new(out.clone()),
         })

@@ -65,6 +65,16 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
+/// The network card and where its frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+    /// A unix stream socket that carries Ethernet frames, each behind its 4-byte big-endian
+    /// length (passt's socket). The machine connects to it at every boot.
+    pub frame_socket: PathBuf,
+}
+
 /// The CD-ROM drive as the backend needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdromSpec {
@@ -105,6 +115,9 @@ pub struct MachineSpec {
     pub boot: BootSpec,
     /// Disks in the order the guest sees them.
     pub disks: Vec<DiskSpec>,
+    /// The network card, if the machine has one. The VM's configuration asks for it; the
+    /// process running the VM provides the frame socket (see `passt`).
+    pub network: Option<NetworkSpec>,
     /// The CD-ROM drive, if the machine has one.
     pub cdrom: Option<CdromSpec>,
     /// Where the guest's serial console output goes.
@@ -126,8 +139,10 @@ impl MachineSpec {
                 initrd,
                 cmdline,
             } => BootSpec::Linux {
-                kernel: kernel.clone(),
-                initrd: initrd.clone(),
+                // A relative path is a file of the bundle (e.g. an installer's kernel taken
+                // from its ISO into `state/`); `join` keeps an absolute one as it is.
+                kernel: bundle.join(kernel),
+                initrd: initrd.as_ref().map(|i| bundle.join(i)),
                 cmdline: cmdline.clone(),
             },
             other => {
@@ -152,6 +167,7 @@ impl MachineSpec {
                     read_only: d.read_only,
                 })
                 .collect(),
+            network: None,
             cdrom: config.cdrom.as_ref().map(|c| CdromSpec {
                 image: c.image.as_ref().map(|i| bundle.join(i)),
             }),

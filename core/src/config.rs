@@ -96,9 +96,10 @@ impl OsInfo {
 pub enum BootSource {
     /// Direct Linux boot: a kernel, an optional initrd and a command line.
     Linux {
-        /// Kernel image (bzImage or ELF vmlinux).
+        /// Kernel image (bzImage or ELF vmlinux): an absolute path, or a path relative to
+        /// the bundle for a file the bundle holds (e.g. `state/installer-kernel`).
         kernel: PathBuf,
-        /// Initial ramdisk.
+        /// Initial ramdisk (absolute, or relative to the bundle like `kernel`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         initrd: Option<PathBuf>,
         /// Kernel command line.
@@ -414,6 +415,14 @@ impl fmt::Display for DisplayConfig {
     }
 }
 
+/// Whether `path` is relative and only goes down (no `..`, no root, not empty).
+fn is_plain_relative(path: &std::path::Path) -> bool {
+    path.components().next().is_some()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// Checks a VM name: what the user may call a VM so that it is also a safe folder name.
 pub fn validate_name(name: &str) -> Result<()> {
     let problem = if name.trim().is_empty() {
@@ -475,6 +484,17 @@ impl VmConfig {
         validate_name(&self.name)?;
         validate_cpus(self.cpus)?;
         validate_memory_mib(self.memory_mib)?;
+        if let BootSource::Linux { kernel, initrd, .. } = &self.boot {
+            for path in std::iter::once(kernel).chain(initrd) {
+                if !path.is_absolute() && !is_plain_relative(path) {
+                    return Err(Error::InvalidInput(format!(
+                        "boot file `{}` must be an absolute path or a plain path inside the \
+                         VM's folder",
+                        path.display()
+                    )));
+                }
+            }
+        }
         for disk in &self.disks {
             if disk.file.is_absolute()
                 || disk
@@ -621,6 +641,19 @@ mod tests {
         config.disks[0].file = "../../etc/passwd".into();
         assert!(config.validate().is_err());
         config.disks[0].file = "/etc/passwd".into();
+        assert!(config.validate().is_err());
+        let mut config = sample();
+        config.boot = BootSource::Linux {
+            kernel: "state/installer-kernel".into(),
+            initrd: Some("state/installer-initrd".into()),
+            cmdline: String::new(),
+        };
+        config.validate().unwrap();
+        config.boot = BootSource::Linux {
+            kernel: "../other.vivm/state/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
         assert!(config.validate().is_err());
     }
 

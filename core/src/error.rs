@@ -74,6 +74,15 @@ pub enum Error {
         why: String,
     },
 
+    /// A file given as an installer ISO cannot be used as one.
+    #[error("`{path}` cannot be used as an installer ISO: {why}")]
+    InvalidIso {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to do.
+        why: String,
+    },
+
     /// The operation was cancelled by the user; nothing was changed.
     #[error("cancelled; nothing was changed")]
     Cancelled,
@@ -121,9 +130,10 @@ impl Error {
         match self {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            Error::InvalidName { .. } | Error::InvalidInput(_) | Error::NotADiskImage { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Error::InvalidName { .. }
+            | Error::InvalidInput(_)
+            | Error::NotADiskImage { .. }
+            | Error::InvalidIso { .. } => ErrorKind::InvalidInput,
             Error::Busy { .. } => ErrorKind::Busy,
             Error::CorruptConfig(_) | Error::UnsupportedFormat { .. } | Error::Broken { .. } => {
                 ErrorKind::Broken

@@ -139,6 +139,15 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Creates `dir` (and its parents) if needed and makes it private to this user (mode 0700),
+/// as a folder of sockets must be.
+#[cfg(unix)]
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

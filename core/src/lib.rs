@@ -10,8 +10,11 @@ pub mod control;
 pub mod disk;
 pub mod error;
 pub mod fsutil;
+pub mod iso;
 pub mod library;
 pub mod logfile;
+#[cfg(unix)]
+pub mod passt;
 
 pub use config::VmConfig;
 pub use error::{Error, ErrorKind, Result};

@@ -392,10 +392,43 @@ impl Library {
 
     /// Creates a VM. Its bundle is built in staging and appears in the library by one rename.
     pub fn create(&self, spec: &NewVm, progress: &dyn Progress) -> Result<Outcome> {
+        let boot = check_boot_source(&spec.boot)?;
+        self.create_with(spec, BootPrep::Given(boot), progress)
+    }
+
+    /// Creates a VM for the installer ISO `inspection` describes (see [`crate::iso::inspect`]):
+    /// the ISO goes in the CD-ROM drive and, when its installer boots directly, its kernel and
+    /// initrd are copied into the bundle's `state/` and booted with the entry's command line
+    /// (the serial-console variant when `spec.display` is none). `spec.boot` and
+    /// `spec.cdrom` are ignored. An ISO that needs firmware gives a VM that boots from the
+    /// CD-ROM, with a warning; a refused one (not bootable, another architecture) gives an
+    /// error and nothing is created.
+    pub fn create_from_iso(
+        &self,
+        spec: &NewVm,
+        inspection: &crate::iso::IsoInspection,
+        progress: &dyn Progress,
+    ) -> Result<Outcome> {
+        if let crate::iso::BootPlan::Refused { reason } = &inspection.plan {
+            return Err(Error::InvalidIso {
+                path: inspection.path.clone(),
+                why: reason.clone(),
+            });
+        }
+        let mut spec = spec.clone();
+        spec.cdrom = Some(inspection.path.clone());
+        self.create_with(&spec, BootPrep::Iso(inspection), progress)
+    }
+
+    fn create_with(
+        &self,
+        spec: &NewVm,
+        boot_prep: BootPrep<'_>,
+        progress: &dyn Progress,
+    ) -> Result<Outcome> {
         validate_name(&spec.name)?;
         validate_cpus(spec.cpus)?;
         validate_memory_mib(spec.memory_mib)?;
-        let boot = check_boot_source(&spec.boot)?;
         let cdrom = match &spec.cdrom {
             Some(iso) => Some(CdromConfig {
                 image: Some(check_readable_file(iso, "CD-ROM image")?),
@@ -410,6 +443,12 @@ impl Library {
 
         let staging = self.begin_staging(&spec.name)?;
         let bundle = staging.bundle();
+        let boot = match boot_prep {
+            BootPrep::Given(boot) => boot,
+            BootPrep::Iso(inspection) => {
+                iso_boot_source(inspection, spec, &bundle, progress, &mut warnings)?
+            }
+        };
         let disks_dir = bundle.join("disks");
         let mut disks = Vec::new();
         match (&spec.disk, import_info) {
@@ -667,6 +706,7 @@ impl Library {
             disk_config.file = file;
             done_before += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
         }
+        copy_bundle_boot_files(&config, &entry.path, &bundle)?;
         config.validate()?;
         atomic_write(&bundle.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         self.commit_staging(staging, name)?;
@@ -825,6 +865,7 @@ impl Library {
             };
         }
         sync_dir(&parent_path.join("disks")).map_err(|e| Error::io("could not sync disks/", e))?;
+        copy_bundle_boot_files(&clone, parent_path, &staging_bundle)?;
         clone.validate()?;
         atomic_write(
             &staging_bundle.join(CONFIG_FILE),
@@ -1071,6 +1112,87 @@ impl Library {
             })
             .collect())
     }
+}
+
+/// Where a new VM's boot source comes from.
+enum BootPrep<'a> {
+    /// As given (already checked).
+    Given(BootSource),
+    /// From an installer ISO, extracted into the bundle.
+    Iso(&'a crate::iso::IsoInspection),
+}
+
+/// The boot source of a VM made from an ISO; extracts the installer's kernel and initrd into
+/// `bundle/state/` when it boots directly.
+fn iso_boot_source(
+    inspection: &crate::iso::IsoInspection,
+    spec: &NewVm,
+    bundle: &Path,
+    progress: &dyn Progress,
+    warnings: &mut Vec<String>,
+) -> Result<BootSource> {
+    use crate::iso::{BootPlan, INITRD_FILE, KERNEL_FILE};
+    match &inspection.plan {
+        BootPlan::DirectLinux {
+            cmdline,
+            serial_cmdline,
+            ..
+        } => {
+            let state = bundle.join("state");
+            let has_initrd = crate::iso::extract_boot_files(
+                &inspection.path,
+                &inspection.plan,
+                &state,
+                progress,
+            )?;
+            let cmdline = if spec.display == DisplayConfig::None {
+                serial_cmdline.clone()
+            } else {
+                cmdline.clone()
+            };
+            Ok(BootSource::Linux {
+                kernel: Path::new("state").join(KERNEL_FILE),
+                initrd: has_initrd.then(|| Path::new("state").join(INITRD_FILE)),
+                cmdline,
+            })
+        }
+        BootPlan::NeedsFirmware { reason } => {
+            warnings.push(format!(
+                "{reason}; the VM boots from its CD-ROM, so it cannot start until Vivarium \
+                 has BIOS/UEFI firmware"
+            ));
+            Ok(BootSource::Cdrom)
+        }
+        BootPlan::Refused { reason } => Err(Error::InvalidIso {
+            path: inspection.path.clone(),
+            why: reason.clone(),
+        }),
+    }
+}
+
+/// Copies the boot files a configuration keeps in its bundle (relative kernel and initrd
+/// paths) from one bundle to another, for clones.
+fn copy_bundle_boot_files(config: &VmConfig, from: &Path, to: &Path) -> Result<()> {
+    let BootSource::Linux { kernel, initrd, .. } = &config.boot else {
+        return Ok(());
+    };
+    for file in std::iter::once(kernel).chain(initrd) {
+        if file.is_absolute() {
+            continue;
+        }
+        let target = to.join(file);
+        if let Some(dir) = target.parent() {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("could not create `{}`", dir.display()), e))?;
+        }
+        fs::copy(from.join(file), &target).map_err(|e| {
+            Error::io(
+                format!("could not copy the boot file `{}`", file.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// A bundle being built; removed on drop unless committed.

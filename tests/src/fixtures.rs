@@ -49,8 +49,10 @@ pub const GUEST_MODULES: &[&str] = &[
     "bochs",
 ];
 
-/// Modules the nested rig loads to get a real `/dev/kvm` inside the emulated AMD machine.
-pub const RIG_MODULES: &[&str] = &["kvm_amd"];
+/// Modules the nested rig loads: `kvm_amd` for a real `/dev/kvm` inside the emulated AMD
+/// machine, `dummy` for a network interface with a default route (passt needs one to model
+/// the guest's network on, and the rig has no network of its own).
+pub const RIG_MODULES: &[&str] = &["kvm_amd", "dummy"];
 
 /// Bumped when the layout or contents of the cache change without a package version change.
 const FORMAT_VERSION: u32 = 1;

@@ -26,6 +26,12 @@
 #     rng          rng_bytes=<bytes read from /dev/hwrng within 10 s, 64 asked>
 #                  rng_source=<the kernel's current hwrng or none>
 #     net          net_ifaces=<network interfaces but lo, comma separated, or none>
+#     net-dhcp     net_ip=<IPv4 address/prefix eth0 got by DHCP, or none>
+#                  net_gw=<the router DHCP named, or none>; configures eth0 and the route
+#     net-tcp      net_tcp=<the line a server answered>: connects to the router (passt maps
+#                  it to the host's loopback) on port tcp_port, sends "guest-<mac>", reads a line
+#     net-listen   net_listen=ready: serves TCP port listen_port in the background, answering
+#                  every connection with "VIVARIUM-GUEST-SERVED <what it read>" (for forwards)
 #     cdrom-sha256 cdrom_sha256=<sha256 of the first cd_len bytes of /dev/sr0>
 #     input        input_devices=<names of the input devices, comma separated, spaces as _>
 #     fb           fb=<name of /dev/fb0's driver or none>
@@ -38,6 +44,8 @@
 #   vivarium.blk_write_off=N  byte offset of blk-write, a multiple of 512 (default 65536)
 #   vivarium.ro_dev=vda     block device of blk-ro
 #   vivarium.cd_len=N       bytes hashed by cdrom-sha256 (default 2048)
+#   vivarium.tcp_port=N     port of net-tcp (default 7777)
+#   vivarium.listen_port=N  port of net-listen (default 80)
 #   vivarium.then=ACTION    what to do at the end (default poweroff):
 #     poweroff   power off at once (poweroff -f)
 #     reboot     reboot at once (reboot -f)
@@ -164,6 +172,50 @@ check_net() {
     result net_ifaces "$(list_or_none "$ifaces")"
 }
 
+check_net_dhcp() {
+    cat >/tmp/udhcpc.sh <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    echo "$ip/${mask:-24} ${router%% *}" >/tmp/dhcp-lease
+    ;;
+esac
+SCRIPT
+    chmod +x /tmp/udhcpc.sh
+    wait_dev /sys/class/net/eth0
+    ip link set lo up
+    ip link set eth0 up
+    rm -f /tmp/dhcp-lease
+    udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/udhcpc.sh >/dev/null 2>&1
+    if [ -s /tmp/dhcp-lease ]; then
+        read -r addr gw </tmp/dhcp-lease
+        result net_ip "$addr"
+        result net_gw "$gw"
+    else
+        result net_ip none
+        result net_gw none
+        result net_counters "rx=$(cat /sys/class/net/eth0/statistics/rx_packets),tx=$(cat /sys/class/net/eth0/statistics/tx_packets),operstate=$(cat /sys/class/net/eth0/operstate)"
+    fi
+}
+
+check_net_tcp() {
+    gw=none
+    [ -s /tmp/dhcp-lease ] && read -r _ gw </tmp/dhcp-lease
+    mac=$(tr -d : </sys/class/net/eth0/address 2>/dev/null)
+    reply=$(echo "guest-$mac" | timeout 30 nc -w 10 "$gw" "$(param tcp_port 7777)" 2>&1 | head -n 1)
+    result net_tcp "$(echo "${reply:-none}" | tr ' ' _)"
+}
+
+check_net_listen() {
+    printf '#!/bin/sh\nread -r line\necho "VIVARIUM-GUEST-SERVED $line"\n' >/tmp/serve.sh
+    chmod +x /tmp/serve.sh
+    (while :; do nc -l -p "$(param listen_port 80)" -e /tmp/serve.sh; done) >/dev/null 2>&1 &
+    result net_listen ready
+}
+
 run_check() {
     case "$1" in
     uptime) result uptime_s "$(cut -d' ' -f1 /proc/uptime)" ;;
@@ -183,6 +235,9 @@ run_check() {
     blk-ro) check_blk_ro ;;
     rng) check_rng ;;
     net) check_net ;;
+    net-dhcp) check_net_dhcp ;;
+    net-tcp) check_net_tcp ;;
+    net-listen) check_net_listen ;;
     cdrom-sha256)
         wait_dev /dev/sr0
         sum=$(head -c "$(param cd_len 2048)" /dev/sr0 | sha256sum)

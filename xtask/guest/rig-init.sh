@@ -27,6 +27,22 @@
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/bin
 export HOME=/tmp TMPDIR=/tmp
 
+# Leave the initramfs for a tmpfs root first: the kernel's rootfs cannot be pivoted away
+# from, and programs that sandbox themselves with pivot_root (passt) refuse to run on it.
+if [ ! -e /.vivarium-rig-root ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o size=90% tmpfs /newroot
+    for entry in /*; do
+        case "$entry" in
+        /newroot | /proc | /sys | /dev) ;;
+        *) cp -a "$entry" /newroot/ ;;
+        esac
+    done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    : >/newroot/.vivarium-rig-root
+    exec switch_root /newroot /init
+fi
+
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -49,6 +65,15 @@ if [ -c /dev/kvm ]; then
 else
     echo "VIVARIUM-RIG-READY kvm=no"
     dmesg | grep -i -e kvm -e svm | tail -n 5
+fi
+
+# Loopback, and a dummy interface with a default route: user-mode networking (passt) models
+# the guest's network on the host's default route, and servers a test starts listen on lo.
+ip link set lo up
+if ip link add vivarium0 type dummy 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev vivarium0
+    ip link set vivarium0 up
+    ip route add default via 10.0.2.2 dev vivarium0
 fi
 
 # Heartbeat: the host side takes a machine that stops saying this for long as stalled (the

@@ -9,8 +9,16 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 
 /// Debian packages the tests use: `qemu-utils` gives `qemu-img`, which checks the qcow2 images
 /// Vivarium writes (`qemu-img check`, `qemu-img compare`); `qemu-system-x86` runs the nested
-/// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux.
-const APT_PACKAGES: &[&str] = &["qemu-utils", "qemu-system-x86", "xz-utils"];
+/// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux;
+/// `passt` is the VMs' user-mode network; `xorriso` builds the installer ISOs the ISO
+/// recognition tests inspect.
+const APT_PACKAGES: &[&str] = &[
+    "qemu-utils",
+    "qemu-system-x86",
+    "xz-utils",
+    "passt",
+    "xorriso",
+];
 
 /// The macOS target the shared crates are checked for.
 const MACOS_TARGET: &str = "aarch64-apple-darwin";

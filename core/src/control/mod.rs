@@ -91,6 +91,16 @@ pub fn socket_dir(library: &Library) -> PathBuf {
 /// folder and the name, so two libraries never share a socket; long names are shortened so the
 /// path fits in a `sockaddr_un`.
 pub fn socket_path(library: &Library, name: &str) -> PathBuf {
+    runtime_socket(library, name, ".sock")
+}
+
+/// The socket of VM `name`'s user-mode network (passt's frame stream), next to its control
+/// socket.
+pub fn network_socket_path(library: &Library, name: &str) -> PathBuf {
+    runtime_socket(library, name, ".net.sock")
+}
+
+fn runtime_socket(library: &Library, name: &str, suffix: &str) -> PathBuf {
     let dir = socket_dir(library);
     let mut key = library.root().as_os_str().as_encoded_bytes().to_vec();
     key.push(0);
@@ -99,16 +109,16 @@ pub fn socket_path(library: &Library, name: &str) -> PathBuf {
     let dir_len = dir.as_os_str().len() + 1;
     let room = MAX_SOCKET_PATH
         .saturating_sub(dir_len)
-        .saturating_sub(hash.len() + ".sock".len() + 1);
+        .saturating_sub(hash.len() + suffix.len() + 1);
     let short: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(room.min(32))
         .collect();
     if short.is_empty() {
-        dir.join(format!("{hash}.sock"))
+        dir.join(format!("{hash}{suffix}"))
     } else {
-        dir.join(format!("{short}-{hash}.sock"))
+        dir.join(format!("{short}-{hash}{suffix}"))
     }
 }
 

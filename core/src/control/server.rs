@@ -86,10 +86,10 @@ impl ControlServer {
     pub fn bind(path: &Path, vm: ServedVm) -> Result<ControlServer, ControlError> {
         let io = |context: String| move |source| ControlError::Io { context, source };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(io(format!("could not create `{}`", dir.display())))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io(format!("could not restrict `{}`", dir.display())))?;
+            crate::fsutil::ensure_private_dir(dir).map_err(io(format!(
+                "could not create `{}` (mode 0700)",
+                dir.display()
+            )))?;
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}
