@@ -332,7 +332,10 @@ impl Rig {
     /// fails now and then and the boot hangs; giving it the host's TSC rate (which is what TCG's
     /// TSC counts at) and trusting the TSC avoids that.
     fn kernel_command_line(&self) -> String {
-        let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init");
+        // idle=poll: the emulated CPU never halts. Under TCG, a halted outer CPU with nested
+        // guests now and then never saw its next interrupt and the whole rig froze; a
+        // polling idle loop costs nothing here (the emulator's thread is busy anyway).
+        let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init idle=poll");
         line.push_str(if self.kernel_log {
             " loglevel=7"
         } else {
