@@ -381,7 +381,8 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
     Ok(spec)
 }
 
-fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
+/// The guest OS of a new VM: the id and name given, else Linux for a kernel boot, else other.
+pub fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
     let base = match id {
         Some(id) => OsInfo {
             id: id.to_string(),
@@ -396,7 +397,8 @@ fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
     }
 }
 
-fn parse_memory_mib(text: &str) -> Result<u64, Error> {
+/// Parses a memory size: a plain number is MiB, else a size such as `2G` or `512M`.
+pub fn parse_memory_mib(text: &str) -> Result<u64, Error> {
     if let Ok(mib) = text.trim().parse::<u64>() {
         return Ok(mib);
     }
