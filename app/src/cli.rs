@@ -13,6 +13,7 @@ use vivarium_core::config::{
     BootSource, CdromConfig, DiskFormat, DisplayConfig, MacAddress, NetworkConfig, OsInfo,
     PortForward,
 };
+use vivarium_core::control::LiveState;
 use vivarium_core::disk::ProgressFn;
 use vivarium_core::fsutil::{format_size, parse_size};
 use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConfig, VmEntry};
@@ -20,7 +21,7 @@ use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConf
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad usage, \
 3 no such VM, 4 name already exists, 5 invalid input, 6 VM is running or busy, \
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
-10 this host cannot run VMs.";
+10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
 
 /// Vivarium: desktop virtual machines.
 #[derive(Debug, Parser)]
@@ -93,6 +94,60 @@ pub enum Command {
     /// in the VM's logs/serial.log). SIGTERM presses the ACPI power button (a second SIGTERM,
     /// or Ctrl-C, powers off at once).
     Run {
+        /// The VM.
+        name: String,
+    },
+    /// Start a VM in a process of its own, detached from this terminal; it keeps running
+    /// after this command (and the app) exit. Its serial console is in logs/serial.log and
+    /// through `vivarium console`.
+    Start {
+        /// The VM.
+        name: String,
+        /// Run without a window (the only way until the desktop app opens one).
+        #[arg(long)]
+        headless: bool,
+    },
+    /// Shut a VM down: press its ACPI power button and wait until the guest has powered off.
+    Stop {
+        /// The VM.
+        name: String,
+        /// Power it off at once instead (pulling the plug; the guest gets no say).
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the guest to power off, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Pause a running VM (its vCPUs stop; memory and devices keep their state).
+    Pause {
+        /// The VM.
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// The VM.
+        name: String,
+    },
+    /// Press a running VM's reset button.
+    Reset {
+        /// The VM.
+        name: String,
+    },
+    /// Show whether a VM runs (and what it does), or how its last run ended.
+    Status {
+        /// The VM.
+        name: String,
+    },
+    /// Attach this terminal to a running VM's serial console (recent output first). Ctrl-]
+    /// detaches. When standard input is not a terminal, it is sent to the guest, and the
+    /// command ends once input has ended and the guest has been quiet for a second.
+    Console {
+        /// The VM.
+        name: String,
+    },
+    /// Runs a VM process (internal: `vivarium start` uses it).
+    #[command(name = "__vm-process", hide = true)]
+    VmProcess {
         /// The VM.
         name: String,
     },
@@ -223,6 +278,8 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Broken => 7,
         ErrorKind::Cancelled => 8,
         ErrorKind::HostUnsupported => 10,
+        ErrorKind::NotRunning => 11,
+        ErrorKind::Timeout => 12,
     }
 }
 
@@ -245,6 +302,9 @@ fn cancel_on_interrupt() {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
+    if let Command::VmProcess { name } = &cli.command {
+        return crate::vmprocess::run_vm_process(name);
+    }
     let json = cli.json;
     match execute(cli) {
         Ok(()) => 0,
@@ -306,6 +366,24 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Set(args) => set(&library, args, json),
         Command::Host => host(json),
         Command::Run { name } => crate::runner::run_in_terminal(&library, &name, json),
+        Command::Start { name, headless: _ } => crate::lifecycle::start(&library, &name, json),
+        Command::Stop {
+            name,
+            force,
+            timeout,
+        } => crate::lifecycle::stop(
+            &library,
+            &name,
+            force,
+            std::time::Duration::from_secs(timeout),
+            json,
+        ),
+        Command::Pause { name } => crate::lifecycle::pause(&library, &name, json),
+        Command::Resume { name } => crate::lifecycle::resume(&library, &name, json),
+        Command::Reset { name } => crate::lifecycle::reset(&library, &name, json),
+        Command::Status { name } => crate::lifecycle::status(&library, &name, json),
+        Command::Console { name } => crate::console::attach(&library, &name),
+        Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),
         Command::Delete { name } => {
             library.delete(&name)?;
             if json {
@@ -643,25 +721,50 @@ fn host(json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn state_of(entry: &VmEntry) -> &'static str {
-    match (&entry.config, entry.running) {
-        (Err(_), _) => "broken",
-        (Ok(_), true) => "running",
-        (Ok(_), false) => "stopped",
+/// The live state of a VM whose configuration loads (`None` for a broken one).
+fn live_of(library: &Library, entry: &VmEntry) -> Option<LiveState> {
+    entry
+        .config
+        .as_ref()
+        .ok()
+        .map(|_| vivarium_core::control::live_state(library, &entry.name))
+}
+
+fn state_word(live: Option<&LiveState>) -> &'static str {
+    match live {
+        None => "broken",
+        Some(LiveState::Stopped { .. }) => "stopped",
+        Some(LiveState::Running(status)) => status.state.as_str(),
+    }
+}
+
+/// The JSON fields of a VM's live state (state, pid or last run).
+fn live_fields(row: &mut Value, live: Option<&LiveState>) {
+    match live {
+        None => row["state"] = json!("broken"),
+        Some(live) => {
+            if let (Some(row), Value::Object(fields)) =
+                (row.as_object_mut(), crate::lifecycle::live_json(live))
+            {
+                row.extend(fields);
+            }
+        }
     }
 }
 
 fn list(library: &Library, json: bool) -> Result<(), Error> {
     let vms = library.list()?;
+    let live: Vec<Option<LiveState>> = vms.iter().map(|vm| live_of(library, vm)).collect();
     if json {
         let rows: Vec<Value> = vms
             .iter()
-            .map(|vm| {
+            .zip(&live)
+            .map(|(vm, live)| {
                 let mut row = json!({
                     "name": vm.name,
-                    "state": state_of(vm),
                     "disk_usage_bytes": vm.disk_usage,
                 });
+                live_fields(&mut row, live.as_ref());
                 match &vm.config {
                     Ok(c) => {
                         row["os"] = json!(c.os.id);
@@ -690,21 +793,27 @@ fn list(library: &Library, json: bool) -> Result<(), Error> {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:<width$}  {:<8}  {:<16}  {:>4}  {:>9}  {:>9}",
+        "{:<width$}  {:<13}  {:<16}  {:>4}  {:>9}  {:>9}  LAST RUN",
         "NAME", "STATE", "OS", "CPUS", "MEMORY", "DISK USE"
     );
-    for vm in &vms {
+    for (vm, live) in vms.iter().zip(&live) {
+        let last = match live {
+            Some(LiveState::Stopped {
+                last_run: Some(run),
+            }) => run.exit.as_str(),
+            _ => "",
+        };
         match &vm.config {
             Ok(c) => println!(
-                "{:<width$}  {:<8}  {:<16}  {:>4}  {:>9}  {:>9}",
+                "{:<width$}  {:<13}  {:<16}  {:>4}  {:>9}  {:>9}  {last}",
                 vm.name,
-                state_of(vm),
+                state_word(live.as_ref()),
                 c.os.name,
                 c.cpus,
                 format_size(c.memory_mib << 20),
                 format_size(vm.disk_usage)
             ),
-            Err(reason) => println!("{:<width$}  {:<8}  {reason}", vm.name, "broken"),
+            Err(reason) => println!("{:<width$}  {:<13}  {reason}", vm.name, "broken"),
         }
     }
     Ok(())
@@ -716,13 +825,14 @@ fn config_json(config: &VmConfig) -> Value {
 
 fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
     let entry = library.get(name)?;
+    let live = live_of(library, &entry);
     if json {
         let mut out = json!({
             "name": entry.name,
-            "state": state_of(&entry),
             "path": entry.path,
             "disk_usage_bytes": entry.disk_usage,
         });
+        live_fields(&mut out, live.as_ref());
         match &entry.config {
             Ok(config) => out["config"] = config_json(config),
             Err(reason) => out["error"] = json!(reason),
@@ -731,7 +841,10 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
         return Ok(());
     }
     println!("Name:      {}", entry.name);
-    println!("State:     {}", state_of(&entry));
+    match &live {
+        Some(live) => println!("State:     {}", crate::lifecycle::describe(live)),
+        None => println!("State:     broken"),
+    }
     println!("Folder:    {}", entry.path.display());
     let config = match &entry.config {
         Ok(config) => config,

@@ -3,5 +3,8 @@
 
 pub mod backend;
 pub mod cli;
+pub mod console;
 pub mod gui;
+pub mod lifecycle;
 pub mod runner;
+pub mod vmprocess;

@@ -55,6 +55,8 @@ struct ControlState {
     ended: Option<MachineExit>,
     /// The current boot's ACPI power-management block, where the power button is.
     acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
+    /// The current boot's serial port, where console input goes.
+    serial: Option<Arc<Mutex<vivarium_devices::serial::Serial>>>,
 }
 
 impl Control {
@@ -316,6 +318,23 @@ impl RunningMachine for KvmMachine {
         Ok(())
     }
 
+    fn send_serial_input(&self, bytes: &[u8]) -> std::result::Result<usize, BackendError> {
+        let serial = {
+            let state = self.control.lock();
+            if state.ended.is_some() {
+                return Err(BackendError::Stopped);
+            }
+            state.serial.clone()
+        };
+        match serial {
+            Some(serial) => Ok(serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes)),
+            None => Ok(0),
+        }
+    }
+
     fn wait(&self) -> MachineExit {
         let mut state = self.control.lock();
         loop {
@@ -404,7 +423,9 @@ impl Vm {
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
         let reset = Arc::new(GuestReset(Arc::clone(control)));
-        crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        let serial =
+            crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        control.lock().serial = Some(serial);
         let power_control = Arc::clone(control);
         let power_off = Arc::new(crate::devices::GuestPowerOff(Box::new(move || {
             power_control.stop(Stop::PowerOff)

@@ -186,6 +186,10 @@ pub trait RunningMachine: Send + Sync {
     fn request(&self, request: ControlRequest) -> Result<(), BackendError>;
     /// Waits until the machine ends and says how.
     fn wait(&self) -> MachineExit;
+    /// Offers bytes to the guest's serial console (COM1 on x86). Returns how many were taken:
+    /// fewer than offered (possibly none) when the port's receive buffer is full, so the
+    /// caller retries the rest once the guest has read some.
+    fn send_serial_input(&self, bytes: &[u8]) -> Result<usize, BackendError>;
 }
 
 /// A hypervisor backend.

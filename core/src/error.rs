@@ -82,6 +82,20 @@ pub enum Error {
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
 
+    /// Talking to a running VM failed (it is not running, refused, or timed out).
+    #[cfg(unix)]
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+
+    /// An error another Vivarium process (a VM process) reported, with its category.
+    #[error("{message}")]
+    Reported {
+        /// The category the other process gave.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
+
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -116,6 +130,16 @@ impl Error {
             }
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Reported { kind, .. } => *kind,
+            #[cfg(unix)]
+            Error::Control(e) => match e {
+                crate::control::ControlError::NotRunning(_) => ErrorKind::NotRunning,
+                crate::control::ControlError::Timeout(_) => ErrorKind::Timeout,
+                crate::control::ControlError::Refused { .. } => ErrorKind::Busy,
+                crate::control::ControlError::VersionMismatch { .. } => ErrorKind::Broken,
+                crate::control::ControlError::Protocol { .. }
+                | crate::control::ControlError::Io { .. } => ErrorKind::Io,
+            },
             Error::Backend(e) => match e {
                 crate::backend::BackendError::HostUnsupported(_) => ErrorKind::HostUnsupported,
                 crate::backend::BackendError::InvalidMachine(_)
@@ -146,9 +170,32 @@ pub enum ErrorKind {
     Io,
     /// This host cannot run VMs (no usable hypervisor).
     HostUnsupported,
+    /// The VM is not running (for commands that need a running VM).
+    NotRunning,
+    /// The VM did not do what was asked in the time allowed (e.g. shut down).
+    Timeout,
 }
 
 impl ErrorKind {
+    /// Every kind, for parsing [`ErrorKind::as_str`] back.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidInput,
+        ErrorKind::Busy,
+        ErrorKind::Broken,
+        ErrorKind::Cancelled,
+        ErrorKind::Io,
+        ErrorKind::HostUnsupported,
+        ErrorKind::NotRunning,
+        ErrorKind::Timeout,
+    ];
+
+    /// The kind whose [`ErrorKind::as_str`] is `name`.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// Short name used in `--json` output.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -160,6 +207,8 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::HostUnsupported => "host-unsupported",
+            ErrorKind::NotRunning => "not-running",
+            ErrorKind::Timeout => "timeout",
         }
     }
 }

@@ -5,10 +5,13 @@
 
 pub mod backend;
 pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod disk;
 pub mod error;
 pub mod fsutil;
 pub mod library;
+pub mod logfile;
 
 pub use config::VmConfig;
 pub use error::{Error, ErrorKind, Result};

@@ -272,7 +272,19 @@ impl Library {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(format!("could not open `{}`", path.display()), e))?;
-        match file.try_lock() {
+        // Probes (`bundle_locked`, `list`) hold the lock for microseconds; a few short retries
+        // keep them from making a start or an operation fail as busy.
+        let mut attempt = 0;
+        let taken = loop {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                other => break other,
+            }
+        };
+        match taken {
             Ok(()) => Ok(BundleLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
                 name: name.to_string(),
@@ -285,11 +297,18 @@ impl Library {
         }
     }
 
+    /// Whether VM `name`'s bundle lock is held (a VM process runs it, or another operation
+    /// holds it). A non-blocking probe: it never waits.
+    pub fn bundle_locked(&self, name: &str) -> bool {
+        Library::is_running(&self.bundle_path(name))
+    }
+
     fn is_running(bundle: &Path) -> bool {
         let Ok(file) = OpenOptions::new().write(true).open(bundle.join(LOCK_FILE)) else {
             return false;
         };
-        match file.try_lock() {
+        // A shared probe: concurrent probes never see each other as a running VM.
+        match file.try_lock_shared() {
             Ok(()) => false,
             Err(std::fs::TryLockError::WouldBlock) => true,
             Err(_) => false,

@@ -5,4 +5,6 @@ pub mod guest_disk;
 pub mod vivarium;
 
 pub mod fixtures;
+pub mod handmade;
 pub mod rig;
+pub mod vm_process;

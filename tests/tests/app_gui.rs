@@ -14,6 +14,9 @@ use vivarium::gui::{AppEnv, VivariumApp};
 use vivarium_core::config::{BootSource, NetworkConfig};
 use vivarium_core::disk::NoProgress;
 use vivarium_core::{Library, NewDisk, NewVm};
+use vivarium_e2e::handmade::BANNER;
+use vivarium_e2e::vivarium::TempLibrary;
+use vivarium_e2e::vm_process::{PowerOffOnDrop, create_handmade_vm, kvm_usable};
 
 /// A temporary library and the app's settings file beside it.
 struct Fixture {
@@ -39,15 +42,11 @@ impl Fixture {
     }
 
     fn harness(&self) -> Harness<'static, VivariumApp> {
-        let env = AppEnv {
+        app_harness(AppEnv {
             library: self.library.clone(),
             prefs_path: Some(self.dir.path().join("config/app.toml")),
-        };
-        let mut harness = Harness::builder()
-            .with_size([1200.0, 800.0])
-            .build_eframe(move |cc| VivariumApp::new(cc, env));
-        harness.run_steps(2);
-        harness
+            vm_exe: None,
+        })
     }
 
     /// A VM made with the library directly (the app must show what others made).
@@ -67,6 +66,14 @@ impl Fixture {
         };
         self.library.create(&spec, &NoProgress).unwrap();
     }
+}
+
+fn app_harness(env: AppEnv) -> Harness<'static, VivariumApp> {
+    let mut harness = Harness::builder()
+        .with_size([1200.0, 800.0])
+        .build_eframe(move |cc| VivariumApp::new(cc, env));
+    harness.run_steps(2);
+    harness
 }
 
 /// Steps the app (with real time passing, for its background threads) until `done` holds.
@@ -130,7 +137,11 @@ fn click_button(harness: &mut Harness<'_, VivariumApp>, label: &str) {
 }
 
 fn select_vm(harness: &mut Harness<'_, VivariumApp>, name: &str) {
-    let row = format!("{name}, Stopped");
+    select_vm_in_state(harness, name, "Stopped");
+}
+
+fn select_vm_in_state(harness: &mut Harness<'_, VivariumApp>, name: &str, state: &str) {
+    let row = format!("{name}, {state}");
     wait_until(harness, &format!("{name} in the sidebar"), |h| {
         has_label(h, &row)
     });
@@ -364,4 +375,83 @@ fn clone_full_and_linked_rename_settings_and_delete() {
     // `base` still uses the shared base image, so it stays.
     assert!(!fx.library.bases().unwrap().is_empty());
     assert!(fx.library.get("base").unwrap().config().is_ok());
+}
+
+fn console_text(harness: &Harness<'_, VivariumApp>, name: &str) -> String {
+    harness
+        .query_by_role_and_label(Role::Terminal, &format!("Console of {name}"))
+        .and_then(|node| node.value())
+        .unwrap_or_default()
+}
+
+/// Start → running → the console shows the guest's output and takes input → power off →
+/// stopped, through a real VM process on this host's /dev/kvm (the hand-made guest, which
+/// prints a banner and echoes what it reads). Quitting the app leaves the VM running, and a
+/// new app window finds it running and attaches to its console again.
+#[test]
+fn start_console_and_power_off_through_a_real_vm_process() {
+    if !kvm_usable("app_gui::start_console_and_power_off_through_a_real_vm_process") {
+        return;
+    }
+    let library = TempLibrary::new();
+    create_handmade_vm(&library, "hm");
+    let _guard = PowerOffOnDrop::new(&library, "hm");
+    let env = AppEnv {
+        library: Library::open(library.home()).unwrap(),
+        prefs_path: None,
+        vm_exe: Some(vivarium_e2e::vivarium::binary()),
+    };
+    let mut harness = app_harness(env.clone());
+    select_vm(&mut harness, "hm");
+    click_button(&mut harness, "Start");
+    wait_until(&mut harness, "the VM running", |h| {
+        has_label(h, "hm, Running")
+    });
+    // Starting from the app opens the console, which shows the guest's banner.
+    let banner = BANNER.trim();
+    wait_until(&mut harness, "the guest's banner in the console", |h| {
+        console_text(h, "hm").contains(banner)
+    });
+    // Keyboard input goes to the guest, which echoes it.
+    harness
+        .get_by_role_and_label(Role::Terminal, "Console of hm")
+        .click();
+    harness.run_steps(2);
+    harness
+        .get_by_role_and_label(Role::Terminal, "Console of hm")
+        .type_text("echo-me");
+    wait_until(&mut harness, "the guest's echo", |h| {
+        console_text(h, "hm").contains("echo-me")
+    });
+
+    // Closing the app leaves the VM running; a new window finds it and reattaches.
+    drop(harness);
+    assert!(matches!(
+        vivarium_core::control::live_state(&env.library, "hm"),
+        vivarium_core::control::LiveState::Running(_)
+    ));
+    let mut harness = app_harness(env.clone());
+    select_vm_in_state(&mut harness, "hm", "Running");
+    click(&mut harness, "Console");
+    wait_until(&mut harness, "the backlog in the reattached console", |h| {
+        let text = console_text(h, "hm");
+        text.contains(banner) && text.contains("echo-me")
+    });
+
+    click_button(&mut harness, "Power off");
+    wait_until(&mut harness, "the VM powered off", |h| {
+        has_label(h, "hm, Powered off")
+    });
+    match vivarium_core::control::live_state(&env.library, "hm") {
+        vivarium_core::control::LiveState::Stopped { last_run } => assert_eq!(
+            last_run.map(|run| run.exit),
+            Some(vivarium_core::control::LastExit::PoweredOff)
+        ),
+        other => panic!("expected stopped, got {other:?}"),
+    }
+    assert!(
+        harness
+            .query_by_label_contains("Ended just now, powered off")
+            .is_some()
+    );
 }

@@ -3,7 +3,12 @@
 use eframe::egui::{self, RichText};
 use vivarium_core::Library;
 
-use super::details::{self, DetailsAction, DetailsContext, NotesEditor};
+use std::collections::HashMap;
+
+use vivarium_core::control::ControlClient;
+
+use super::console::{Console, Link};
+use super::details::{self, DetailsAction, DetailsContext, NotesEditor, Tab};
 use super::dialogs::{
     Dialog, DialogEnv, DialogOutcome, clone::CloneDialog, delete::DeleteDialog,
     new_vm::NewVmDialog, settings::SettingsDialog,
@@ -42,6 +47,10 @@ pub struct VivariumApp {
     notes_job: Option<u64>,
     /// The text the running notes save writes.
     notes_sent: Option<String>,
+    /// The details pane's tab.
+    tab: Tab,
+    /// Serial consoles of running VMs, attached when first shown.
+    consoles: HashMap<String, Console>,
 }
 
 impl VivariumApp {
@@ -73,6 +82,8 @@ impl VivariumApp {
             notes: NotesEditor::default(),
             notes_job: None,
             notes_sent: None,
+            tab: Tab::Overview,
+            consoles: HashMap::new(),
             env,
         }
     }
@@ -91,6 +102,13 @@ impl VivariumApp {
     fn poll(&mut self) {
         if let Some(snapshot) = self.refresher.take_latest() {
             self.snapshot = snapshot;
+            // A console whose VM stopped, or whose connection ended, goes; the next look at a
+            // running VM's console attaches again (and gets the backlog).
+            let snapshot = &self.snapshot;
+            self.consoles.retain(|name, console| {
+                snapshot.find(name).is_some_and(|vm| vm.state.is_live())
+                    && !matches!(console.link(), Link::Ended | Link::Failed(_))
+            });
             if let Some(name) = &self.select_when_listed
                 && self.snapshot.find(name).is_some()
             {
@@ -134,6 +152,16 @@ impl VivariumApp {
             Ok(Done::Saved { name }) => {
                 self.toasts.info(format!("Saved the settings of {name}."));
                 self.select_when_listed = Some(name);
+            }
+            Ok(Done::Started { name, pid }) => {
+                self.toasts
+                    .info(format!("Started {name} (VM process {pid})."));
+                if self.selected.as_deref() == Some(&name) {
+                    self.tab = Tab::Console;
+                }
+            }
+            Ok(Done::Controlled { name, what }) => {
+                self.toasts.info(format!("{name}: {what}."));
             }
             Ok(Done::NotesSaved { name }) => {
                 if self.notes.vm == name {
@@ -218,6 +246,44 @@ impl VivariumApp {
                 Ok(Done::NotesSaved { name })
             },
         ));
+    }
+
+    fn start_vm(&mut self, name: &str) {
+        let library = self.env.library.clone();
+        let exe = self.env.vm_exe.clone();
+        let name = name.to_string();
+        self.jobs
+            .spawn(format!("Starting {name}"), Some(name.clone()), move |_| {
+                let pid = match exe {
+                    Some(exe) => crate::vmprocess::spawn_with(&exe, &library, &name)?,
+                    None => crate::vmprocess::spawn(&library, &name)?,
+                };
+                Ok(Done::Started { name, pid })
+            });
+    }
+
+    fn control_vm(&mut self, name: &str, action: &DetailsAction) {
+        let (label, what): (&str, &'static str) = match action {
+            DetailsAction::ShutDown => ("Shutting down", "the power button was pressed"),
+            DetailsAction::PowerOff => ("Powering off", "powered off"),
+            DetailsAction::Pause => ("Pausing", "paused"),
+            DetailsAction::Resume => ("Resuming", "resumed"),
+            _ => return,
+        };
+        let action = action.clone();
+        let library = self.env.library.clone();
+        let name = name.to_string();
+        self.jobs
+            .spawn(format!("{label} {name}"), Some(name.clone()), move |_| {
+                let mut client = ControlClient::connect(&library, &name)?;
+                match action {
+                    DetailsAction::ShutDown => client.shut_down()?,
+                    DetailsAction::PowerOff => client.power_off()?,
+                    DetailsAction::Pause => client.pause()?,
+                    _ => client.resume()?,
+                }
+                Ok(Done::Controlled { name, what })
+            });
     }
 
     fn menu_bar(&mut self, ui: &mut egui::Ui) {
@@ -325,12 +391,27 @@ impl VivariumApp {
         }
         ui.add_space(8.0);
         let busy = self.jobs.busy_with(vm.name()).map(|job| job.label.clone());
+        let cannot_start = self.host.status().cannot_start();
         let cx = DetailsContext {
             icons: &self.icons,
             busy: busy.as_deref(),
+            cannot_start: cannot_start.as_deref(),
         };
-        let action = details::ui(ui, &vm, &mut self.notes, &cx);
+        if self.tab == Tab::Console && vm.state.is_live() && !self.consoles.contains_key(vm.name())
+        {
+            let console = Console::attach(&self.env.library, vm.name(), ui.ctx());
+            self.consoles.insert(vm.name().to_string(), console);
+        }
+        let console = self.consoles.get_mut(vm.name());
+        let action = details::ui(ui, &vm, &mut self.notes, &cx, &mut self.tab, console);
         match action {
+            Some(DetailsAction::Start) => self.start_vm(vm.name()),
+            Some(
+                action @ (DetailsAction::ShutDown
+                | DetailsAction::PowerOff
+                | DetailsAction::Pause
+                | DetailsAction::Resume),
+            ) => self.control_vm(vm.name(), &action),
             Some(DetailsAction::Clone) => {
                 let dialog = CloneDialog::new(&self.dialog_env(), vm.name());
                 self.dialog = Some(Dialog::Clone(dialog));

@@ -5,13 +5,36 @@ use eframe::egui::{self, Color32, RichText};
 use vivarium_core::config::{BootSource, NetworkConfig};
 use vivarium_core::fsutil::format_size;
 
+use vivarium_core::control::{LastExit, LastRun, LiveState};
+
+use super::console::{Console, Link};
 use super::icons::Icons;
 use super::model::{VmRow, VmState};
 use super::style::state_color;
 
+/// The tabs of the details pane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tab {
+    /// What the VM is made of.
+    #[default]
+    Overview,
+    /// The serial console (running VMs).
+    Console,
+}
+
 /// What the user asked for in the details pane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetailsAction {
+    /// Start the VM in a VM process of its own.
+    Start,
+    /// Press the ACPI power button.
+    ShutDown,
+    /// Cut the power.
+    PowerOff,
+    /// Pause the vCPUs.
+    Pause,
+    /// Resume the vCPUs.
+    Resume,
     /// Open the Clone dialog.
     Clone,
     /// Open the Delete confirmation.
@@ -60,6 +83,8 @@ pub struct DetailsContext<'a> {
     pub icons: &'a Icons,
     /// A job working on this VM (its buttons are off meanwhile).
     pub busy: Option<&'a str>,
+    /// Why VMs cannot start on this host, if they cannot.
+    pub cannot_start: Option<&'a str>,
 }
 
 /// Draws the pane for `vm`.
@@ -68,12 +93,28 @@ pub fn ui(
     vm: &VmRow,
     notes: &mut NotesEditor,
     cx: &DetailsContext<'_>,
+    tab: &mut Tab,
+    console: Option<&mut Console>,
 ) -> Option<DetailsAction> {
     let mut action = None;
     header(ui, vm, cx);
     ui.add_space(10.0);
     toolbar(ui, vm, cx, &mut action);
-    ui.add_space(12.0);
+    ui.add_space(8.0);
+    if vm.state.is_live() {
+        ui.horizontal(|ui| {
+            ui.selectable_value(tab, Tab::Overview, "Overview");
+            ui.selectable_value(tab, Tab::Console, "Console");
+        });
+        ui.separator();
+    } else {
+        // The tab stays as chosen (a VM just started may not be listed as running yet).
+        ui.add_space(4.0);
+    }
+    if *tab == Tab::Console && vm.state.is_live() {
+        console_tab(ui, vm, console);
+        return action;
+    }
     let config = match &vm.entry.config {
         Ok(config) => config,
         Err(reason) => {
@@ -163,6 +204,21 @@ pub fn ui(
                     .num_columns(2)
                     .spacing([24.0, 6.0])
                     .show(ui, |ui| {
+                        match &vm.live {
+                            Some(LiveState::Running(status)) => row(
+                                ui,
+                                "Running since",
+                                &format!(
+                                    "{} (VM process {})",
+                                    ago(status.started_at_unix),
+                                    status.pid
+                                ),
+                            ),
+                            Some(LiveState::Stopped {
+                                last_run: Some(run),
+                            }) => row(ui, "Last run", &describe_run(run)),
+                            _ => row(ui, "Last run", "Never started"),
+                        }
                         row(ui, "Created", &config.created.replace('T', " "));
                         row(ui, "Folder", &vm.entry.path.display().to_string());
                     });
@@ -226,10 +282,47 @@ fn toolbar(
     action: &mut Option<DetailsAction>,
 ) {
     let idle = cx.busy.is_none();
-    let stopped = vm.state == VmState::Stopped && idle;
+    let stopped = vm.state.is_stopped() && idle;
     let configured = vm.entry.config.is_ok();
     ui.horizontal(|ui| {
-        let settings_label = if vm.state == VmState::Running {
+        let start = egui::Button::new(RichText::new("Start").strong())
+            .fill(crate::gui::style::ACCENT.gamma_multiply(0.8));
+        let mut response =
+            ui.add_enabled(stopped && configured && cx.cannot_start.is_none(), start);
+        if let Some(why) = cx.cannot_start {
+            response = response.on_disabled_hover_text(why);
+        }
+        if response.clicked() {
+            *action = Some(DetailsAction::Start);
+        }
+        let running = vm.state == VmState::Running && idle;
+        if ui
+            .add_enabled(running, egui::Button::new("Shut down"))
+            .on_hover_text("Press the power button: the guest shuts down cleanly")
+            .clicked()
+        {
+            *action = Some(DetailsAction::ShutDown);
+        }
+        let live = vm.state.is_live() && idle;
+        if ui
+            .add_enabled(live, egui::Button::new("Power off"))
+            .on_hover_text("Cut the power at once (unsaved data in the guest is lost)")
+            .clicked()
+        {
+            *action = Some(DetailsAction::PowerOff);
+        }
+        if vm.state == VmState::Paused {
+            if ui.add_enabled(idle, egui::Button::new("Resume")).clicked() {
+                *action = Some(DetailsAction::Resume);
+            }
+        } else if ui
+            .add_enabled(running, egui::Button::new("Pause"))
+            .clicked()
+        {
+            *action = Some(DetailsAction::Pause);
+        }
+        ui.separator();
+        let settings_label = if vm.state.is_live() {
             "Settings (read-only while running)"
         } else {
             "Settings"
@@ -248,7 +341,7 @@ fn toolbar(
         {
             *action = Some(DetailsAction::Clone);
         }
-        let deletable = idle && vm.state != VmState::Running;
+        let deletable = idle && !vm.state.is_live();
         if ui
             .add_enabled(deletable, egui::Button::new("Delete…"))
             .on_disabled_hover_text("A VM can be deleted when it is stopped")
@@ -290,6 +383,72 @@ fn row(ui: &mut egui::Ui, key: &str, value: &str) {
     ui.label(RichText::new(key).weak());
     ui.label(value);
     ui.end_row();
+}
+
+fn console_tab(ui: &mut egui::Ui, vm: &VmRow, console: Option<&mut Console>) {
+    let Some(console) = console else {
+        ui.spinner();
+        return;
+    };
+    ui.horizontal(|ui| {
+        let link = console.link();
+        let (text, color) = match &link {
+            Link::Connecting => ("Connecting…".to_string(), ui.visuals().weak_text_color()),
+            Link::Attached => (
+                "Connected to the serial console (click it to type)".to_string(),
+                ui.visuals().weak_text_color(),
+            ),
+            Link::Ended => (
+                "The console ended".to_string(),
+                ui.visuals().weak_text_color(),
+            ),
+            Link::Failed(why) => (
+                format!("Could not attach: {why}"),
+                state_color(VmState::Broken),
+            ),
+        };
+        ui.label(RichText::new(text).color(color).small());
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui
+                .button("Copy all")
+                .on_hover_text("Copy the scrollback and the screen")
+                .clicked()
+            {
+                console.copy_all(ui.ctx());
+            }
+            if ui.button("Copy screen").clicked() {
+                console.copy(ui.ctx());
+            }
+        });
+    });
+    ui.add_space(4.0);
+    console.ui(ui, &format!("Console of {}", vm.name()));
+}
+
+/// "5 minutes ago" from a Unix time.
+fn ago(unix: u64) -> String {
+    let now = vivarium_core::control::now_unix();
+    let secs = now.saturating_sub(unix);
+    match secs {
+        0..=59 => "just now".to_string(),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+fn describe_run(run: &LastRun) -> String {
+    let how = match &run.exit {
+        LastExit::PoweredOff => "powered off".to_string(),
+        LastExit::Crashed { reason } => format!("crashed: {}", first_line(reason)),
+        LastExit::Killed => "its VM process was killed".to_string(),
+        LastExit::Failed { error } => format!("failed: {}", first_line(error)),
+    };
+    format!("Ended {}, {how}", ago(run.ended_at_unix))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 fn file_name(path: &std::path::Path) -> String {

@@ -22,6 +22,21 @@ pub enum HostStatus {
     NoBackend,
 }
 
+impl HostStatus {
+    /// Why no VM can start here, or `None` when one can (a limited host still runs small
+    /// guests; while the probe runs, starting is allowed and fails with the reason if need be).
+    pub fn cannot_start(&self) -> Option<String> {
+        match self {
+            HostStatus::Checking => None,
+            HostStatus::Probed { support, .. } if support.can_run() => None,
+            HostStatus::Probed { support, .. } => Some(support.explain()),
+            HostStatus::NoBackend => {
+                Some("Vivarium has no hypervisor backend for this platform yet".into())
+            }
+        }
+    }
+}
+
 /// The probe, running or done.
 pub struct HostProbe {
     status: Arc<Mutex<HostStatus>>,

@@ -42,6 +42,20 @@ pub enum Done {
         /// The VM.
         name: String,
     },
+    /// A VM process started.
+    Started {
+        /// The VM.
+        name: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A running VM was told to do something.
+    Controlled {
+        /// The VM.
+        name: String,
+        /// What was done, e.g. "powered off".
+        what: &'static str,
+    },
 }
 
 /// Progress and cancellation shared between a job's thread and the UI.

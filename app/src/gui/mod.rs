@@ -6,6 +6,7 @@
 //! progress and ends in a notification.
 
 mod app;
+mod console;
 mod details;
 mod dialogs;
 mod drop;
@@ -34,6 +35,8 @@ pub struct AppEnv {
     pub library: Library,
     /// The app's settings file (`None`: settings are not saved).
     pub prefs_path: Option<PathBuf>,
+    /// The `vivarium` executable that runs VM processes (`None`: this executable).
+    pub vm_exe: Option<PathBuf>,
 }
 
 impl AppEnv {
@@ -43,6 +46,7 @@ impl AppEnv {
         Ok(AppEnv {
             library: Library::open_default()?,
             prefs_path: prefs::default_path(),
+            vm_exe: None,
         })
     }
 }

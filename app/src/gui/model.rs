@@ -6,20 +6,34 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eframe::egui;
+use vivarium_core::control::{LastExit, LiveState, RunState, live_state};
 use vivarium_core::{Library, VmEntry};
 
 use super::icons::OsKind;
 
-/// How often the library is listed when nothing happens.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the library and the VM processes are polled when nothing happens.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The state of a VM as the sidebar shows it.
+/// The state of a VM as the sidebar shows it: from its VM process while it runs, from the
+/// record of its last run when it does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
-    /// Not running.
+    /// Not running, and never ran (or its process was killed).
     Stopped,
-    /// A VM process holds it.
+    /// Not running; the guest powered off last time.
+    PoweredOff,
+    /// Not running; the guest crashed last time.
+    Crashed,
+    /// Not running; the last start or run failed.
+    Failed,
+    /// The VM process is building the machine.
+    Starting,
+    /// The guest runs.
     Running,
+    /// The guest is paused.
+    Paused,
+    /// The power button was pressed; the guest is shutting down.
+    ShuttingDown,
     /// Its `vm.toml` cannot be read.
     Broken,
 }
@@ -29,8 +43,47 @@ impl VmState {
     pub fn label(self) -> &'static str {
         match self {
             VmState::Stopped => "Stopped",
+            VmState::PoweredOff => "Powered off",
+            VmState::Crashed => "Crashed",
+            VmState::Failed => "Failed",
+            VmState::Starting => "Starting",
             VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::ShuttingDown => "Shutting down",
             VmState::Broken => "Broken",
+        }
+    }
+
+    /// Whether a VM process runs the VM.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::ShuttingDown
+        )
+    }
+
+    /// Whether the VM is stopped (and its configuration readable).
+    pub fn is_stopped(self) -> bool {
+        matches!(
+            self,
+            VmState::Stopped | VmState::PoweredOff | VmState::Crashed | VmState::Failed
+        )
+    }
+
+    fn from_live(live: &LiveState) -> VmState {
+        match live {
+            LiveState::Running(status) => match status.state {
+                RunState::Starting => VmState::Starting,
+                RunState::Running => VmState::Running,
+                RunState::Paused => VmState::Paused,
+                RunState::ShuttingDown => VmState::ShuttingDown,
+            },
+            LiveState::Stopped { last_run } => match last_run.as_ref().map(|r| &r.exit) {
+                Some(LastExit::PoweredOff) => VmState::PoweredOff,
+                Some(LastExit::Crashed { .. }) => VmState::Crashed,
+                Some(LastExit::Failed { .. }) => VmState::Failed,
+                Some(LastExit::Killed) | None => VmState::Stopped,
+            },
         }
     }
 }
@@ -42,6 +95,8 @@ pub struct VmRow {
     pub entry: VmEntry,
     /// Its state.
     pub state: VmState,
+    /// What its VM process (or the record of its last run) says.
+    pub live: Option<LiveState>,
     /// Its OS icon.
     pub os: OsKind,
     /// Lowercase name and OS name, for the filter.
@@ -49,12 +104,13 @@ pub struct VmRow {
 }
 
 impl VmRow {
-    /// A row from a library entry.
-    pub fn new(entry: VmEntry) -> Self {
-        let state = match (&entry.config, entry.running) {
+    /// A row from a library entry and its live state (`None` for a broken VM).
+    pub fn new(entry: VmEntry, live: Option<LiveState>) -> Self {
+        let state = match (&entry.config, &live) {
             (Err(_), _) => VmState::Broken,
-            (Ok(_), true) => VmState::Running,
-            (Ok(_), false) => VmState::Stopped,
+            (Ok(_), Some(live)) => VmState::from_live(live),
+            (Ok(_), None) if entry.running => VmState::Running,
+            (Ok(_), None) => VmState::Stopped,
         };
         let (os, os_name) = match &entry.config {
             Ok(config) => (OsKind::from_os_id(&config.os.id), config.os.name.clone()),
@@ -64,6 +120,7 @@ impl VmRow {
         VmRow {
             entry,
             state,
+            live,
             os,
             search_text,
         }
@@ -87,11 +144,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Lists the library now (on the calling thread).
+    /// Lists the library and asks every VM's live state, now (on the calling thread).
     pub fn take(library: &Library) -> Snapshot {
         match library.list() {
             Ok(entries) => Snapshot {
-                vms: entries.into_iter().map(VmRow::new).collect(),
+                vms: entries
+                    .into_iter()
+                    .map(|entry| {
+                        let live = entry
+                            .config
+                            .is_ok()
+                            .then(|| live_state(library, &entry.name));
+                        VmRow::new(entry, live)
+                    })
+                    .collect(),
                 error: None,
                 loaded: true,
             },

@@ -132,7 +132,10 @@ fn row(ui: &mut egui::Ui, vm: &VmRow, selected: bool, icons: &Icons) -> bool {
         (state, Ok(config)) => format!("{} · {}", state.label(), config.os.name),
         (state, Err(_)) => state.label().to_string(),
     };
-    let detail_color = if vm.state == VmState::Broken {
+    let detail_color = if matches!(
+        vm.state,
+        VmState::Broken | VmState::Crashed | VmState::Failed
+    ) {
         color
     } else {
         visuals.weak_text_color()

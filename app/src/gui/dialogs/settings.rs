@@ -197,7 +197,7 @@ impl SettingsDialog {
         let running = env
             .snapshot
             .find(&self.original.name)
-            .is_some_and(|vm| vm.state != VmState::Stopped);
+            .is_some_and(|vm| vm.state.is_live());
         let busy = self.job.is_some();
         let mut outcome = DialogOutcome::Open;
         let response = egui::Modal::new(egui::Id::unique("settings-dialog"))

@@ -1,0 +1,390 @@
+//! One process per running VM.
+//!
+//! [`spawn`] re-executes this binary as `vivarium __vm-process NAME`, detached from the caller
+//! (a session of its own, no terminal, standard streams on `/dev/null` and `logs/vm.log`), and
+//! waits until the VM answers on its control socket or the process reports why it could not
+//! start. The CLI's `start` and the desktop app use it; the VM then outlives them.
+//!
+//! [`Session`] is what runs a VM in a process, detached or in the foreground (`vivarium run`):
+//! it holds the bundle lock, writes `logs/vm.log` and `logs/serial.log` (bounded, rotated),
+//! records the run (`state/run.toml`) and how it ended (`state/last-run.toml`), and serves
+//! the control socket, which it removes when the machine ends.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vivarium_core::backend::{ControlRequest, MachineExit, MachineSpec, RunningMachine};
+use vivarium_core::control::records::{self, RunRecord};
+use vivarium_core::control::serial_hub::SerialHub;
+use vivarium_core::control::server::{ControlServer, ServedVm};
+use vivarium_core::control::{LastExit, LastRun, now_unix, socket_path};
+use vivarium_core::library::{BundleLock, Library};
+use vivarium_core::logfile::RotatingLog;
+use vivarium_core::{Error, ErrorKind};
+
+/// The hidden subcommand that runs a VM process.
+pub const VM_PROCESS_COMMAND: &str = "__vm-process";
+/// Size at which `logs/vm.log` and `logs/serial.log` rotate (one older file is kept).
+pub const LOG_LIMIT: u64 = 1 << 20;
+
+/// Starts VM `name` in a process of its own and returns its pid once the VM answers on its
+/// control socket. If the VM cannot start, the error is the one the VM process reported.
+pub fn spawn(library: &Library, name: &str) -> Result<u32, Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("could not find the vivarium executable to start the VM", e))?;
+    spawn_with(&exe, library, name)
+}
+
+/// [`spawn`] with the `vivarium` executable given: for a caller that is not itself that
+/// executable, such as the app's tests.
+pub fn spawn_with(exe: &std::path::Path, library: &Library, name: &str) -> Result<u32, Error> {
+    library.get(name)?.config()?;
+    let mut command = Command::new(exe);
+    command
+        .arg(VM_PROCESS_COMMAND)
+        .arg(name)
+        .env("VIVARIUM_HOME", library.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: `setsid` is async-signal-safe and touches no memory of this process; it only
+    // makes the child the leader of a new session without a controlling terminal.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| Error::io("could not start the VM process", e))?;
+    // The VM process writes one JSON line (ready or error) and then closes its end, so these
+    // reads end when the VM runs or the process has failed.
+    let mut report = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut report);
+    }
+    let mut stderr_text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut stderr_text);
+    }
+    let parsed: Option<Value> = report
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok());
+    if let Some(pid) = parsed
+        .as_ref()
+        .and_then(|v| v["ready"]["pid"].as_u64())
+        .and_then(|p| u32::try_from(p).ok())
+    {
+        // The VM runs on; a thread reaps it when it ends so a long-lived caller (the app)
+        // keeps no zombie.
+        let _ = std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .spawn(move || child.wait());
+        return Ok(pid);
+    }
+    let status = child.wait();
+    if let Some(error) = parsed
+        .as_ref()
+        .map(|v| &v["error"])
+        .filter(|e| e.is_object())
+    {
+        let kind = error["kind"]
+            .as_str()
+            .and_then(ErrorKind::from_name)
+            .unwrap_or(ErrorKind::Io);
+        let message = error["message"].as_str().unwrap_or("unknown error");
+        return Err(Error::Reported {
+            kind,
+            message: message.to_string(),
+        });
+    }
+    Err(Error::Reported {
+        kind: ErrorKind::Io,
+        message: format!(
+            "the VM process ended without starting the VM ({}): {}",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            stderr_text.trim()
+        ),
+    })
+}
+
+/// The body of `vivarium __vm-process NAME`: starts the VM, tells [`spawn`] (through standard
+/// output) whether it runs, detaches its standard streams, and runs until the machine ends.
+/// Returns the process exit code.
+pub fn run_vm_process(name: &str) -> u8 {
+    let started = Library::open_default().and_then(|library| Session::start(&library, name, None));
+    let session = match started {
+        Ok(session) => session,
+        Err(error) => {
+            let kind = error.kind();
+            println!(
+                "{}",
+                json!({"error": {"kind": kind.as_str(), "message": error.to_string()}})
+            );
+            return crate::cli::exit_code(kind);
+        }
+    };
+    println!("{}", json!({"ready": {"pid": std::process::id()}}));
+    let _ = std::io::stdout().flush();
+    session.detach_stdio();
+    watch_signals(session.machine(), false);
+    match session.wait() {
+        MachineExit::PoweredOff => 0,
+        MachineExit::Crashed { .. } => crate::runner::EXIT_CRASHED,
+        MachineExit::Failed { .. } => 1,
+    }
+}
+
+/// A VM running in this process.
+pub struct Session {
+    name: String,
+    bundle: PathBuf,
+    started_at_unix: u64,
+    log: Arc<Mutex<RotatingLog>>,
+    machine: Arc<dyn RunningMachine>,
+    server: Option<ControlServer>,
+    _lock: BundleLock,
+}
+
+impl Session {
+    /// Locks VM `name`, opens its logs, records the run, builds and starts the machine and
+    /// serves its control socket. Serial output also goes to `echo`, if given. A failure after
+    /// the lock was taken is recorded as the last run ([`LastExit::Failed`]).
+    pub fn start(
+        library: &Library,
+        name: &str,
+        echo: Option<Box<dyn Write + Send>>,
+    ) -> Result<Session, Error> {
+        let backend = crate::backend::host_backend().ok_or_else(|| {
+            Error::InvalidInput("Vivarium has no hypervisor backend for this platform yet".into())
+        })?;
+        let entry = library.get(name)?;
+        let config = entry.config()?.clone();
+        let lock = library.lock_bundle(name).map_err(|e| match e {
+            Error::Busy { name, .. } => Error::Busy {
+                todo: format!(
+                    "it is already running (see `vivarium status {name}`), or another operation \
+                     holds it"
+                ),
+                what: "busy".into(),
+                name,
+            },
+            other => other,
+        })?;
+        let bundle = entry.path.clone();
+        let started_at_unix = now_unix();
+        let logs = bundle.join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| Error::io(format!("could not create `{}`", logs.display()), e))?;
+        let open_log = |file: &str| {
+            let path = logs.join(file);
+            RotatingLog::open(&path, LOG_LIMIT)
+                .map_err(|e| Error::io(format!("could not open `{}`", path.display()), e))
+        };
+        let log = Arc::new(Mutex::new(open_log("vm.log")?));
+        let note = |text: &str| {
+            let _ = log.lock().unwrap_or_else(|e| e.into_inner()).line(text);
+        };
+        note(&format!(
+            "VM process {} starts `{name}`",
+            std::process::id()
+        ));
+        records::record_run(
+            &bundle,
+            &RunRecord {
+                pid: std::process::id(),
+                started_at_unix,
+            },
+        )?;
+        let fail = |error: Error| {
+            note(&format!("the VM could not start: {error}"));
+            let run = LastRun {
+                exit: LastExit::Failed {
+                    error: error.to_string(),
+                },
+                started_at_unix,
+                ended_at_unix: now_unix(),
+            };
+            if records::record_last_run(&bundle, &run).is_ok() {
+                records::clear_run_record(&bundle);
+            }
+            error
+        };
+        let serial = SerialHub::new(Some(open_log("serial.log").map_err(&fail)?), echo);
+        serial.note(&format!("`{name}` starts"));
+        let spec = MachineSpec::from_config(&config, &bundle, serial.sink())
+            .map_err(|e| fail(e.into()))?;
+        let machine = backend.start(spec).map_err(|e| fail(e.into()))?;
+        note("the machine runs");
+        let served = ServedVm {
+            name: name.to_string(),
+            started_at_unix,
+            machine: Arc::clone(&machine),
+            serial,
+            log: Some(Arc::clone(&log)),
+        };
+        let server = match ControlServer::bind(&socket_path(library, name), served) {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = machine.request(ControlRequest::PowerOff);
+                machine.wait();
+                return Err(fail(e.into()));
+            }
+        };
+        Ok(Session {
+            name: name.to_string(),
+            bundle,
+            started_at_unix,
+            log,
+            machine,
+            server: Some(server),
+            _lock: lock,
+        })
+    }
+
+    /// The machine, for control requests.
+    pub fn machine(&self) -> Arc<dyn RunningMachine> {
+        Arc::clone(&self.machine)
+    }
+
+    fn note(&self, text: &str) {
+        let _ = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .line(text);
+    }
+
+    /// Puts standard input and output on `/dev/null` and standard error on `logs/vm.log`
+    /// (where a panic message lands), so the process holds no terminal or pipe of its starter.
+    pub fn detach_stdio(&self) {
+        let log_path = self.bundle.join("logs").join("vm.log");
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path);
+        use std::os::fd::AsRawFd;
+        if let Ok(null) = &null {
+            // SAFETY: both descriptors are open; dup2 atomically replaces 0 and 1, which this
+            // process does not use as Rust objects other than through std's handles, which
+            // keep working on the new files.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+            }
+        }
+        if let Ok(err) = &err {
+            // SAFETY: as above, for descriptor 2.
+            unsafe {
+                libc::dup2(err.as_raw_fd(), 2);
+            }
+        }
+    }
+
+    /// Waits until the machine ends, removes the control socket, and records how the run
+    /// ended. The bundle lock is released when the session is dropped.
+    pub fn wait(mut self) -> MachineExit {
+        let exit = self.machine.wait();
+        // No client can reach a VM that has ended.
+        self.server.take();
+        let last = match &exit {
+            MachineExit::PoweredOff => LastExit::PoweredOff,
+            MachineExit::Crashed { report } => LastExit::Crashed {
+                reason: report.clone(),
+            },
+            MachineExit::Failed { error } => LastExit::Failed {
+                error: error.clone(),
+            },
+        };
+        self.note(&format!(
+            "`{}` ended: {}{}",
+            self.name,
+            last.as_str(),
+            last.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ));
+        let run = LastRun {
+            exit: last,
+            started_at_unix: self.started_at_unix,
+            ended_at_unix: now_unix(),
+        };
+        match records::record_last_run(&self.bundle, &run) {
+            Ok(()) => records::clear_run_record(&self.bundle),
+            Err(e) => self.note(&format!("could not record the end of the run: {e}")),
+        }
+        exit
+    }
+}
+
+/// Counts SIGTERMs and SIGINTs; the watcher thread turns them into control requests.
+static TERMS: AtomicU32 = AtomicU32::new(0);
+static INTS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMS.fetch_add(1, Ordering::SeqCst);
+}
+
+extern "C" fn on_int(_: libc::c_int) {
+    INTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Installs the signal handlers of a VM process: SIGTERM presses the power button (a second
+/// one powers off); SIGINT powers off when `interrupt_powers_off` (a foreground `run`), and
+/// is ignored otherwise, like SIGHUP.
+pub fn install_signal_handlers(interrupt_powers_off: bool) {
+    let term: extern "C" fn(libc::c_int) = on_term;
+    let int: extern "C" fn(libc::c_int) = on_int;
+    // SAFETY: the handlers only increment atomics (async-signal-safe) and have the signature
+    // `signal` expects; SIG_IGN is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGTERM, term as libc::sighandler_t);
+        if interrupt_powers_off {
+            libc::signal(libc::SIGINT, int as libc::sighandler_t);
+        } else {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
+}
+
+/// Turns the signals counted by [`install_signal_handlers`] into requests to `machine`, on a
+/// thread of its own that ends with the machine.
+pub fn watch_signals(machine: Arc<dyn RunningMachine>, interrupt_powers_off: bool) {
+    install_signal_handlers(interrupt_powers_off);
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut terms_seen = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let terms = TERMS.load(Ordering::SeqCst);
+                let request = if INTS.load(Ordering::SeqCst) > 0 || terms > 1 {
+                    Some(ControlRequest::PowerOff)
+                } else if terms == 1 && terms_seen == 0 {
+                    terms_seen = 1;
+                    Some(ControlRequest::PowerButton)
+                } else {
+                    None
+                };
+                if let Some(request) = request
+                    && machine.request(request).is_err()
+                {
+                    return;
+                }
+            }
+        });
+}

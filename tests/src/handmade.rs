@@ -1,0 +1,144 @@
+//! A tiny hand-made 64-bit guest "kernel" for tests on any `/dev/kvm`, including software-only
+//! ones such as `kvm_pvm` that cannot boot Linux.
+//!
+//! It is an ELF executable that Vivarium's direct Linux boot path loads like an ELF vmlinux
+//! (at 1 MiB, entered in 64-bit long mode). The guest:
+//! 1. programs the PICs (COM1's IRQ 4 only) and an IDT whose PIC vectors acknowledge the
+//!    interrupt and return;
+//! 2. enables COM1's receive interrupt and writes [`BANNER`];
+//! 3. waits with `hlt` and echoes every byte it reads from COM1 back to COM1;
+//! 4. on reading a `q`, powers off through the ACPI PM1a control register (port 0x604,
+//!    `SLP_TYP` 5 | `SLP_EN`), as an ACPI operating system does for S5.
+//!
+//! It never powers off by itself otherwise, and it idles in `hlt` (no busy loop), so a test
+//! can keep it running for a long time at almost no CPU cost.
+
+use std::path::Path;
+
+/// What the guest writes to its serial port once it runs.
+pub const BANNER: &str = "VIVARIUM-HANDMADE-READY\r\n";
+
+/// Where the image is loaded and linked (the kernel's usual 1 MiB).
+const LOAD_ADDRESS: u64 = 0x10_0000;
+/// File offset (and offset from [`LOAD_ADDRESS`]) of the first instruction; the ELF header
+/// and the one program header fit before it.
+const CODE_OFFSET: u64 = 0x80;
+/// Offset of the IDT (256 bytes of gates per 16 vectors; vectors 0x20..0x2f are used). It lies
+/// past the end of the file, in the zero-filled part of the segment.
+const IDT_END_OFFSET: u64 = 0x170 + 0x300;
+
+/// The guest's code, assembled once from the listing below (GNU as, `.code64`, linked at
+/// `LOAD_ADDRESS + CODE_OFFSET` = 0x100080). Absolute addresses in it: the IDT register at
+/// 0x100148, the banner at 0x100152, the IDT at 0x100170 (gates from 0x100370), the
+/// interrupt handler at 0x100139.
+///
+/// ```text
+/// 100080 cli
+///        lidt   [0x100148]
+///        ; PICs: ICW1 0x11, ICW2 vectors 0x20/0x28, ICW3 0x04/0x02, ICW4 0x01,
+///        ; then mask everything but IRQ 4 (COM1)
+///        mov al,0x11; out 0x20,al; out 0xa0,al; mov al,0x20; out 0x21,al
+///        mov al,0x28; out 0xa1,al; mov al,0x04; out 0x21,al; mov al,0x02; out 0xa1,al
+///        mov al,0x01; out 0x21,al; out 0xa1,al; mov al,0xef; out 0x21,al
+///        mov al,0xff; out 0xa1,al
+///        ; interrupt gates 0x20..0x2f -> isr (selector 0x08, present, type 0xe)
+///        mov rdi,0x100370; mov ecx,16; mov rax,0x100139
+/// fill:  mov [rdi],ax; mov word [rdi+2],8; mov word [rdi+4],0x8e00; mov rdx,rax
+///        shr rdx,16; mov [rdi+6],dx; shr rdx,16; mov [rdi+8],edx; mov dword [rdi+12],0
+///        add rdi,16; dec ecx; jnz fill
+///        ; COM1: IER = receive data available; MCR = OUT2|RTS|DTR
+///        mov dx,0x3f9; mov al,1; out dx,al; mov dx,0x3fc; mov al,0x0b; out dx,al
+///        mov rsi,0x100152; mov dx,0x3f8
+/// print: lodsb; test al,al; jz loop; out dx,al; jmp print
+/// loop:  cli
+/// drain: mov dx,0x3fd; in al,dx; test al,1; jz sleep      ; LSR data ready?
+///        mov dx,0x3f8; in al,dx; cmp al,'q'; je poweroff; out dx,al; jmp drain
+/// sleep: sti; hlt; jmp loop
+/// poweroff: mov dx,0x604; mov ax,0x3401; out dx,ax        ; SLP_TYP 5 | SLP_EN | SCI_EN
+/// halt:  cli; hlt; jmp halt
+/// isr:   push rax; mov al,0x20; out 0x20,al; pop rax; iretq   ; EOI to the master PIC
+///        (align 8) idtr: dw 0x2ff; dq 0x100170
+/// banner: db "VIVARIUM-HANDMADE-READY", 13, 10, 0
+/// ```
+const CODE: [u8; 236] = [
+    0xfa, 0x0f, 0x01, 0x1c, 0x25, 0x48, 0x01, 0x10, 0x00, 0xb0, 0x11, 0xe6, //
+    0x20, 0xe6, 0xa0, 0xb0, 0x20, 0xe6, 0x21, 0xb0, 0x28, 0xe6, 0xa1, 0xb0, //
+    0x04, 0xe6, 0x21, 0xb0, 0x02, 0xe6, 0xa1, 0xb0, 0x01, 0xe6, 0x21, 0xe6, //
+    0xa1, 0xb0, 0xef, 0xe6, 0x21, 0xb0, 0xff, 0xe6, 0xa1, 0x48, 0xc7, 0xc7, //
+    0x70, 0x03, 0x10, 0x00, 0xb9, 0x10, 0x00, 0x00, 0x00, 0x48, 0xc7, 0xc0, //
+    0x39, 0x01, 0x10, 0x00, 0x66, 0x89, 0x07, 0x66, 0xc7, 0x47, 0x02, 0x08, //
+    0x00, 0x66, 0xc7, 0x47, 0x04, 0x00, 0x8e, 0x48, 0x89, 0xc2, 0x48, 0xc1, //
+    0xea, 0x10, 0x66, 0x89, 0x57, 0x06, 0x48, 0xc1, 0xea, 0x10, 0x89, 0x57, //
+    0x08, 0xc7, 0x47, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc7, 0x10, //
+    0xff, 0xc9, 0x75, 0xd0, 0x66, 0xba, 0xf9, 0x03, 0xb0, 0x01, 0xee, 0x66, //
+    0xba, 0xfc, 0x03, 0xb0, 0x0b, 0xee, 0x48, 0xc7, 0xc6, 0x52, 0x01, 0x10, //
+    0x00, 0x66, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, //
+    0xf8, 0xfa, 0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0x0c, 0x66, //
+    0xba, 0xf8, 0x03, 0xec, 0x3c, 0x71, 0x74, 0x07, 0xee, 0xeb, 0xeb, 0xfb, //
+    0xf4, 0xeb, 0xe6, 0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x01, 0x34, 0x66, //
+    0xef, 0xfa, 0xf4, 0xeb, 0xfc, 0x50, 0xb0, 0x20, 0xe6, 0x20, 0x58, 0x48, //
+    0xcf, 0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00, 0xff, 0x02, 0x70, 0x01, //
+    0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x56, 0x49, 0x56, 0x41, 0x52, 0x49, //
+    0x55, 0x4d, 0x2d, 0x48, 0x41, 0x4e, 0x44, 0x4d, 0x41, 0x44, 0x45, 0x2d, //
+    0x52, 0x45, 0x41, 0x44, 0x59, 0x0d, 0x0a, 0x00,
+];
+
+/// The ELF file of the guest.
+pub fn elf_image() -> Vec<u8> {
+    const EHDR_SIZE: u16 = 64;
+    const PHDR_SIZE: u16 = 56;
+    let file_size = CODE_OFFSET + CODE.len() as u64;
+    let mut elf = Vec::with_capacity(file_size as usize);
+    // ELF header (System V gABI): 64-bit, little endian, version 1, executable, x86-64.
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&(LOAD_ADDRESS + CODE_OFFSET).to_le_bytes()); // e_entry
+    elf.extend_from_slice(&u64::from(EHDR_SIZE).to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&EHDR_SIZE.to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&PHDR_SIZE.to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    // One PT_LOAD segment: the whole file at 1 MiB, followed by the zeroed IDT.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
+    elf.extend_from_slice(&7u32.to_le_bytes()); // p_flags: RWX
+    elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&LOAD_ADDRESS.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&LOAD_ADDRESS.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&file_size.to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&IDT_END_OFFSET.to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.resize(CODE_OFFSET as usize, 0);
+    elf.extend_from_slice(&CODE);
+    elf
+}
+
+/// Writes the guest's ELF file to `path`.
+pub fn write_kernel(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, elf_image())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_is_a_64_bit_elf_whose_entry_is_the_first_instruction() {
+        let elf = elf_image();
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(elf[4], 2, "64-bit");
+        let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+        assert_eq!(entry, 0x10_0080);
+        assert_eq!(elf[CODE_OFFSET as usize], 0xfa, "cli first");
+        let banner = &elf[(0x152 - 0x80 + CODE_OFFSET) as usize..];
+        assert!(banner.starts_with(BANNER.as_bytes()));
+        let memsz = u64::from_le_bytes(elf[64 + 40..64 + 48].try_into().unwrap());
+        assert!(memsz >= elf.len() as u64);
+    }
+}

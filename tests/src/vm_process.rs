@@ -1,0 +1,145 @@
+//! Helpers for tests of VM processes on the host's `/dev/kvm` with the hand-made guest: a VM
+//! that boots it, a guard that powers it off whatever the test does, and what `/proc` says
+//! about a process (open files, memory).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::guest_disk::loud;
+use crate::vivarium::TempLibrary;
+
+/// Whether this host's `/dev/kvm` runs guests; if not, says loudly why the test is skipped.
+/// With `VIVARIUM_REQUIRE_KVM=1` a host without KVM fails the test instead.
+pub fn kvm_usable(test: &str) -> bool {
+    let library = TempLibrary::new();
+    let host = library.json(&["host"]);
+    if host["can_run"].as_bool() == Some(true) {
+        return true;
+    }
+    let why = host["explain"]
+        .as_str()
+        .unwrap_or("no hypervisor")
+        .to_string();
+    if std::env::var("VIVARIUM_REQUIRE_KVM").is_ok_and(|v| v == "1") {
+        panic!("VIVARIUM_REQUIRE_KVM=1 but this host cannot run VMs: {why}");
+    }
+    loud(&format!("SKIPPED: {test}: this host cannot run VMs: {why}"));
+    false
+}
+
+/// Creates VM `name` in `library` that boots the hand-made guest (1 CPU, 32 MiB, no disk, no
+/// network, no display).
+pub fn create_handmade_vm(library: &TempLibrary, name: &str) {
+    let kernel = library.scratch().join("handmade.elf");
+    if !kernel.exists() {
+        crate::handmade::write_kernel(&kernel).expect("write the hand-made guest");
+    }
+    library.ok(&[
+        "create",
+        name,
+        "--kernel",
+        kernel.to_str().expect("a UTF-8 path"),
+        "--no-disk",
+        "--network",
+        "none",
+        "--display",
+        "none",
+        "--memory",
+        "32M",
+        "--cpus",
+        "1",
+    ]);
+}
+
+/// Powers the VM off when dropped (a failing test must not leave VM processes behind).
+pub struct PowerOffOnDrop<'a> {
+    library: &'a TempLibrary,
+    name: String,
+}
+
+impl<'a> PowerOffOnDrop<'a> {
+    /// Guards VM `name`.
+    pub fn new(library: &'a TempLibrary, name: &str) -> Self {
+        PowerOffOnDrop {
+            library,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for PowerOffOnDrop<'_> {
+    fn drop(&mut self) {
+        let status = self.library.run(&["--json", "status", &self.name]);
+        let pid = serde_json::from_slice::<Value>(&status.stdout)
+            .ok()
+            .and_then(|v| v["pid"].as_u64());
+        let _ = self.library.run(&["stop", "--force", &self.name]);
+        if let Some(pid) = pid
+            && process_alive(pid as u32)
+        {
+            // SAFETY: kill only sends a signal.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// `vivarium --json status NAME`.
+pub fn status(library: &TempLibrary, name: &str) -> Value {
+    library.json(&["status", name])
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// How many files process `pid` has open.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The library of a temporary library, as the core opens it (for the control client).
+pub fn core_library(library: &TempLibrary) -> vivarium_core::Library {
+    vivarium_core::Library::open(library.home()).expect("the library opens")
+}
+
+/// Reads a file as text, empty if it is missing.
+pub fn read_text(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
