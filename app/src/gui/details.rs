@@ -285,10 +285,12 @@ fn toolbar(
     let stopped = vm.state.is_stopped() && idle;
     let configured = vm.entry.config.is_ok();
     ui.horizontal(|ui| {
-        let start = egui::Button::new(RichText::new("Start").strong())
-            .fill(crate::gui::style::ACCENT.gamma_multiply(0.8));
-        let mut response =
-            ui.add_enabled(stopped && configured && cx.cannot_start.is_none(), start);
+        let can_start = stopped && configured && cx.cannot_start.is_none();
+        let mut start = egui::Button::new(RichText::new("Start").strong());
+        if can_start {
+            start = start.fill(crate::gui::style::ACCENT.gamma_multiply(0.8));
+        }
+        let mut response = ui.add_enabled(can_start, start);
         if let Some(why) = cx.cannot_start {
             response = response.on_disabled_hover_text(why);
         }

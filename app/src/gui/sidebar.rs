@@ -137,6 +137,8 @@ fn row(ui: &mut egui::Ui, vm: &VmRow, selected: bool, icons: &Icons) -> bool {
         VmState::Broken | VmState::Crashed | VmState::Failed
     ) {
         color
+    } else if selected {
+        visuals.strong_text_color().gamma_multiply(0.8)
     } else {
         visuals.weak_text_color()
     };
