@@ -98,6 +98,16 @@ impl VivariumApp {
         self.selected.as_deref()
     }
 
+    /// Selects a VM (as a click in the sidebar does).
+    pub fn select(&mut self, name: &str) {
+        self.selected = Some(name.to_string());
+    }
+
+    /// How many VMs the latest listing has (0 before the first one arrived).
+    pub fn listed_vms(&self) -> usize {
+        self.snapshot.vms.len()
+    }
+
     /// Takes in what the background threads produced: a new listing, finished jobs.
     fn poll(&mut self) {
         if let Some(snapshot) = self.refresher.take_latest() {
@@ -506,6 +516,8 @@ impl eframe::App for VivariumApp {
         }
         self.toasts.ui(&ctx);
         drop::hover_overlay(&ctx);
+        // Relative times ("5 min ago") stay true without repainting more than this.
+        ctx.request_repaint_after(std::time::Duration::from_secs(30));
         self.save_prefs_if_changed();
     }
 

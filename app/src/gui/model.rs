@@ -190,10 +190,16 @@ impl Refresher {
         std::thread::Builder::new()
             .name("library-refresh".into())
             .spawn(move || {
+                // The window repaints only when something changed: an idle app costs nothing.
+                let mut last_seen = String::new();
                 loop {
                     let snapshot = Snapshot::take(&library);
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
-                    ctx.request_repaint();
+                    let seen = format!("{:?}{:?}", snapshot.vms, snapshot.error);
+                    if seen != last_seen {
+                        last_seen = seen;
+                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+                        ctx.request_repaint();
+                    }
                     match woken.recv_timeout(REFRESH_INTERVAL) {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {
                             // Coalesce a burst of wake-ups into one listing.
