@@ -198,8 +198,10 @@ impl NewVmDialog {
                 ui.separator();
                 ui.horizontal(|ui| {
                     ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                        let create = egui::Button::new(RichText::new("Create").strong())
-                            .fill(crate::gui::style::ACCENT.gamma_multiply(0.8));
+                        let mut create = egui::Button::new(RichText::new("Create").strong());
+                        if valid {
+                            create = create.fill(crate::gui::style::ACCENT.gamma_multiply(0.8));
+                        }
                         if ui.add_enabled(valid, create).clicked() {
                             self.start(env);
                         }
