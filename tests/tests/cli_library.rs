@@ -259,7 +259,8 @@ fn damaged_and_future_configs_are_listed_flagged_and_left_untouched() {
     assert_eq!(lib.list().len(), 2);
 }
 
-/// Holds the bundle lock the way a VM process does while the VM runs.
+/// Holds the bundle lock and writes the run record the way a VM process does while it
+/// starts (before it serves its control socket).
 fn hold_running_lock(lib: &TempLibrary, name: &str) -> File {
     let file = OpenOptions::new()
         .create(true)
@@ -268,6 +269,13 @@ fn hold_running_lock(lib: &TempLibrary, name: &str) -> File {
         .open(lib.bundle(name).join(".lock"))
         .unwrap();
     file.lock().unwrap();
+    let state = lib.bundle(name).join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("run.toml"),
+        format!("pid = {}\nstarted_at_unix = 1\n", std::process::id()),
+    )
+    .unwrap();
     file
 }
 
@@ -279,7 +287,7 @@ fn a_running_vm_cannot_be_deleted_renamed_cloned_or_reconfigured() {
     let lock = hold_running_lock(&lib, "busy");
     assert_eq!(
         lib.list(),
-        vec![("busy".to_string(), "running".to_string())]
+        vec![("busy".to_string(), "starting".to_string())]
     );
     for args in [
         vec!["delete", "busy"],
