@@ -658,7 +658,8 @@ fn print_inspection(inspection: &vivarium_core::iso::IsoInspection) {
     );
 }
 
-fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
+/// The guest OS of a new VM: the id and name given, else Linux for a kernel boot, else other.
+pub fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
     let base = match id {
         Some(id) => OsInfo {
             id: id.to_string(),
@@ -673,7 +674,8 @@ fn os_info(id: Option<&str>, name: Option<&str>, has_kernel: bool) -> OsInfo {
     }
 }
 
-fn parse_memory_mib(text: &str) -> Result<u64, Error> {
+/// Parses a memory size: a plain number is MiB, else a size such as `2G` or `512M`.
+pub fn parse_memory_mib(text: &str) -> Result<u64, Error> {
     if let Ok(mib) = text.trim().parse::<u64>() {
         return Ok(mib);
     }

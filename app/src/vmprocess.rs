@@ -40,9 +40,15 @@ pub const LOG_LIMIT: u64 = 1 << 20;
 /// Starts VM `name` in a process of its own and returns its pid once the VM answers on its
 /// control socket. If the VM cannot start, the error is the one the VM process reported.
 pub fn spawn(library: &Library, name: &str) -> Result<u32, Error> {
-    library.get(name)?.config()?;
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("could not find the vivarium executable to start the VM", e))?;
+    spawn_with(&exe, library, name)
+}
+
+/// [`spawn`] with the `vivarium` executable given: for a caller that is not itself that
+/// executable, such as the app's tests.
+pub fn spawn_with(exe: &std::path::Path, library: &Library, name: &str) -> Result<u32, Error> {
+    library.get(name)?.config()?;
     let mut command = Command::new(exe);
     command
         .arg(VM_PROCESS_COMMAND)

@@ -23,7 +23,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("clone") => clone_bench(),
         Some("boot") => crate::bench_boot::run(),
-        _ => Err("usage: cargo xtask bench clone|boot".into()),
+        Some("app") => crate::bench_app::run(),
+        _ => Err("usage: cargo xtask bench clone|boot|app".into()),
     }
 }
 

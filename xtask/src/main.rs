@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod bench_app;
 mod bench_boot;
 mod fixtures;
 mod rig;
@@ -24,6 +25,7 @@ fn usage() -> &'static str {
      \x20 run [-- ARGS]  build Vivarium and run it (default: show the VM library)\n\
      \x20 test           install what the tests need, then run fmt, clippy and every test\n\
      \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n\
+     \x20 bench app      frame time with 200 VMs and idle CPU of the app (docs/BENCHMARKS.md)\n\
      \x20 bench boot     boot Vivarium and QEMU side by side in the nested rig (docs/BENCHMARKS.md)\n\
      \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"

@@ -11,13 +11,27 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// Vivarium writes (`qemu-img check`, `qemu-img compare`); `qemu-system-x86` runs the nested
 /// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux;
 /// `passt` is the VMs' user-mode network; `xorriso` builds the installer ISOs the ISO
-/// recognition tests inspect.
+/// recognition tests inspect. The app's tests draw with the software Vulkan driver
+/// (`mesa-vulkan-drivers`, `libvulkan1`; egui_kittest needs nothing else), and the real-window
+/// test runs the app under `xvfb` with the X libraries winit loads at run time, screenshots it
+/// with ImageMagick's `import` and clicks with `xdotool`.
 const APT_PACKAGES: &[&str] = &[
     "qemu-utils",
     "qemu-system-x86",
     "xz-utils",
     "passt",
     "xorriso",
+    "mesa-vulkan-drivers",
+    "libvulkan1",
+    "xvfb",
+    "xauth",
+    "libx11-xcb1",
+    "libxcursor1",
+    "libxi6",
+    "libxkbcommon-x11-0",
+    "libfontconfig1",
+    "imagemagick",
+    "xdotool",
 ];
 
 /// The macOS target the shared crates are checked for.

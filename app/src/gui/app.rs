@@ -1,0 +1,529 @@
+//! The app: state, the frame loop, and how the parts talk to each other.
+
+use eframe::egui::{self, RichText};
+use vivarium_core::Library;
+
+use std::collections::HashMap;
+
+use vivarium_core::control::ControlClient;
+
+use super::console::{Console, Link};
+use super::details::{self, DetailsAction, DetailsContext, NotesEditor, Tab};
+use super::dialogs::{
+    Dialog, DialogEnv, DialogOutcome, clone::CloneDialog, delete::DeleteDialog,
+    new_vm::NewVmDialog, settings::SettingsDialog,
+};
+use super::drop::{self, DroppedSource};
+use super::host::HostProbe;
+use super::icons::Icons;
+use super::jobs::{Done, Finished, Jobs};
+use super::model::{Refresher, Snapshot};
+use super::prefs::{self, Prefs};
+use super::sidebar::{self, SidebarAction};
+use super::toasts::{Level, Toasts};
+use super::{AppEnv, style};
+
+/// eframe storage key of the selected VM.
+const SELECTED_KEY: &str = "selected-vm";
+
+/// The Vivarium desktop app.
+pub struct VivariumApp {
+    env: AppEnv,
+    refresher: Refresher,
+    snapshot: Snapshot,
+    selected: Option<String>,
+    /// A VM to select as soon as it shows up in a listing (after create or clone).
+    select_when_listed: Option<String>,
+    filter: String,
+    icons: Icons,
+    toasts: Toasts,
+    jobs: Jobs,
+    host: HostProbe,
+    prefs: Prefs,
+    saved_prefs: Prefs,
+    dialog: Option<Dialog>,
+    notes: NotesEditor,
+    /// The notes save job, while it runs.
+    notes_job: Option<u64>,
+    /// The text the running notes save writes.
+    notes_sent: Option<String>,
+    /// The details pane's tab.
+    tab: Tab,
+    /// Serial consoles of running VMs, attached when first shown.
+    consoles: HashMap<String, Console>,
+}
+
+impl VivariumApp {
+    /// The app on `env`'s library; restores the selected VM from eframe's storage.
+    pub fn new(cc: &eframe::CreationContext<'_>, env: AppEnv) -> Self {
+        let ctx = cc.egui_ctx.clone();
+        let (prefs, prefs_problem) = prefs::load(env.prefs_path.as_deref());
+        style::apply(&ctx, prefs.theme);
+        let selected = cc
+            .storage
+            .and_then(|storage| eframe::get_value::<String>(storage, SELECTED_KEY));
+        let mut toasts = Toasts::default();
+        if let Some(problem) = prefs_problem {
+            toasts.push(Level::Warning, problem);
+        }
+        VivariumApp {
+            refresher: Refresher::start(env.library.clone(), ctx.clone()),
+            snapshot: Snapshot::default(),
+            selected,
+            select_when_listed: None,
+            filter: String::new(),
+            icons: Icons::load(&ctx),
+            toasts,
+            jobs: Jobs::new(ctx.clone()),
+            host: HostProbe::start(ctx),
+            saved_prefs: prefs.clone(),
+            prefs,
+            dialog: None,
+            notes: NotesEditor::default(),
+            notes_job: None,
+            notes_sent: None,
+            tab: Tab::Overview,
+            consoles: HashMap::new(),
+            env,
+        }
+    }
+
+    /// The library the app shows.
+    pub fn library(&self) -> &Library {
+        &self.env.library
+    }
+
+    /// The selected VM.
+    pub fn selected(&self) -> Option<&str> {
+        self.selected.as_deref()
+    }
+
+    /// Selects a VM (as a click in the sidebar does).
+    pub fn select(&mut self, name: &str) {
+        self.selected = Some(name.to_string());
+    }
+
+    /// How many VMs the latest listing has (0 before the first one arrived).
+    pub fn listed_vms(&self) -> usize {
+        self.snapshot.vms.len()
+    }
+
+    /// Takes in what the background threads produced: a new listing, finished jobs.
+    fn poll(&mut self) {
+        if let Some(snapshot) = self.refresher.take_latest() {
+            self.snapshot = snapshot;
+            // A console whose VM stopped, or whose connection ended, goes; the next look at a
+            // running VM's console attaches again (and gets the backlog).
+            let snapshot = &self.snapshot;
+            self.consoles.retain(|name, console| {
+                snapshot.find(name).is_some_and(|vm| vm.state.is_live())
+                    && !matches!(console.link(), Link::Ended | Link::Failed(_))
+            });
+            if let Some(name) = &self.select_when_listed
+                && self.snapshot.find(name).is_some()
+            {
+                self.selected = self.select_when_listed.take();
+            }
+        }
+        for finished in self.jobs.take_finished() {
+            self.job_finished(finished);
+        }
+    }
+
+    fn job_finished(&mut self, finished: Finished) {
+        self.refresher.refresh_now();
+        if self.notes_job == Some(finished.id) {
+            self.notes_job = None;
+            self.notes.saving = false;
+        }
+        if let Some(dialog) = &mut self.dialog
+            && dialog.job() == Some(finished.id)
+            && dialog.job_finished(&finished)
+        {
+            self.dialog = None;
+        }
+        match finished.result {
+            Ok(Done::Created { name, warnings }) => {
+                self.toasts.info(format!("Created {name}."));
+                self.warn_all(warnings);
+                self.select_when_listed = Some(name);
+            }
+            Ok(Done::Cloned { name, warnings }) => {
+                self.toasts.info(format!("Created {name}."));
+                self.warn_all(warnings);
+                self.select_when_listed = Some(name);
+            }
+            Ok(Done::Deleted { name }) => {
+                self.toasts.info(format!("Deleted {name}."));
+                if self.selected.as_deref() == Some(&name) {
+                    self.selected = None;
+                }
+            }
+            Ok(Done::Saved { name }) => {
+                self.toasts.info(format!("Saved the settings of {name}."));
+                self.select_when_listed = Some(name);
+            }
+            Ok(Done::Started { name, pid }) => {
+                self.toasts
+                    .info(format!("Started {name} (VM process {pid})."));
+                if self.selected.as_deref() == Some(&name) {
+                    self.tab = Tab::Console;
+                }
+            }
+            Ok(Done::Controlled { name, what }) => {
+                self.toasts.info(format!("{name}: {what}."));
+            }
+            Ok(Done::NotesSaved { name }) => {
+                if self.notes.vm == name {
+                    // The editor may have changed meanwhile; what was sent is saved.
+                    self.notes.saved = self.notes_sent.take().unwrap_or_default();
+                }
+            }
+            Err(vivarium_core::Error::Cancelled) => {
+                self.toasts.info(format!("{}: cancelled.", finished.label));
+            }
+            Err(error) => {
+                self.toasts
+                    .error(format!("{} failed: {error}", finished.label));
+            }
+        }
+    }
+
+    fn warn_all(&mut self, warnings: Vec<String>) {
+        for warning in warnings {
+            self.toasts.push(Level::Warning, warning);
+        }
+    }
+
+    fn dialog_env(&mut self) -> DialogEnv<'_> {
+        DialogEnv {
+            library: &self.env.library,
+            snapshot: &self.snapshot,
+            jobs: &mut self.jobs,
+            prefs: &mut self.prefs,
+        }
+    }
+
+    fn open_new_vm(&mut self, from: Option<DroppedSource>) {
+        let env = self.dialog_env();
+        let dialog = match &from {
+            Some(source) => NewVmDialog::from_dropped(&env, source),
+            None => NewVmDialog::new(&env),
+        };
+        self.dialog = Some(Dialog::NewVm(dialog));
+    }
+
+    /// Dropped files open the New VM dialog filled in from the first one.
+    fn handle_drops(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<std::path::PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        let Some(path) = dropped.first() else {
+            return;
+        };
+        if self.dialog.as_ref().is_some_and(|d| d.job().is_some()) {
+            self.toasts
+                .error("Wait for the dialog's work to finish before dropping another file.");
+            return;
+        }
+        match drop::classify(path) {
+            Ok(source) => self.open_new_vm(Some(source)),
+            Err(why) => self.toasts.error(why),
+        }
+    }
+
+    fn save_notes(&mut self) {
+        if self.notes_job.is_some() || !self.notes.dirty() {
+            return;
+        }
+        let library = self.env.library.clone();
+        let name = self.notes.vm.clone();
+        let text = self.notes.text.clone();
+        self.notes_sent = Some(text.clone());
+        self.notes.saving = true;
+        self.notes_job = Some(self.jobs.spawn(
+            format!("Saving the notes of {name}"),
+            None,
+            move |_| {
+                library.update(&name, |config| {
+                    config.notes = text;
+                    Ok(())
+                })?;
+                Ok(Done::NotesSaved { name })
+            },
+        ));
+    }
+
+    fn start_vm(&mut self, name: &str) {
+        let library = self.env.library.clone();
+        let exe = self.env.vm_exe.clone();
+        let name = name.to_string();
+        self.jobs
+            .spawn(format!("Starting {name}"), Some(name.clone()), move |_| {
+                let pid = match exe {
+                    Some(exe) => crate::vmprocess::spawn_with(&exe, &library, &name)?,
+                    None => crate::vmprocess::spawn(&library, &name)?,
+                };
+                Ok(Done::Started { name, pid })
+            });
+    }
+
+    fn control_vm(&mut self, name: &str, action: &DetailsAction) {
+        let (label, what): (&str, &'static str) = match action {
+            DetailsAction::ShutDown => ("Shutting down", "the power button was pressed"),
+            DetailsAction::PowerOff => ("Powering off", "powered off"),
+            DetailsAction::Pause => ("Pausing", "paused"),
+            DetailsAction::Resume => ("Resuming", "resumed"),
+            _ => return,
+        };
+        let action = action.clone();
+        let library = self.env.library.clone();
+        let name = name.to_string();
+        self.jobs
+            .spawn(format!("{label} {name}"), Some(name.clone()), move |_| {
+                let mut client = ControlClient::connect(&library, &name)?;
+                match action {
+                    DetailsAction::ShutDown => client.shut_down()?,
+                    DetailsAction::PowerOff => client.power_off()?,
+                    DetailsAction::Pause => client.pause()?,
+                    _ => client.resume()?,
+                }
+                Ok(Done::Controlled { name, what })
+            });
+    }
+
+    fn menu_bar(&mut self, ui: &mut egui::Ui) {
+        egui::MenuBar::new().ui(ui, |ui| {
+            ui.menu_button("File", |ui| {
+                if ui
+                    .add(egui::Button::new("New VM…").shortcut_text("Ctrl+N"))
+                    .clicked()
+                {
+                    self.open_new_vm(None);
+                }
+                ui.separator();
+                if ui.button("Quit").clicked() {
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            ui.menu_button("View", |ui| {
+                ui.label(RichText::new("Theme").weak());
+                for (choice, label) in [
+                    (prefs::ThemeChoice::System, "Follow the desktop"),
+                    (prefs::ThemeChoice::Light, "Light"),
+                    (prefs::ThemeChoice::Dark, "Dark"),
+                ] {
+                    if ui.radio(self.prefs.theme == choice, label).clicked() {
+                        self.prefs.theme = choice;
+                        style::apply(ui.ctx(), choice);
+                    }
+                }
+            });
+        });
+    }
+
+    fn welcome(&mut self, ui: &mut egui::Ui) {
+        ui.vertical_centered(|ui| {
+            ui.add_space((ui.available_height() / 2.0 - 170.0).max(20.0));
+            if let Some(icon) = self.icons.app() {
+                ui.add(egui::Image::new((icon.id(), egui::vec2(96.0, 96.0))));
+            }
+            ui.add_space(12.0);
+            ui.label(RichText::new("No virtual machines yet").size(22.0).strong());
+            ui.add_space(4.0);
+            ui.label(
+                RichText::new("Drop an ISO or a disk image anywhere on this window, or").weak(),
+            );
+            ui.add_space(14.0);
+            let button = egui::Button::new(RichText::new("New VM…").size(18.0).strong())
+                .fill(style::ACCENT)
+                .min_size(egui::vec2(180.0, 44.0));
+            if ui.add(button).clicked() {
+                self.open_new_vm(None);
+            }
+        });
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label(
+                RichText::new(format!("Library: {}", self.env.library.root().display()))
+                    .small()
+                    .weak(),
+            );
+            if let Some(error) = &self.snapshot.error {
+                ui.label(
+                    RichText::new(format!("cannot list the library: {error}"))
+                        .small()
+                        .color(style::state_color(super::model::VmState::Broken)),
+                );
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                for job in self.jobs.running() {
+                    ui.label(RichText::new(&job.label).small());
+                    ui.spinner();
+                }
+            });
+        });
+    }
+
+    fn central(&mut self, ui: &mut egui::Ui) {
+        self.host.banner(ui);
+        if !self.snapshot.loaded {
+            ui.centered_and_justified(|ui| ui.spinner());
+            return;
+        }
+        if self.snapshot.vms.is_empty() {
+            self.welcome(ui);
+            return;
+        }
+        let Some(vm) = self
+            .selected
+            .as_deref()
+            .and_then(|name| self.snapshot.find(name))
+            .cloned()
+        else {
+            ui.centered_and_justified(|ui| {
+                ui.label(
+                    RichText::new("Select a VM in the library")
+                        .weak()
+                        .size(16.0),
+                );
+            });
+            return;
+        };
+        if let Ok(config) = &vm.entry.config {
+            self.notes.sync(vm.name(), &config.notes);
+        }
+        ui.add_space(8.0);
+        let busy = self.jobs.busy_with(vm.name()).map(|job| job.label.clone());
+        let cannot_start = self.host.status().cannot_start();
+        let cx = DetailsContext {
+            icons: &self.icons,
+            busy: busy.as_deref(),
+            cannot_start: cannot_start.as_deref(),
+        };
+        if self.tab == Tab::Console && vm.state.is_live() && !self.consoles.contains_key(vm.name())
+        {
+            let console = Console::attach(&self.env.library, vm.name(), ui.ctx());
+            self.consoles.insert(vm.name().to_string(), console);
+        }
+        let console = self.consoles.get_mut(vm.name());
+        let action = details::ui(ui, &vm, &mut self.notes, &cx, &mut self.tab, console);
+        match action {
+            Some(DetailsAction::Start) => self.start_vm(vm.name()),
+            Some(
+                action @ (DetailsAction::ShutDown
+                | DetailsAction::PowerOff
+                | DetailsAction::Pause
+                | DetailsAction::Resume),
+            ) => self.control_vm(vm.name(), &action),
+            Some(DetailsAction::Clone) => {
+                let dialog = CloneDialog::new(&self.dialog_env(), vm.name());
+                self.dialog = Some(Dialog::Clone(dialog));
+            }
+            Some(DetailsAction::Delete) => {
+                self.dialog = Some(Dialog::Delete(DeleteDialog::new(vm.name())));
+            }
+            Some(DetailsAction::Settings) => {
+                if let Ok(config) = &vm.entry.config {
+                    self.dialog = Some(Dialog::Settings(Box::new(SettingsDialog::new(config))));
+                }
+            }
+            Some(DetailsAction::SaveNotes) => self.save_notes(),
+            None => {}
+        }
+    }
+
+    fn save_prefs_if_changed(&mut self) {
+        if self.prefs == self.saved_prefs {
+            return;
+        }
+        self.saved_prefs = self.prefs.clone();
+        let Some(path) = self.env.prefs_path.clone() else {
+            return;
+        };
+        let prefs = self.prefs.clone();
+        // A small file, but written with fsync: off the UI thread.
+        std::thread::spawn(move || {
+            if let Err(e) = prefs::save(&path, &prefs) {
+                eprintln!("vivarium: could not save the app's settings: {e}");
+            }
+        });
+    }
+}
+
+impl eframe::App for VivariumApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.poll();
+        self.handle_drops(&ctx);
+        if ctx.input_mut(|i| {
+            i.consume_shortcut(&egui::KeyboardShortcut::new(
+                egui::Modifiers::COMMAND,
+                egui::Key::N,
+            ))
+        }) && self.dialog.is_none()
+        {
+            self.open_new_vm(None);
+        }
+
+        egui::Panel::top("menu-bar").show(ui, |ui| self.menu_bar(ui));
+        egui::Panel::bottom("status-bar").show(ui, |ui| self.status_bar(ui));
+        let sidebar_frame =
+            egui::Frame::side_top_panel(ui.style()).inner_margin(egui::Margin::symmetric(10, 0));
+        let action = egui::Panel::left("library")
+            .resizable(true)
+            .default_size(270.0)
+            .min_size(200.0)
+            .frame(sidebar_frame)
+            .show(ui, |ui| {
+                sidebar::ui(
+                    ui,
+                    &self.snapshot,
+                    &mut self.filter,
+                    self.selected.as_deref(),
+                    &self.icons,
+                )
+            })
+            .inner;
+        match action {
+            Some(SidebarAction::Select(name)) => {
+                if self.notes.dirty() {
+                    self.save_notes();
+                }
+                self.selected = Some(name);
+            }
+            Some(SidebarAction::NewVm) => self.open_new_vm(None),
+            None => {}
+        }
+        let central_frame =
+            egui::Frame::central_panel(ui.style()).inner_margin(egui::Margin::symmetric(20, 12));
+        egui::CentralPanel::default()
+            .frame(central_frame)
+            .show(ui, |ui| self.central(ui));
+
+        if let Some(mut dialog) = self.dialog.take() {
+            let mut env = self.dialog_env();
+            match dialog.ui(&ctx, &mut env) {
+                DialogOutcome::Open => self.dialog = Some(dialog),
+                DialogOutcome::Close => {}
+            }
+        }
+        self.toasts.ui(&ctx);
+        drop::hover_overlay(&ctx);
+        // Relative times ("5 min ago") stay true without repainting more than this.
+        ctx.request_repaint_after(std::time::Duration::from_secs(30));
+        self.save_prefs_if_changed();
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if let Some(selected) = &self.selected {
+            eframe::set_value(storage, SELECTED_KEY, selected);
+        }
+    }
+}
