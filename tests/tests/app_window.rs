@@ -131,8 +131,19 @@ fn make_library(library: &TempLibrary) {
             "--notes",
             "Made by the window test",
         ];
-        args.extend(extra);
+        // `create --iso` inspects the ISO (this one is a blank stand-in): the installer VMs
+        // are made from the kernel and get the disc in their drive afterwards.
+        let with_cd = extra.first() == Some(&"--iso");
+        if with_cd {
+            args.extend(["--kernel", kernel]);
+            args.extend(extra.iter().skip(2));
+        } else {
+            args.extend(extra);
+        }
         library.ok(&args);
+        if with_cd {
+            library.ok(&["set", name, "--iso", iso]);
+        }
     }
     library.ok(&[
         "clone",
