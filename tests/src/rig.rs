@@ -443,6 +443,17 @@ impl RigRun {
         self.lines.push(line);
     }
 
+    /// Asserts that the script reported `key=want`, showing the transcript when it did not.
+    #[track_caller]
+    pub fn expect(&self, key: &str, want: &str) {
+        assert_eq!(
+            self.result(key).as_deref(),
+            Some(want),
+            "result {key}\n{}",
+            self.transcript()
+        );
+    }
+
     /// Whether the script ran to its end with exit code 0.
     pub fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
@@ -732,6 +743,38 @@ fn finish(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The guest fixtures for the rig test `test`, or `None` after saying loudly why the test is
+/// skipped (no QEMU, no fixtures, or `extra`, another missing prerequisite of the test). With
+/// `VIVARIUM_REQUIRE_RIG=1` (as `cargo xtask test` sets) a missing prerequisite fails the
+/// test instead: CI must not count a rig test that could not run as passed.
+pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
+    let prerequisites = missing_prerequisite()
+        .or(extra)
+        .map(Err)
+        .unwrap_or_else(Fixtures::locate);
+    match prerequisites {
+        Ok(fixtures) => Some(fixtures),
+        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
+            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
+        }
+        Err(reason) => {
+            crate::guest_disk::loud(&format!(
+                "SKIPPED: {test}: {reason} (cargo xtask test sets this up)"
+            ));
+            None
+        }
+    }
+}
+
+/// The `vivarium` binary, stripped into `scratch` so the rig's initramfs stays small
+/// (without `strip` the unstripped copy works too, only slower to carry).
+pub fn small_vivarium(scratch: &Path) -> PathBuf {
+    let copy = scratch.join("vivarium");
+    fs::copy(crate::vivarium::binary(), &copy).expect("copy the vivarium binary");
+    let _ = Command::new("strip").arg(&copy).status();
+    copy
 }
 
 #[cfg(test)]

@@ -16,12 +16,10 @@
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use vivarium_e2e::fixtures::Fixtures;
 use vivarium_e2e::guest_disk::{host_sha256, loud, write_pattern_disk};
-use vivarium_e2e::rig::{self, Rig, RigRun};
+use vivarium_e2e::rig::{self, Rig};
 
 const DISK_BYTES: usize = 2 << 20;
 const HASHED_BYTES: usize = 1 << 20;
@@ -30,16 +28,6 @@ const GUEST_CPUS: u32 = 2;
 const GUEST_MIB: u64 = 256;
 /// The CD-ROM medium: any file works; a multiple of the 2048-byte sector.
 const CD_BYTES: usize = 3 << 20;
-
-/// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
-fn small_vivarium(scratch: &Path) -> PathBuf {
-    let bin = vivarium_e2e::vivarium::binary();
-    let copy = scratch.join("vivarium");
-    std::fs::copy(&bin, &copy).expect("copy the vivarium binary");
-    // Without `strip` (binutils) the unstripped binary works too, only slower to carry.
-    let _ = Command::new("strip").arg(&copy).status();
-    copy
-}
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
@@ -120,37 +108,16 @@ exit 0
     )
 }
 
-fn expect(run: &RigRun, key: &str, want: &str) {
-    assert_eq!(
-        run.result(key).as_deref(),
-        Some(want),
-        "result {key}\n{}",
-        run.transcript()
-    );
-}
-
 #[test]
 fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
-    let prerequisites = rig::missing_prerequisite()
-        .map(Err)
-        .unwrap_or_else(Fixtures::locate);
-    let fixtures = match prerequisites {
-        Ok(fixtures) => fixtures,
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
-        Err(reason) => {
-            loud(&format!(
-                "SKIPPED: rig_vivarium_boot: {reason} (cargo xtask test sets this up)"
-            ));
-            return;
-        }
+    let Some(fixtures) = rig::fixtures_or_skip("rig_vivarium_boot", None) else {
+        return;
     };
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let disk = scratch.path().join("disk.img");
     write_pattern_disk(&disk, DISK_BYTES, 0x2545_f491_4f6c_dd1d);
     let disk_sha256 = host_sha256(&disk, HASHED_BYTES);
-    let vivarium = small_vivarium(scratch.path());
+    let vivarium = rig::small_vivarium(scratch.path());
     let cd = scratch.path().join("cd.img");
     write_pattern_disk(&cd, CD_BYTES, 0x9e37_79b9_7f4a_7c15);
     let cd_sha256 = host_sha256(&cd, CD_BYTES);
@@ -186,7 +153,7 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         run.transcript()
     );
     // Boot 1: the machine as configured, the disk, and a clean ACPI power-off.
-    expect(&run, "cpus", &GUEST_CPUS.to_string());
+    run.expect("cpus", &GUEST_CPUS.to_string());
     let mem_kib: u64 = run
         .result("mem_kib")
         .and_then(|v| v.parse().ok())
@@ -195,15 +162,15 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         mem_kib > GUEST_MIB * 1024 * 6 / 10 && mem_kib <= GUEST_MIB * 1024,
         "MemTotal {mem_kib} KiB for a {GUEST_MIB} MiB guest"
     );
-    expect(&run, "blk_sha256", &disk_sha256);
-    expect(&run, "blk_bytes", &DISK_BYTES.to_string());
-    expect(&run, "blk_write", "ok");
-    expect(&run, "rng_bytes", "64");
-    expect(&run, "rng_source", "virtio_rng.0");
-    expect(&run, "virtio_ids", "2,4");
+    run.expect("blk_sha256", &disk_sha256);
+    run.expect("blk_bytes", &DISK_BYTES.to_string());
+    run.expect("blk_write", "ok");
+    run.expect("rng_bytes", "64");
+    run.expect("rng_source", "virtio_rng.0");
+    run.expect("virtio_ids", "2,4");
     // The CMOS clock: Linux's rtc_cmos binds it through ACPI and reads the host's time (the
     // rig's clock when the VM started, give or take the boot).
-    expect(&run, "rtc_driver", "rtc_cmos");
+    run.expect("rtc_driver", "rtc_cmos");
     let rtc: i64 = run
         .result("rtc_epoch")
         .and_then(|v| v.parse().ok())
@@ -226,12 +193,8 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
             run.transcript()
         );
     }
-    expect(&run, "boot1_exit", "0");
-    expect(
-        &run,
-        "persisted",
-        &format!("VIVARIUM-PATTERN_{WRITE_OFFSET}"),
-    );
+    run.expect("boot1_exit", "0");
+    run.expect("persisted", &format!("VIVARIUM-PATTERN_{WRITE_OFFSET}"));
     // Boot 2: read-only is enforced, and a guest reboot resets the machine.
     let read_only = run.result("boot2_blk_ro").unwrap_or_default();
     assert!(
@@ -239,7 +202,7 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         "a write to the read-only disk gave {read_only:?}\n{}",
         run.transcript()
     );
-    expect(&run, "ro_unchanged", "yes");
+    run.expect("ro_unchanged", "yes");
     let boots: u32 = run
         .result("boot2_boots")
         .and_then(|v| v.parse().ok())
@@ -249,10 +212,10 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         "the guest's reboot did not boot it again\n{}",
         run.transcript()
     );
-    expect(&run, "boot2_exit", "0");
+    run.expect("boot2_exit", "0");
     // Boot 2 (both boots, before and after the reset): the CD-ROM behind virtio-scsi.
-    expect(&run, "boot2_cdrom_sha256", &cd_sha256);
-    expect(&run, "boot2_blk_bytes", &CD_BYTES.to_string());
+    run.expect("boot2_cdrom_sha256", &cd_sha256);
+    run.expect("boot2_blk_bytes", &CD_BYTES.to_string());
     let reports: u32 = run
         .result("boot2_cd_reports")
         .and_then(|v| v.parse().ok())
@@ -272,7 +235,7 @@ fn vivarium_boots_debian_in_the_rig_with_disk_reboot_and_power_button() {
         run.transcript()
     );
     // Boot 3: the host's power button shuts the guest down cleanly.
-    expect(&run, "boot3_exit", "0");
-    expect(&run, "boot3_powered_off", "yes");
-    expect(&run, "boot3_clean", "yes");
+    run.expect("boot3_exit", "0");
+    run.expect("boot3_powered_off", "yes");
+    run.expect("boot3_clean", "yes");
 }

@@ -15,26 +15,15 @@
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use vivarium_e2e::fixtures::Fixtures;
 use vivarium_e2e::guest_disk::{host_sha256, loud, write_pattern_disk};
-use vivarium_e2e::rig::{self, Rig, RigRun};
+use vivarium_e2e::rig::{self, Rig};
 
 /// The first disc: a multiple of the 2048-byte sector.
 const FIRST_BYTES: usize = 1 << 20;
 /// The second disc, of another size, to show the guest re-reads the capacity.
 const SECOND_BYTES: usize = (3 << 20) - 5 * 2048;
-
-/// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
-fn small_vivarium(scratch: &Path) -> PathBuf {
-    let bin = vivarium_e2e::vivarium::binary();
-    let copy = scratch.join("vivarium");
-    std::fs::copy(&bin, &copy).expect("copy the vivarium binary");
-    let _ = Command::new("strip").arg(&copy).status();
-    copy
-}
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
@@ -95,38 +84,17 @@ exit 0
     )
 }
 
-fn expect(run: &RigRun, key: &str, want: &str) {
-    assert_eq!(
-        run.result(key).as_deref(),
-        Some(want),
-        "result {key}\n{}",
-        run.transcript()
-    );
-}
-
 #[test]
 fn the_guest_reads_the_cdrom_and_sees_eject_and_insert() {
-    let prerequisites = rig::missing_prerequisite()
-        .map(Err)
-        .unwrap_or_else(Fixtures::locate);
-    let fixtures = match prerequisites {
-        Ok(fixtures) => fixtures,
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
-        Err(reason) => {
-            loud(&format!(
-                "SKIPPED: rig_vivarium_cdrom: {reason} (cargo xtask test sets this up)"
-            ));
-            return;
-        }
+    let Some(fixtures) = rig::fixtures_or_skip("rig_vivarium_cdrom", None) else {
+        return;
     };
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let first = scratch.path().join("first.img");
     let second = scratch.path().join("second.img");
     write_pattern_disk(&first, FIRST_BYTES, 0x0123_4567_89ab_cdef);
     write_pattern_disk(&second, SECOND_BYTES, 0xfedc_ba98_7654_3210);
-    let vivarium = small_vivarium(scratch.path());
+    let vivarium = rig::small_vivarium(scratch.path());
 
     let run = Rig::new(&fixtures, &rig_script(&vivarium))
         .binary(&vivarium)
@@ -150,14 +118,14 @@ fn the_guest_reads_the_cdrom_and_sees_eject_and_insert() {
         "the rig script failed\n{}",
         run.transcript()
     );
-    expect(&run, "cdrom_sha256", &host_sha256(&first, FIRST_BYTES));
-    expect(&run, "boot_size", &FIRST_BYTES.to_string());
-    expect(&run, "locked_eject_exit", "6");
-    expect(&run, "locked_reason", "yes");
-    expect(&run, "eject_exit", "0");
-    expect(&run, "ejected_read", "refused");
-    expect(&run, "insert_exit", "0");
-    expect(&run, "new_size", &SECOND_BYTES.to_string());
-    expect(&run, "new_sha256", &host_sha256(&second, SECOND_BYTES));
-    expect(&run, "stop_exit", "0");
+    run.expect("cdrom_sha256", &host_sha256(&first, FIRST_BYTES));
+    run.expect("boot_size", &FIRST_BYTES.to_string());
+    run.expect("locked_eject_exit", "6");
+    run.expect("locked_reason", "yes");
+    run.expect("eject_exit", "0");
+    run.expect("ejected_read", "refused");
+    run.expect("insert_exit", "0");
+    run.expect("new_size", &SECOND_BYTES.to_string());
+    run.expect("new_sha256", &host_sha256(&second, SECOND_BYTES));
+    run.expect("stop_exit", "0");
 }

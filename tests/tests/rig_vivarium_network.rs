@@ -10,12 +10,10 @@
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`; passt must be installed on
 //! the host (it is carried into the rig with its libraries).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use vivarium_e2e::fixtures::Fixtures;
 use vivarium_e2e::guest_disk::loud;
-use vivarium_e2e::rig::{self, Rig, RigRun};
+use vivarium_e2e::rig::{self, Rig};
 
 /// Host port forwarded to the guest's port 80.
 const FORWARDED_PORT: u16 = 8080;
@@ -23,14 +21,6 @@ const FORWARDED_PORT: u16 = 8080;
 const SERVER_PORT: u16 = 7777;
 /// The guest's MAC address.
 const MAC: &str = "52:54:00:12:34:56";
-
-/// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
-fn small_vivarium(scratch: &Path) -> PathBuf {
-    let copy = scratch.join("vivarium");
-    std::fs::copy(vivarium_e2e::vivarium::binary(), &copy).expect("copy the vivarium binary");
-    let _ = Command::new("strip").arg(&copy).status();
-    copy
-}
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
@@ -77,40 +67,19 @@ exit 0
     )
 }
 
-fn expect(run: &RigRun, key: &str, want: &str) {
-    assert_eq!(
-        run.result(key).as_deref(),
-        Some(want),
-        "result {key}\n{}",
-        run.transcript()
-    );
-}
-
 #[test]
 fn a_debian_guest_gets_dhcp_reaches_the_host_and_serves_a_forwarded_port() {
-    let prerequisites = rig::missing_prerequisite()
-        .or_else(|| {
-            rig::find_program("passt")
-                .is_none()
-                .then(|| "passt is not installed".to_string())
-        })
-        .map(Err)
-        .unwrap_or_else(Fixtures::locate);
-    let fixtures = match prerequisites {
-        Ok(fixtures) => fixtures,
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
-        Err(reason) => {
-            loud(&format!(
-                "SKIPPED: rig_vivarium_network: {reason} (cargo xtask test sets this up)"
-            ));
-            return;
-        }
+    let Some(fixtures) = rig::fixtures_or_skip(
+        "rig_vivarium_network",
+        rig::find_program("passt")
+            .is_none()
+            .then(|| "passt is not installed".to_string()),
+    ) else {
+        return;
     };
     let passt = rig::find_program("passt").expect("passt");
     let scratch = tempfile::tempdir().expect("a temporary folder");
-    let vivarium = small_vivarium(scratch.path());
+    let vivarium = rig::small_vivarium(scratch.path());
     let mut rig = Rig::new(&fixtures, &rig_script(&vivarium))
         .binary(&vivarium)
         .binary(&passt)
@@ -135,7 +104,7 @@ fn a_debian_guest_gets_dhcp_reaches_the_host_and_serves_a_forwarded_port() {
         "the rig script failed\n{}",
         run.transcript()
     );
-    expect(&run, "net_ifaces", "eth0");
+    run.expect("net_ifaces", "eth0");
     let ip = run.result("net_ip").unwrap_or_default();
     assert!(
         ip != "none" && ip.contains('/'),
@@ -148,14 +117,13 @@ fn a_debian_guest_gets_dhcp_reaches_the_host_and_serves_a_forwarded_port() {
         "no router from DHCP\n{}",
         run.transcript()
     );
-    expect(
-        &run,
+    run.expect(
         "net_tcp",
         &format!("server-got-guest-{}", MAC.replace(':', "")),
     );
-    expect(&run, "net_listen", "ready");
-    expect(&run, "passt_running", "yes");
-    expect(&run, "forwarded_reply", "VIVARIUM-GUEST-SERVED_rig-hello");
-    expect(&run, "stop_exit", "0");
-    expect(&run, "passt_ended", "yes");
+    run.expect("net_listen", "ready");
+    run.expect("passt_running", "yes");
+    run.expect("forwarded_reply", "VIVARIUM-GUEST-SERVED_rig-hello");
+    run.expect("stop_exit", "0");
+    run.expect("passt_ended", "yes");
 }

@@ -12,21 +12,10 @@
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use vivarium_e2e::fixtures::Fixtures;
 use vivarium_e2e::guest_disk::loud;
-use vivarium_e2e::rig::{self, Rig, RigRun};
-
-/// The `vivarium` binary, stripped into a temporary folder so the rig's initramfs stays small.
-fn small_vivarium(scratch: &Path) -> PathBuf {
-    let bin = vivarium_e2e::vivarium::binary();
-    let copy = scratch.join("vivarium");
-    std::fs::copy(&bin, &copy).expect("copy the vivarium binary");
-    let _ = Command::new("strip").arg(&copy).status();
-    copy
-}
+use vivarium_e2e::rig::{self, Rig};
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
@@ -90,34 +79,13 @@ exit 0
     )
 }
 
-fn expect(run: &RigRun, key: &str, want: &str) {
-    assert_eq!(
-        run.result(key).as_deref(),
-        Some(want),
-        "result {key}\n{}",
-        run.transcript()
-    );
-}
-
 #[test]
 fn a_real_guest_runs_in_its_own_process_driven_by_the_cli() {
-    let prerequisites = rig::missing_prerequisite()
-        .map(Err)
-        .unwrap_or_else(Fixtures::locate);
-    let fixtures = match prerequisites {
-        Ok(fixtures) => fixtures,
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
-        Err(reason) => {
-            loud(&format!(
-                "SKIPPED: rig_vivarium_process: {reason} (cargo xtask test sets this up)"
-            ));
-            return;
-        }
+    let Some(fixtures) = rig::fixtures_or_skip("rig_vivarium_process", None) else {
+        return;
     };
     let scratch = tempfile::tempdir().expect("a temporary folder");
-    let vivarium = small_vivarium(scratch.path());
+    let vivarium = rig::small_vivarium(scratch.path());
     let run = Rig::new(&fixtures, &rig_script(&vivarium))
         .binary(&vivarium)
         .timeout(std::time::Duration::from_secs(600))
@@ -140,21 +108,21 @@ fn a_real_guest_runs_in_its_own_process_driven_by_the_cli() {
     );
     // Boot 1: start, status from other processes, console backlog, pause/resume, a clean
     // shutdown through the power button.
-    expect(&run, "start_exit", "0");
-    expect(&run, "state_after_start", "running");
-    expect(&run, "list_running", "yes");
-    expect(&run, "console1_exit", "0");
-    expect(&run, "console_backlog", "yes");
-    expect(&run, "state_paused", "paused");
-    expect(&run, "state_resumed", "running");
-    expect(&run, "stop_exit", "0");
-    expect(&run, "state_stopped", "stopped");
-    expect(&run, "last_run_powered_off", "yes");
-    expect(&run, "power_button_seen", "yes");
-    expect(&run, "clean_power_down", "yes");
+    run.expect("start_exit", "0");
+    run.expect("state_after_start", "running");
+    run.expect("list_running", "yes");
+    run.expect("console1_exit", "0");
+    run.expect("console_backlog", "yes");
+    run.expect("state_paused", "paused");
+    run.expect("state_resumed", "running");
+    run.expect("stop_exit", "0");
+    run.expect("state_stopped", "stopped");
+    run.expect("last_run_powered_off", "yes");
+    run.expect("power_button_seen", "yes");
+    run.expect("clean_power_down", "yes");
     // Boot 2: a live console that ends with the VM, and a forced power-off.
-    expect(&run, "console_live", "yes");
-    expect(&run, "force_exit", "0");
-    expect(&run, "console_ended", "yes");
-    expect(&run, "state_forced", "stopped");
+    run.expect("console_live", "yes");
+    run.expect("force_exit", "0");
+    run.expect("console_ended", "yes");
+    run.expect("state_forced", "stopped");
 }
