@@ -101,19 +101,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` exists and any of its threads is not a zombie. (Killed, the thread
+/// group leader turns zombie first while the other threads still run and hold the process's
+/// files, its bundle lock among them; the process is gone only when every thread is.)
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the command name in parentheses.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
+    let live = |stat: &str| {
+        // The state follows the command name in parentheses.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X") | None)
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|task| std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| live(&stat)))
 }
 
 /// How many files process `pid` has open.
