@@ -43,6 +43,18 @@ pub const READY_MARKER: &str = "VIVARIUM-RIG-READY";
 
 /// Marker of the script's end: `VIVARIUM-RIG-EXIT <code>`.
 pub const EXIT_MARKER: &str = "VIVARIUM-RIG-EXIT";
+/// A shell function for rig scripts: `wait_for FILE TEXT` waits up to 120 s for TEXT to
+/// appear in FILE (a VM's serial log, say), and otherwise prints a rig mark and fails.
+pub const WAIT_FOR_SH: &str = r#"wait_for() { # FILE TEXT: wait up to 120 s for TEXT in FILE
+    n=0
+    while [ $n -lt 240 ]; do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        usleep 500000; n=$((n+1))
+    done
+    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
+    return 1
+}"#;
+
 /// What the rig's init writes to the console every few seconds while the machine runs its
 /// own processes, without a line ending (so it can land inside another line; the reader
 /// takes it out wherever it is).

@@ -27,19 +27,12 @@ const SECOND_BYTES: usize = (3 << 20) - 5 * 2048;
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 S="$VIVARIUM_HOME/vms/guest.vivm/logs/serial.log"
-wait_for() {{ # FILE TEXT: wait up to 120 s for TEXT in FILE
-    n=0
-    while [ $n -lt 240 ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        usleep 500000; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-    return 1
-}}
+{wait_for}
 guest() {{ # COMMAND: type a command line on the guest's console
     printf '%s\n' "$1" | $V console guest > /dev/null 2>&1
 }}

@@ -24,19 +24,12 @@ const MAC: &str = "52:54:00:12:34:56";
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 S="$VIVARIUM_HOME/vms/guest.vivm/logs/serial.log"
-wait_for() {{ # FILE TEXT: wait up to 120 s for TEXT in FILE
-    n=0
-    while [ $n -lt 240 ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        usleep 500000; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-    return 1
-}}
+{wait_for}
 # The server on the rig's loopback answers one line per connection.
 printf '#!/bin/sh\nread -r line\necho "server-got-$line"\n' > /tmp/answer.sh
 chmod +x /tmp/answer.sh

@@ -19,20 +19,13 @@ use vivarium_e2e::rig::{self, Rig};
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 base="console=ttyS0 panic=-1 vivarium.then=acpi-wait"
 S="$VIVARIUM_HOME/vms/guest.vivm/logs/serial.log"
-wait_for() {{ # FILE TEXT: wait up to 120 s for TEXT in FILE
-    n=0
-    while [ $n -lt 240 ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        usleep 500000; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-    return 1
-}}
+{wait_for}
 field() {{ # NAME KEY: a string field of `vivarium --json status NAME`
     $V --json status "$1" | tr ',{{}}' '\n\n\n' | grep "\"$2\"" | head -n 1 | cut -d'"' -f4
 }}
