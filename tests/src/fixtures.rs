@@ -193,12 +193,12 @@ pub fn build(dir: &Path) -> Result<Fixtures, String> {
 
 /// A Debian package pinned to the version the cache is keyed on.
 #[derive(Debug, Clone)]
-struct Package {
-    name: String,
-    version: String,
+pub(crate) struct Package {
+    pub(crate) name: String,
+    pub(crate) version: String,
 }
 
-fn lock_dir(dir: &Path) -> Result<File, String> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, String> {
     let path = dir.join(".lock");
     let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     file.lock()
@@ -218,7 +218,7 @@ fn cache_key(packages: &[Package]) -> String {
 }
 
 /// FNV-1a, 64 bits: a stable hash for cache keys (std's hasher may change between releases).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -255,7 +255,7 @@ fn kernel_package() -> Result<String, String> {
         .ok_or_else(|| format!("apt-cache depends {KERNEL_META_PACKAGE} names no kernel package"))
 }
 
-fn candidate_version(package: &str) -> Result<String, String> {
+pub(crate) fn candidate_version(package: &str) -> Result<String, String> {
     let out = capture(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
     out.lines()
         .find_map(|l| l.strip_prefix("Version:"))
@@ -263,7 +263,7 @@ fn candidate_version(package: &str) -> Result<String, String> {
         .ok_or_else(|| format!("apt-cache show {package} gives no version"))
 }
 
-fn apt_update() -> Result<(), String> {
+pub(crate) fn apt_update() -> Result<(), String> {
     let mut cmd = if is_root() {
         Command::new("apt-get")
     } else {
@@ -336,7 +336,7 @@ fn build_in(dir: &Path, work: &Path, packages: &[Package], key: &str) -> Result<
 }
 
 /// Downloads the packages into `work`, returning the .deb paths in the same order.
-fn download(work: &Path, packages: &[Package]) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn download(work: &Path, packages: &[Package]) -> Result<Vec<PathBuf>, String> {
     let specs: Vec<String> = packages
         .iter()
         .map(|p| format!("{}={}", p.name, p.version))
@@ -772,24 +772,24 @@ impl<W: Write> Cpio<W> {
     }
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
+pub(crate) fn copy(from: &Path, to: &Path) -> Result<(), String> {
     fs::copy(from, to)
         .map(drop)
         .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<(), String> {
+pub(crate) fn write(path: &Path, data: &[u8]) -> Result<(), String> {
     fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
 /// Runs a command to completion; the error names it and how it ended.
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     let status = cmd
         .status()
         .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
@@ -802,7 +802,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Runs a command and returns its stdout; fails on a non-zero exit or any error output that
 /// names a missing package.
-fn capture(cmd: &mut Command) -> Result<String, String> {
+pub(crate) fn capture(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;

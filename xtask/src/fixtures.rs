@@ -1,24 +1,46 @@
 //! `cargo xtask fixtures`: builds the guest fixtures (a Debian kernel, its modules, busybox and
-//! a guest initramfs) into the cache outside the repository, or says they are up to date.
+//! a guest initramfs) into the cache outside the repository, or says they are up to date. With
+//! `--installer-iso` it also builds the Debian installer ISO (a separate cache entry, a larger
+//! download, used only by the tests of ISO import).
 //!
-//! The work is done by `vivarium_e2e::fixtures`, which the tests use as well; this command
-//! only parses the arguments and prints where the fixtures are.
+//! The work is done by `vivarium_e2e::fixtures` and `vivarium_e2e::installer_iso`, which the
+//! tests use as well; this command only parses the arguments and prints where the fixtures are.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use vivarium_e2e::fixtures::{self, Fixtures};
+use vivarium_e2e::installer_iso;
 
-/// Entry point of `cargo xtask fixtures [--dir DIR]`.
+const USAGE: &str = "usage: cargo xtask fixtures [--installer-iso] [--dir DIR]";
+
+/// Entry point of `cargo xtask fixtures [--installer-iso] [--dir DIR]`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    let dir = match args {
-        [] => fixtures::default_dir()?,
-        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
-        _ => return Err("usage: cargo xtask fixtures [--dir DIR]".into()),
+    let mut dir = None;
+    let mut with_iso = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--installer-iso" => with_iso = true,
+            "--dir" => dir = Some(PathBuf::from(rest.next().ok_or(USAGE)?)),
+            _ => return Err(USAGE.into()),
+        }
+    }
+    let dir = match dir {
+        Some(dir) => dir,
+        None => fixtures::default_dir()?,
     };
     let started = Instant::now();
     let fixtures = ensure_in(&dir)?;
     print_summary(&fixtures);
+    if with_iso {
+        let iso = installer_iso::build(&dir)?;
+        println!(
+            "  installer ISO    {} (installer {})",
+            iso.path().display(),
+            iso.installer_version()
+        );
+    }
     eprintln!("fixtures: took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -26,6 +48,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
 /// The fixtures in the default cache, built first when missing or out of date.
 pub fn ensure() -> Result<Fixtures, String> {
     ensure_in(&fixtures::default_dir()?)
+}
+
+/// The Debian installer ISO in the default cache, built first when missing or out of date.
+pub fn ensure_installer_iso() -> Result<installer_iso::InstallerIso, String> {
+    installer_iso::build(&fixtures::default_dir()?)
 }
 
 fn ensure_in(dir: &std::path::Path) -> Result<Fixtures, String> {

@@ -4,7 +4,8 @@
 //! - `run`: build and run Vivarium.
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
-//! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache.
+//! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
+//!   with `--installer-iso` also the Debian installer ISO.
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
 
 use std::process::ExitCode;
@@ -27,7 +28,8 @@ fn usage() -> &'static str {
      \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n\
      \x20 bench app      frame time with 200 VMs and idle CPU of the app (docs/BENCHMARKS.md)\n\
      \x20 bench boot     boot Vivarium and QEMU side by side in the nested rig (docs/BENCHMARKS.md)\n\
-     \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n\
+     \x20 fixtures [--installer-iso]  build the guest fixtures (kernel, initramfs; the Debian\n\
+     \x20                installer ISO too) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }
 

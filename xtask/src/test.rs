@@ -11,7 +11,8 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// Vivarium writes (`qemu-img check`, `qemu-img compare`); `qemu-system-x86` runs the nested
 /// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux;
 /// `passt` is the VMs' user-mode network; `xorriso` builds the installer ISOs the ISO
-/// recognition tests inspect. The app's tests draw with the software Vulkan driver
+/// recognition tests inspect, with `mtools` for the FAT image of the Debian installer ISO's
+/// UEFI boot entry. The app's tests draw with the software Vulkan driver
 /// (`mesa-vulkan-drivers`, `libvulkan1`; egui_kittest needs nothing else), and the real-window
 /// test runs the app under `xvfb` with the X libraries winit loads at run time, screenshots it
 /// with ImageMagick's `import` and clicks with `xdotool`.
@@ -21,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "passt",
     "xorriso",
+    "mtools",
     "mesa-vulkan-drivers",
     "libvulkan1",
     "xvfb",
@@ -79,6 +81,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ])?;
     // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
     crate::fixtures::ensure()?;
+    crate::fixtures::ensure_installer_iso()?;
     // Everything the rig needs was installed above, so a rig test that cannot run is a
     // failure here, not a skip.
     let mut test = Command::new(&cargo);
