@@ -599,7 +599,7 @@ fn create_from_iso(
 }
 
 /// `base`, or `base (2)`, `base (3)`, ... whichever no VM has yet.
-fn free_name(library: &Library, base: &str) -> String {
+pub(crate) fn free_name(library: &Library, base: &str) -> String {
     let taken = |name: &str| !matches!(library.get(name), Err(Error::NotFound(_)));
     if !taken(base) {
         return base.to_string();

@@ -15,6 +15,7 @@ use vivarium_core::config::{BootSource, NetworkConfig};
 use vivarium_core::disk::NoProgress;
 use vivarium_core::{Library, NewDisk, NewVm};
 use vivarium_e2e::handmade::BANNER;
+use vivarium_e2e::installer_iso;
 use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{PowerOffOnDrop, create_handmade_vm, kvm_usable};
 
@@ -225,11 +226,24 @@ impl egui::DroppedFile for Dropped {
     }
 }
 
+fn drop_file(harness: &mut Harness<'_, VivariumApp>, path: &Path) {
+    harness
+        .input_mut()
+        .dropped_files
+        .push(Arc::new(Dropped(path.to_path_buf())));
+    harness.run_steps(3);
+}
+
 #[test]
-fn dropping_an_iso_anywhere_opens_the_dialog_filled_in() {
+fn dropping_an_installer_iso_creates_a_vm_for_what_it_holds() {
+    let Some(installer) = installer_iso::installer_iso_or_skip(
+        "dropping_an_installer_iso_creates_a_vm_for_what_it_holds",
+    ) else {
+        return;
+    };
     let fx = Fixture::new();
     fx.make_vm("existing");
-    let iso = fx.file("debian-12.8.0-amd64-netinst.iso", 4 << 20);
+    let iso = installer.path();
     let mut harness = fx.harness();
     select_vm(&mut harness, "existing");
 
@@ -238,10 +252,11 @@ fn dropping_an_iso_anywhere_opens_the_dialog_filled_in() {
         mime: String::new(),
     });
     harness.run_steps(3);
-    assert!(has_label(
-        &harness,
-        "Drop to create a VM from debian-12.8.0-amd64-netinst.iso"
-    ));
+    let hint = format!(
+        "Drop to create a VM from {}",
+        iso.file_name().unwrap().to_string_lossy()
+    );
+    assert!(has_label(&harness, &hint));
     harness.input_mut().hovered_files.clear();
     harness.run_steps(2);
     assert!(
@@ -250,35 +265,68 @@ fn dropping_an_iso_anywhere_opens_the_dialog_filled_in() {
             .is_none(),
         "the hint goes when the file leaves"
     );
-    harness
-        .input_mut()
-        .dropped_files
-        .push(Arc::new(Dropped(iso.clone())));
-    harness.run_steps(3);
-    assert!(has_label(&harness, "New virtual machine"));
-    let name = harness.get_by_role_and_label(Role::TextInput, "Name");
-    assert_eq!(name.value().as_deref(), Some("debian-12.8.0-amd64-netinst"));
-    let iso_field = harness.get_by_role_and_label(Role::TextInput, "ISO image");
-    assert_eq!(iso_field.value(), Some(iso.display().to_string()));
-    click_button(&mut harness, "Create");
-    wait_until(&mut harness, "the VM from the ISO", |h| {
-        has_label(h, "debian-12.8.0-amd64-netinst, Stopped")
+
+    // A truncated copy of the ISO: nothing is created, and the reason is shown.
+    let truncated = fx.dir.path().join("debian-cut.iso");
+    let head = std::fs::read(&iso).unwrap()[..4 << 20].to_vec();
+    std::fs::write(&truncated, head).unwrap();
+    drop_file(&mut harness, &truncated);
+    wait_until(&mut harness, "the truncated ISO's error", |h| {
+        h.query_by_label_contains("cut short").is_some()
     });
-    let entry = fx.library.get("debian-12.8.0-amd64-netinst").unwrap();
+    assert_eq!(fx.library.list().unwrap().len(), 1, "nothing was created");
+
+    // The real installer ISO: a VM named and configured for Debian 12, booting the kernel,
+    // initrd and command line worked out from the ISO, with the ISO in its CD-ROM drive.
+    drop_file(&mut harness, &iso);
+    wait_until(&mut harness, "the VM from the ISO selected", |h| {
+        has_label(h, "Debian 12, Stopped") && h.state().selected() == Some("Debian 12")
+    });
+    assert!(
+        harness
+            .query_by_label_contains("Recognised Debian 12 (x86_64)")
+            .is_some(),
+        "the toast says what was recognised"
+    );
+    let entry = fx.library.get("Debian 12").unwrap();
     let config = entry.config().unwrap();
-    assert_eq!(config.boot, BootSource::Cdrom);
+    assert_eq!(config.os.id, "debian12");
+    assert_eq!((config.cpus, config.memory_mib), (2, 2048));
+    assert_eq!(config.disks[0].size, 20 << 30);
     assert_eq!(
         config.cdrom.as_ref().and_then(|c| c.image.clone()),
-        Some(iso.clone())
+        Some(std::fs::canonicalize(&iso).unwrap())
     );
+    let BootSource::Linux {
+        kernel,
+        initrd,
+        cmdline,
+    } = &config.boot
+    else {
+        panic!("the installer boots directly, not {:?}", config.boot);
+    };
+    assert_eq!(cmdline, installer_iso::DEFAULT_CMDLINE);
+    let bundle = &entry.path;
+    let kernel_bytes = std::fs::read(bundle.join(kernel)).unwrap();
+    assert_eq!(
+        &kernel_bytes[0x202..0x206],
+        b"HdrS",
+        "the installer's bzImage"
+    );
+    let initrd_len = std::fs::metadata(bundle.join(initrd.as_ref().unwrap()))
+        .unwrap()
+        .len();
+    assert!(initrd_len > 20 << 20, "the text installer's initrd");
+
+    // Dropped again: another VM, under a free name.
+    drop_file(&mut harness, &iso);
+    wait_until(&mut harness, "the second VM from the ISO", |h| {
+        has_label(h, "Debian 12 (2), Stopped")
+    });
 
     // A file that is neither an ISO nor a disk image is refused with the reason.
     let text = fx.file("readme.txt", 10);
-    harness
-        .input_mut()
-        .dropped_files
-        .push(Arc::new(Dropped(text)));
-    harness.run_steps(3);
+    drop_file(&mut harness, &text);
     assert!(
         harness
             .query_by_label_contains("is neither an ISO")

@@ -148,6 +148,15 @@ impl VivariumApp {
                 self.warn_all(warnings);
                 self.select_when_listed = Some(name);
             }
+            Ok(Done::CreatedFromIso {
+                name,
+                recognised,
+                warnings,
+            }) => {
+                self.toasts.info(recognised);
+                self.warn_all(warnings);
+                self.select_when_listed = Some(name);
+            }
             Ok(Done::Cloned { name, warnings }) => {
                 self.toasts.info(format!("Created {name}."));
                 self.warn_all(warnings);
@@ -213,7 +222,8 @@ impl VivariumApp {
         self.dialog = Some(Dialog::NewVm(dialog));
     }
 
-    /// Dropped files open the New VM dialog filled in from the first one.
+    /// A dropped ISO is inspected and becomes a VM for what it holds (in the background);
+    /// other dropped files open the New VM dialog filled in from the first one.
     fn handle_drops(&mut self, ctx: &egui::Context) {
         let dropped: Vec<std::path::PathBuf> = ctx.input(|i| {
             i.raw
@@ -231,6 +241,14 @@ impl VivariumApp {
             return;
         }
         match drop::classify(path) {
+            Ok(DroppedSource::Iso(iso)) => {
+                let library = self.env.library.clone();
+                self.jobs.spawn(
+                    format!("Creating a VM from {}", drop::file_name(&iso)),
+                    None,
+                    move |progress| super::iso_drop::create_from_iso(&library, &iso, progress),
+                );
+            }
             Ok(source) => self.open_new_vm(Some(source)),
             Err(why) => self.toasts.error(why),
         }

@@ -20,6 +20,15 @@ pub enum Done {
         /// Things the user should know.
         warnings: Vec<String>,
     },
+    /// A VM was created from an installer ISO dropped on the window.
+    CreatedFromIso {
+        /// Its name.
+        name: String,
+        /// What was recognised on the ISO and what the VM got, for people.
+        recognised: String,
+        /// Things the user should know.
+        warnings: Vec<String>,
+    },
     /// A VM was cloned.
     Cloned {
         /// The clone's name.

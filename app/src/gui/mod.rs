@@ -12,6 +12,7 @@ mod dialogs;
 mod drop;
 mod host;
 mod icons;
+mod iso_drop;
 mod jobs;
 mod model;
 mod prefs;

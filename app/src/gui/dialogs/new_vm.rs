@@ -1,6 +1,7 @@
 //! The New VM dialog: an installer ISO, a Linux kernel (+ initrd), or a disk image to import;
 //! name, CPUs, memory and disk size with sensible defaults; inline validation. Creating runs
-//! `Library::create` in the background, as `vivarium create` / `vivarium import` do.
+//! `Library::create` (for an ISO: `iso::inspect` and `Library::create_from_iso`) in the
+//! background, as `vivarium create` / `vivarium import` do.
 
 use std::path::{Path, PathBuf};
 
@@ -387,8 +388,19 @@ impl NewVmDialog {
             ),
             _ => format!("Creating {name}"),
         };
+        let from_iso = self.source == SourceKind::Iso;
         self.job = Some(env.jobs.spawn(label, Some(name), move |progress| {
-            let outcome = library.create(&spec, progress)?;
+            let outcome = if from_iso {
+                // As `vivarium create --iso`: the OS is recognised and its installer's kernel
+                // booted directly when it can be; the dialog's name and hardware stay.
+                let iso = spec.cdrom.clone().unwrap_or_default();
+                let inspection = vivarium_core::iso::inspect(&iso)?;
+                let mut spec = spec;
+                spec.os = inspection.os_info();
+                library.create_from_iso(&spec, &inspection, progress)?
+            } else {
+                library.create(&spec, progress)?
+            };
             Ok(Done::Created {
                 name: outcome.config.name,
                 warnings: outcome.warnings,
