@@ -276,6 +276,7 @@ impl Session {
             machine: Arc::clone(&machine),
             serial,
             log: Some(Arc::clone(&log)),
+            cdrom: config.cdrom.as_ref().map(|c| c.image.clone()),
         };
         let server = match ControlServer::bind(&socket_path(library, name), served) {
             Ok(server) => server,

@@ -443,6 +443,15 @@ fn start_console_and_power_off_through_a_real_vm_process() {
     }
     let library = TempLibrary::new();
     create_handmade_vm(&library, "hm");
+    // A CD-ROM drive with a disc in it (the hand-made guest ignores it; the drive is the
+    // VM's all the same, and eject and insert work on it).
+    let disc = |name: &str| {
+        let path = library.scratch().join(name);
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (disc_a, disc_b) = (disc("disc-a.iso"), disc("disc-b.iso"));
+    library.ok(&["set", "hm", "--iso", &disc_a]);
     let _guard = PowerOffOnDrop::new(&library, "hm");
     let env = AppEnv {
         library: Library::open(library.home()).unwrap(),
@@ -485,6 +494,24 @@ fn start_console_and_power_off_through_a_real_vm_process() {
         let text = console_text(h, "hm");
         text.contains(banner) && text.contains("echo-me")
     });
+
+    // The CD/DVD row of the running VM shows the disc in the drive now: Eject empties it,
+    // and a disc inserted by anyone (here the CLI) shows up.
+    click(&mut harness, "Overview");
+    assert!(has_label(&harness, "disc-a.iso"));
+    click_button(&mut harness, "Eject");
+    wait_until(&mut harness, "the drive empty", |h| has_label(h, "Empty"));
+    assert!(!has_label(&harness, "disc-a.iso"));
+    library.ok(&["insert", "hm", &disc_b]);
+    wait_until(&mut harness, "the inserted disc shown", |h| {
+        has_label(h, "disc-b.iso")
+    });
+    assert!(
+        harness
+            .query_by_role_and_label(Role::Button, "Insert…")
+            .is_some(),
+        "a running VM's drive takes another disc"
+    );
 
     click_button(&mut harness, "Power off");
     wait_until(&mut harness, "the VM powered off", |h| {

@@ -10,7 +10,7 @@ use vivarium_core::control::ControlClient;
 use super::console::{Console, Link};
 use super::details::{self, DetailsAction, DetailsContext, NotesEditor, Tab};
 use super::dialogs::{
-    Dialog, DialogEnv, DialogOutcome, clone::CloneDialog, delete::DeleteDialog,
+    Dialog, DialogEnv, DialogOutcome, FilePick, clone::CloneDialog, delete::DeleteDialog,
     new_vm::NewVmDialog, settings::SettingsDialog,
 };
 use super::drop::{self, DroppedSource};
@@ -51,6 +51,8 @@ pub struct VivariumApp {
     tab: Tab,
     /// Serial consoles of running VMs, attached when first shown.
     consoles: HashMap<String, Console>,
+    /// The file dialog choosing a disc for a running VM's CD-ROM drive, and the VM.
+    cd_pick: Option<(String, FilePick<()>)>,
 }
 
 impl VivariumApp {
@@ -84,6 +86,7 @@ impl VivariumApp {
             notes_sent: None,
             tab: Tab::Overview,
             consoles: HashMap::new(),
+            cd_pick: None,
             env,
         }
     }
@@ -128,6 +131,57 @@ impl VivariumApp {
         for finished in self.jobs.take_finished() {
             self.job_finished(finished);
         }
+        if let Some((name, pick)) = &self.cd_pick
+            && let Some(picked) = pick.poll()
+        {
+            let name = name.clone();
+            self.cd_pick = None;
+            if let Some(image) = picked {
+                self.prefs.last_folder = image.parent().map(std::path::Path::to_path_buf);
+                self.insert_cd(&name, image);
+            }
+        }
+    }
+
+    /// Ejects the disc of a running VM's CD-ROM drive (over its control socket).
+    fn eject_cd(&mut self, name: &str) {
+        let library = self.env.library.clone();
+        let name = name.to_string();
+        self.jobs.spawn(
+            format!("Ejecting the disc of {name}"),
+            Some(name.clone()),
+            move |_| {
+                ControlClient::connect(&library, &name)?.eject_cdrom(false)?;
+                Ok(Done::Controlled {
+                    name,
+                    what: "the disc was ejected",
+                })
+            },
+        );
+    }
+
+    /// Puts `image` in a running VM's CD-ROM drive (over its control socket).
+    fn insert_cd(&mut self, name: &str, image: std::path::PathBuf) {
+        let library = self.env.library.clone();
+        let name = name.to_string();
+        self.jobs.spawn(
+            format!("Inserting {} in {name}", drop::file_name(&image)),
+            Some(name.clone()),
+            move |_| {
+                // The VM process has its own working folder: it gets an absolute path.
+                let image = std::fs::canonicalize(&image).map_err(|e| {
+                    vivarium_core::Error::io(
+                        format!("could not open the disc image `{}`", image.display()),
+                        e,
+                    )
+                })?;
+                ControlClient::connect(&library, &name)?.insert_cdrom(&image)?;
+                Ok(Done::Controlled {
+                    name,
+                    what: "the disc was inserted",
+                })
+            },
+        );
     }
 
     fn job_finished(&mut self, finished: Finished) {
@@ -453,6 +507,18 @@ impl VivariumApp {
                 }
             }
             Some(DetailsAction::SaveNotes) => self.save_notes(),
+            Some(DetailsAction::EjectCd) => self.eject_cd(vm.name()),
+            Some(DetailsAction::InsertCd) if self.cd_pick.is_none() => {
+                let pick = FilePick::open(
+                    ui.ctx(),
+                    (),
+                    &format!("Choose a disc for {}", vm.name()),
+                    Some(("ISO images", &["iso"])),
+                    self.prefs.last_folder.clone(),
+                );
+                self.cd_pick = Some((vm.name().to_string(), pick));
+            }
+            Some(DetailsAction::InsertCd) => {}
             None => {}
         }
     }

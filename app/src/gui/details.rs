@@ -43,6 +43,10 @@ pub enum DetailsAction {
     Settings,
     /// Save the notes being edited.
     SaveNotes,
+    /// Eject the disc of the running VM's CD-ROM drive.
+    EjectCd,
+    /// Choose an image and insert it in the running VM's CD-ROM drive.
+    InsertCd,
 }
 
 /// The notes being edited, and what was last saved.
@@ -154,12 +158,7 @@ pub fn ui(
                             BootSource::Disk => "Disk".into(),
                         };
                         row(ui, "Boots from", &boot);
-                        let cd = match config.cdrom.as_ref().map(|c| &c.image) {
-                            None => "None".to_string(),
-                            Some(None) => "Empty".to_string(),
-                            Some(Some(image)) => file_name(image),
-                        };
-                        row(ui, "CD/DVD", &cd);
+                        cd_row(ui, vm, config, cx.busy.is_some(), &mut action);
                         let network = match &config.network {
                             NetworkConfig::None => "None".to_string(),
                             NetworkConfig::User { mac, forwards } if forwards.is_empty() => {
@@ -379,6 +378,54 @@ fn card(ui: &mut egui::Ui, title: &str, content: impl FnOnce(&mut egui::Ui)) {
             content(ui);
         });
     ui.add_space(10.0);
+}
+
+/// The CD/DVD drive: for a running VM the disc in it now (it follows eject and insert), with
+/// Eject and Insert… buttons; otherwise what `vm.toml` puts in it at start.
+fn cd_row(
+    ui: &mut egui::Ui,
+    vm: &VmRow,
+    config: &vivarium_core::config::VmConfig,
+    busy: bool,
+    action: &mut Option<DetailsAction>,
+) {
+    let live = match &vm.live {
+        Some(LiveState::Running(status)) => status.cdrom.clone().map(|drive| drive.image),
+        _ => None,
+    };
+    let running = live.is_some();
+    let medium = match live {
+        Some(medium) => Some(medium),
+        None => config.cdrom.as_ref().map(|c| c.image.clone()),
+    };
+    let text = match &medium {
+        None => "None".to_string(),
+        Some(None) => "Empty".to_string(),
+        Some(Some(image)) => file_name(image),
+    };
+    ui.label(RichText::new("CD/DVD").weak());
+    ui.horizontal(|ui| {
+        ui.label(text);
+        if !running {
+            return;
+        }
+        let loaded = matches!(medium, Some(Some(_)));
+        if ui
+            .add_enabled(loaded && !busy, egui::Button::new("Eject").small())
+            .on_hover_text("Take the disc out of the running VM's drive")
+            .clicked()
+        {
+            *action = Some(DetailsAction::EjectCd);
+        }
+        if ui
+            .add_enabled(!busy, egui::Button::new("Insert…").small())
+            .on_hover_text("Choose an ISO and put it in the running VM's drive")
+            .clicked()
+        {
+            *action = Some(DetailsAction::InsertCd);
+        }
+    });
+    ui.end_row();
 }
 
 fn row(ui: &mut egui::Ui, key: &str, value: &str) {

@@ -20,7 +20,7 @@ pub mod server;
 use std::path::PathBuf;
 
 pub use client::{ControlClient, SerialInput, SerialStream};
-pub use protocol::{PROTOCOL_VERSION, RunState, VmStatus};
+pub use protocol::{CdromDrive, PROTOCOL_VERSION, RunState, VmStatus};
 pub use records::{LastExit, LastRun, LiveState, last_run, live_state};
 
 use crate::library::Library;

@@ -58,6 +58,17 @@ pub struct VmStatus {
     pub control_clients: u32,
     /// How many clients are attached to the serial console.
     pub serial_clients: u32,
+    /// The CD-ROM drive (`None` without one, or from an older VM process). Follows `eject`
+    /// and `insert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<CdromDrive>,
+}
+
+/// A running VM's CD-ROM drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdromDrive {
+    /// The image in the drive, `None` when it is empty.
+    pub image: Option<std::path::PathBuf>,
 }
 
 /// A message from a client.
@@ -195,6 +206,32 @@ pub fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Line>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cd_drive_in_a_status_survives_the_wire_empty_or_not() {
+        let status = |image: Option<&str>| VmStatus {
+            name: "vm".into(),
+            state: RunState::Running,
+            pid: 1,
+            started_at_unix: 2,
+            control_clients: 1,
+            serial_clients: 0,
+            cdrom: Some(CdromDrive {
+                image: image.map(std::path::PathBuf::from),
+            }),
+        };
+        for sent in [status(None), status(Some("/a.iso"))] {
+            let text = serde_json::to_string(&sent).unwrap();
+            assert_eq!(
+                serde_json::from_str::<VmStatus>(&text).unwrap(),
+                sent,
+                "{text}"
+            );
+        }
+        // An older VM process says nothing about a drive.
+        let old = r#"{"name":"vm","state":"running","pid":1,"started_at_unix":2,"control_clients":1,"serial_clients":0}"#;
+        assert_eq!(serde_json::from_str::<VmStatus>(old).unwrap().cdrom, None);
+    }
 
     #[test]
     fn requests_have_a_stable_wire_form() {

@@ -159,6 +159,7 @@ pub fn live_state(library: &Library, name: &str) -> LiveState {
                         started_at_unix: run.started_at_unix,
                         control_clients: 0,
                         serial_clients: 0,
+                        cdrom: None,
                     });
                 }
             }

@@ -37,11 +37,15 @@ pub struct ServedVm {
     pub serial: SerialHub,
     /// The VM process's log (`logs/vm.log`), where requests are noted.
     pub log: Option<Arc<Mutex<RotatingLog>>>,
+    /// The CD-ROM drive at start: `None` without one, else the image in it.
+    pub cdrom: Option<Option<PathBuf>>,
 }
 
 struct Shared {
     vm: ServedVm,
     state: Mutex<RunState>,
+    /// The CD-ROM drive's medium now (changed by eject and insert).
+    cdrom: Mutex<Option<Option<PathBuf>>>,
     control_clients: AtomicU32,
     closing: AtomicBool,
 }
@@ -69,6 +73,12 @@ impl Shared {
             started_at_unix: self.vm.started_at_unix,
             control_clients: self.control_clients.load(Ordering::SeqCst),
             serial_clients: self.vm.serial.clients() as u32,
+            cdrom: self
+                .cdrom
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map(|image| super::protocol::CdromDrive { image }),
         }
     }
 }
@@ -101,6 +111,7 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io(format!("could not restrict `{}`", path.display())))?;
         let shared = Arc::new(Shared {
+            cdrom: Mutex::new(vm.cdrom.clone()),
             vm,
             state: Mutex::new(RunState::Running),
             control_clients: AtomicU32::new(0),
@@ -281,7 +292,7 @@ fn handle(request: Request, shared: &Shared) -> Reply {
         Request::AttachSerial => unreachable!("handled by the connection loop"),
         Request::Eject { force } => {
             shared.note(&format!("control: eject the CD-ROM (force: {force})"));
-            return cdrom_reply(machine.change_cdrom(None, force), shared);
+            return cdrom_reply(machine.change_cdrom(None, force), None, shared);
         }
         Request::Insert { image } => {
             if !image.is_absolute() {
@@ -294,7 +305,8 @@ fn handle(request: Request, shared: &Shared) -> Reply {
                 "control: insert `{}` in the CD-ROM",
                 image.display()
             ));
-            return cdrom_reply(machine.change_cdrom(Some(&image), false), shared);
+            let result = machine.change_cdrom(Some(&image), false);
+            return cdrom_reply(result, Some(image), shared);
         }
         Request::Pause => (ControlRequest::Pause, Some(RunState::Paused)),
         Request::Resume => {
@@ -338,9 +350,20 @@ fn handle(request: Request, shared: &Shared) -> Reply {
     }
 }
 
-fn cdrom_reply(result: Result<(), crate::backend::BackendError>, shared: &Shared) -> Reply {
+/// The reply to a change of the CD-ROM's medium to `medium`, recorded when it worked.
+fn cdrom_reply(
+    result: Result<(), crate::backend::BackendError>,
+    medium: Option<PathBuf>,
+    shared: &Shared,
+) -> Reply {
     match result {
-        Ok(()) => Reply::Ok,
+        Ok(()) => {
+            let mut cdrom = shared.cdrom.lock().unwrap_or_else(|e| e.into_inner());
+            if cdrom.is_some() {
+                *cdrom = Some(medium);
+            }
+            Reply::Ok
+        }
         Err(e) => {
             shared.note(&format!("control: CD-ROM change refused: {e}"));
             Reply::error("refused", e.to_string())
@@ -481,6 +504,7 @@ mod tests {
                 machine: machine.clone(),
                 serial: hub.clone(),
                 log: None,
+                cdrom: None,
             },
         )
         .unwrap();
@@ -535,6 +559,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("no CD-ROM drive"), "{refused}");
+        assert_eq!(client.status().unwrap().cdrom, None, "still no drive");
 
         client.power_off().unwrap();
         assert_eq!(machine.wait(), MachineExit::PoweredOff);
