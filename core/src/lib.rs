@@ -8,6 +8,8 @@ pub mod config;
 #[cfg(unix)]
 pub mod control;
 pub mod disk;
+#[cfg(unix)]
+pub mod display;
 pub mod error;
 pub mod fsutil;
 pub mod iso;
