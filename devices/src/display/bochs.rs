@@ -263,6 +263,9 @@ impl BochsDisplay {
                 }
             }
             VIDEO_MEMORY_64K => {}
+            // There is no banked VGA window (only the linear framebuffer): the bank is kept
+            // for reads and means nothing.
+            BANK => self.regs[BANK] = value,
             VIRT_HEIGHT => {
                 // Derived from the stride: however many rows the video memory holds.
                 let _ = value;
