@@ -164,6 +164,13 @@ pub enum Command {
         /// The VM.
         name: String,
     },
+    /// Save a running VM's screen as a PNG image.
+    Screenshot {
+        /// The VM.
+        name: String,
+        /// The PNG file to write (replaced if it exists).
+        file: PathBuf,
+    },
     /// Attach this terminal to a running VM's serial console (recent output first). Ctrl-]
     /// detaches. When standard input is not a terminal, it is sent to the guest, and the
     /// command ends once input has ended and the guest has been quiet for a second.
@@ -431,6 +438,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Insert { name, file } => crate::lifecycle::insert(&library, &name, &file, json),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
+        Command::Screenshot { name, file } => crate::screenshot::run(&library, &name, &file, json),
         Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),
         Command::Delete { name } => {
             library.delete(&name)?;

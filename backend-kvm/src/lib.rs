@@ -11,6 +11,7 @@ pub mod acpi;
 mod boot;
 mod cpu;
 mod devices;
+mod display;
 pub mod error;
 pub mod layout;
 mod machine;

@@ -157,6 +157,8 @@ struct MachinePlan {
     network: Option<vivarium_core::backend::NetworkSpec>,
     /// The CD-ROM drive (with its medium) outlives each build of the machine.
     cdrom: Option<vivarium_devices::scsi::cdrom::CdromControl>,
+    /// The screen; its display file (and video memory) outlives each build.
+    display: Option<vivarium_core::backend::DisplaySpec>,
     serial: SharedOutput,
 }
 
@@ -232,6 +234,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         boot: spec.boot,
         disks: spec.disks,
         network: spec.network,
+        display: spec.display,
         cdrom: spec
             .cdrom
             .as_ref()
@@ -423,6 +426,8 @@ impl Drop for KvmMachine {
 struct Vm {
     _vm: Arc<VmFd>,
     _memory: Arc<GuestMemoryMmap>,
+    /// The screen's refresh thread (dirty log to display file).
+    screen: Option<crate::display::RefreshThread>,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -495,6 +500,31 @@ impl Vm {
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
         let memory = Arc::new(memory);
+        let screen = plan
+            .display
+            .as_ref()
+            .map(|d| -> Result<_> {
+                let slot = memory.num_regions() as u32;
+                let screen =
+                    crate::display::KvmScreen::new(Arc::clone(&vm), Arc::clone(&d.shared), slot)?;
+                Ok(crate::devices::ScreenDevice {
+                    screen,
+                    width: d.width,
+                    height: d.height,
+                })
+            })
+            .transpose()?;
+        let boot_framebuffer = screen.as_ref().map(|s| boot::BootFramebuffer {
+            base: layout::FRAMEBUFFER_START as u32,
+            size: s.screen.display().vram_size(),
+            width: s.width as u16,
+            height: s.height as u16,
+            stride: (s.width * 4) as u16,
+        });
+        let refresh = screen
+            .as_ref()
+            .map(|s| crate::display::RefreshThread::start(Arc::clone(&s.screen)))
+            .transpose()?;
         crate::devices::attach_pci(
             &vm,
             &pio,
@@ -505,6 +535,7 @@ impl Vm {
                 disks: &plan.disks,
                 network: plan.network.as_ref(),
                 cdrom: plan.cdrom.as_ref(),
+                screen,
             },
         )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
@@ -539,6 +570,7 @@ impl Vm {
                     initrd.as_deref(),
                     cmdline,
                     Some(rsdp),
+                    boot_framebuffer.as_ref(),
                 )?;
                 cpu::setup_long_mode(&memory, &vcpus[0], entry.entry)?;
             }
@@ -554,6 +586,7 @@ impl Vm {
         Ok(Vm {
             _vm: vm,
             _memory: memory,
+            screen: refresh,
             vcpus,
             pio,
             mmio,
@@ -565,6 +598,7 @@ impl Vm {
         let Vm {
             _vm: vm,
             _memory: memory,
+            screen,
             vcpus,
             pio,
             mmio,
@@ -600,6 +634,7 @@ impl Vm {
         for thread in threads {
             let _ = thread.join();
         }
+        drop(screen);
         drop(vm);
         drop(memory);
         control.lock().stop.clone().unwrap_or(Stop::PowerOff)
