@@ -92,7 +92,7 @@ pub const DISPLAY_BAND: std::ops::Range<u32> = 100..110;
 /// `.code64`, Intel syntax, linked at 0x100500). It reads the framebuffer from the boot
 /// parameters' `screen_info` (rsi points at them), maps the GiB holding it with 2 MiB pages (a
 /// page directory at 2 MiB put in the boot page tables' PDPT at 0xa000), draws, spins for
-/// 3e9 TSC ticks (about a second), paints [`DISPLAY_BAND`] white, and jumps to the serial
+/// 6e9 TSC ticks (about two seconds), paints [`DISPLAY_BAND`] white, and jumps to the serial
 /// guest's first instruction (0x100080), which prints [`BANNER`] and echoes.
 ///
 /// ```text
@@ -111,7 +111,7 @@ pub const DISPLAY_BAND: std::ops::Range<u32> = 100..110;
 ///        or eax,edx; lea edx,[r13+r12]; and edx,0xff; or eax,edx
 ///        mov [rdi+r13*4],eax; inc r13d; jmp col
 /// nextrow: inc r12d; jmp row
-/// drawn: rdtsc; shl rdx,32; or rax,rdx; mov rbx,rax; mov rcx,3000000000; add rbx,rcx
+/// drawn: rdtsc; shl rdx,32; or rax,rdx; mov rbx,rax; mov rcx,6000000000; add rbx,rcx
 /// wait:  pause; rdtsc; shl rdx,32; or rax,rdx; cmp rax,rbx; jb wait
 ///        mov r12d,100
 /// band:  cmp r12d,110; jae done; cmp r12d,r9d; jae done
@@ -137,7 +137,7 @@ const DISPLAY_CODE: [u8; 278] = [
     0xe2, 0xff, 0x00, 0x00, 0x00, 0x09, 0xd0, 0x42, 0x89, 0x04, 0xaf, 0x41, //
     0xff, 0xc5, 0xeb, 0xcc, 0x41, 0xff, 0xc4, 0xeb, 0xb5, 0x0f, 0x31, 0x48, //
     0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x89, 0xc3, 0x48, 0xb9, 0x00, //
-    0x5e, 0xd0, 0xb2, 0x00, 0x00, 0x00, 0x00, 0x48, 0x01, 0xcb, 0xf3, 0x90, //
+    0xbc, 0xa0, 0x65, 0x01, 0x00, 0x00, 0x00, 0x48, 0x01, 0xcb, 0xf3, 0x90, //
     0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x39, 0xd8, //
     0x72, 0xf0, 0x41, 0xbc, 0x64, 0x00, 0x00, 0x00, 0x41, 0x83, 0xfc, 0x6e, //
     0x73, 0x29, 0x45, 0x39, 0xcc, 0x73, 0x24, 0x4c, 0x89, 0xe7, 0x49, 0x0f, //
@@ -193,8 +193,8 @@ pub fn elf_image() -> Vec<u8> {
 /// A guest that draws a known picture on the screen the boot parameters announce (Vivarium's
 /// direct Linux boot fills `screen_info` for a VM with a display), then behaves like
 /// [`elf_image`]: prints [`BANNER`] once the picture is complete, echoes serial input and
-/// powers off on `q`. The picture is [`display_picture`]; [`DISPLAY_BAND`] is painted about a
-/// second after the rest, so a viewer that followed the dirty bits sees only those rows
+/// powers off on `q`. The picture is [`display_picture`]; [`DISPLAY_BAND`] is painted a couple
+/// of seconds after the rest, so a viewer that followed the dirty bits sees only those rows
 /// change last.
 pub fn display_elf_image() -> Vec<u8> {
     image_with_entry(DISPLAY_CODE_OFFSET, &DISPLAY_CODE)
