@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 macro_rules! key_codes {
     ($( $(#[$meta:meta])* $key:ident ),+ $(,)?) => {
         /// A physical key: the 105 keys of a PC-105 keyboard, then the usual extra keys
-        /// (F13-F24, power and media keys, browser and launch keys, Japanese, Korean and
-        /// Brazilian keys). Named by position; see the module documentation.
+        /// (keypad = and ,, Japanese and Korean keys, power and media keys, browser and
+        /// launch keys). Named by position; see the module documentation.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum KeyCode {
             $( $(#[$meta])* $key, )+
@@ -248,30 +248,6 @@ key_codes! {
     /// Keypad . / Delete.
     NumpadDecimal,
     // Extra keys.
-    /// F13.
-    F13,
-    /// F14.
-    F14,
-    /// F15.
-    F15,
-    /// F16.
-    F16,
-    /// F17.
-    F17,
-    /// F18.
-    F18,
-    /// F19.
-    F19,
-    /// F20.
-    F20,
-    /// F21.
-    F21,
-    /// F22.
-    F22,
-    /// F23.
-    F23,
-    /// F24.
-    F24,
     /// Keypad = (Mac and some PC keyboards).
     NumpadEqual,
     /// Keypad , (Brazilian keyboards).
@@ -442,7 +418,7 @@ pub enum InputError {
         "`{combo}` is not a key combination: {reason}. Write keys joined by `+`, e.g. \
          `ctrl+alt+delete`, `enter`, `f2`, `shift+tab` or `KeyA` (key names: ctrl, alt, \
          shift, super, esc, enter, tab, space, backspace, delete, insert, home, end, pageup, \
-         pagedown, up, down, left, right, f1-f24, a letter, a digit, an unshifted symbol such \
+         pagedown, up, down, left, right, f1-f12, a letter, a digit, an unshifted symbol such \
          as `-` or `/`, or any W3C key code name such as `NumpadEnter`)"
     )]
     BadCombo {
@@ -825,7 +801,11 @@ mod tests {
             [E::press(Enter), E::release(Enter)]
         );
         assert_eq!(keys_for_combo("f2").unwrap()[0], E::press(F2));
-        assert_eq!(keys_for_combo("F24").unwrap()[0], E::press(F24));
+        assert_eq!(keys_for_combo("F12").unwrap()[0], E::press(F12));
+        assert_eq!(
+            keys_for_combo("AudioVolumeUp").unwrap()[0],
+            E::press(AudioVolumeUp)
+        );
         assert_eq!(keys_for_combo("shift + A").unwrap()[1], E::press(KeyA));
         assert_eq!(keys_for_combo("super+/").unwrap()[1], E::press(Slash));
         assert_eq!(
