@@ -23,6 +23,15 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
 10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
 
+const MOUSE_ACTIONS: &str = "Actions:
+  move:DX,DY      move DX right and DY down (negative: left, up)
+  down:BUTTON     press BUTTON (left, right or middle) and hold it
+  up:BUTTON       release it
+  click:BUTTON    press and release it
+  wheel:N         turn the wheel N detents up (negative: down)
+
+Example: vivarium mouse web move:100,40 click:left";
+
 /// Vivarium: desktop virtual machines.
 #[derive(Debug, Parser)]
 #[command(name = "vivarium", version, about, after_help = EXIT_CODES)]
@@ -175,7 +184,7 @@ pub enum Command {
         #[arg(long = "key", value_name = "COMBO")]
         keys: Vec<String>,
         /// Milliseconds between key strokes.
-        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
         delay: u64,
     },
     /// Press key combinations on a running VM's keyboard, in order, e.g.
@@ -189,7 +198,19 @@ pub enum Command {
         #[arg(required = true, value_name = "COMBO")]
         combos: Vec<String>,
         /// Milliseconds between combinations.
-        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
+    /// Move a running VM's mouse and press its buttons: actions in order, --delay apart.
+    #[command(after_help = MOUSE_ACTIONS)]
+    Mouse {
+        /// The VM.
+        name: String,
+        /// The actions.
+        #[arg(required = true, value_name = "ACTION", allow_hyphen_values = true)]
+        actions: Vec<String>,
+        /// Milliseconds between actions.
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
         delay: u64,
     },
     /// Show whether a VM runs (and what it does), or how its last run ended.
@@ -467,10 +488,10 @@ fn execute(cli: Cli) -> Result<(), Error> {
             text,
             keys,
             delay,
-        } => crate::typing::type_into(
+        } => crate::send_input::type_into(
             &library,
             &name,
-            &crate::typing::Typing {
+            &crate::send_input::Typing {
                 text,
                 combos: keys,
                 delay: std::time::Duration::from_millis(delay),
@@ -481,14 +502,25 @@ fn execute(cli: Cli) -> Result<(), Error> {
             name,
             combos,
             delay,
-        } => crate::typing::type_into(
+        } => crate::send_input::type_into(
             &library,
             &name,
-            &crate::typing::Typing {
+            &crate::send_input::Typing {
                 text: None,
                 combos,
                 delay: std::time::Duration::from_millis(delay),
             },
+            json,
+        ),
+        Command::Mouse {
+            name,
+            actions,
+            delay,
+        } => crate::send_input::move_mouse(
+            &library,
+            &name,
+            &actions,
+            std::time::Duration::from_millis(delay),
             json,
         ),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
