@@ -173,7 +173,7 @@ fn input_events_decode() {
     record.extend_from_slice(&EV_REL.to_le_bytes());
     record.extend_from_slice(&REL_Y.to_le_bytes());
     record.extend_from_slice(&(-5i32).to_le_bytes());
-    let mut syn = vec![0u8; 24];
+    let syn = vec![0u8; 24];
     let mut bytes = record.clone();
     bytes.extend_from_slice(&syn);
     assert_eq!(decode_events(&bytes), [(EV_REL, REL_Y, -5)]);
