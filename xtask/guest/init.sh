@@ -165,7 +165,7 @@ check_input_echo() {
     while [ -z "$mouse" ] && [ "$tries" -lt 50 ]; do
         for dev in /sys/class/input/event*; do
             case "$(cat "$dev/device/name" 2>/dev/null)" in
-            *Mouse*) mouse="/dev/${dev##*/}" ;;
+            *Mouse*) mouse="/dev/input/${dev##*/}" ;;
             esac
         done
         [ -z "$mouse" ] && usleep 100000
