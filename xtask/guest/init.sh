@@ -42,6 +42,9 @@
 #     rtc          rtc_epoch=<seconds since the epoch by /dev/rtc0, or none>
 #                  rtc_driver=<the driver of rtc0, or none>
 #     virtio       virtio_ids=<virtio device ids present, comma separated, or none>
+#     dmesg-blk    dmesg_bytes=<size>: writes the kernel log to /dev/<blk_dev> (for comparing
+#                  boots; add `initcall_debug log_buf_len=4M` to the command line for initcall
+#                  times; the serial console is too slow for that much text)
 #     an unknown check gives <check>=unknown-check
 #   vivarium.blk_dev=vda    block device of blk-sha256, blk-size and blk-write
 #   vivarium.blk_len=N      bytes hashed by blk-sha256 (default 1048576)
@@ -279,6 +282,13 @@ run_check() {
     input-echo) check_input_echo ;;
     fb) result fb "$(cat /sys/class/graphics/fb0/name 2>/dev/null || echo none)" ;;
     virtio) check_virtio ;;
+    dmesg-blk)
+        dev="/dev/$(param blk_dev vda)"
+        wait_dev "$dev"
+        dmesg > /tmp/dmesg
+        dd if=/tmp/dmesg of="$dev" conv=fsync 2>/dev/null
+        result dmesg_bytes "$(wc -c < /tmp/dmesg)"
+        ;;
     rtc)
         result rtc_epoch "$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)"
         result rtc_driver "$(basename "$(readlink /sys/class/rtc/rtc0/device/driver 2>/dev/null)" 2>/dev/null || echo none)"
