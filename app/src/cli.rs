@@ -23,6 +23,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
 10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
 
+/// The help text after `vivarium mouse --help`: the actions.
 const MOUSE_ACTIONS: &str = "Actions:
   move:DX,DY      move DX right and DY down (negative: left, up)
   down:BUTTON     press BUTTON (left, right or middle) and hold it
