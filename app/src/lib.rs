@@ -6,5 +6,6 @@ pub mod cli;
 pub mod console;
 pub mod gui;
 pub mod lifecycle;
+pub mod logging;
 pub mod runner;
 pub mod vmprocess;
