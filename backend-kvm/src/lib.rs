@@ -14,6 +14,7 @@ mod devices;
 pub mod error;
 pub mod layout;
 mod machine;
+mod memory;
 pub mod probe;
 
 use vivarium_core::backend::{Backend, BackendError, HostSupport, MachineSpec, RunningMachine};
