@@ -6,6 +6,7 @@ pub mod cli;
 pub mod console;
 pub mod gui;
 pub mod lifecycle;
+pub mod logging;
 pub mod runner;
 pub mod send_input;
 pub mod vmprocess;

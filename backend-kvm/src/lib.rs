@@ -15,6 +15,7 @@ pub mod error;
 mod input;
 pub mod layout;
 mod machine;
+mod memory;
 pub mod probe;
 
 use vivarium_core::backend::{Backend, BackendError, HostSupport, MachineSpec, RunningMachine};

@@ -25,6 +25,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::memory::GuestRam;
 use crate::{boot, cpu, layout};
 
 /// Why a machine stops.
@@ -446,6 +447,9 @@ struct Vm {
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// Owns the RAM mappings behind `_memory`; last, so it is dropped after everything that
+    /// uses them.
+    ram: GuestRam,
 }
 
 fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -473,15 +477,15 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_error("creating the PIT"))?;
 
-        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(plan.memory_size))
-            .map_err(|e| Error::InvalidMachine(format!("could not allocate guest memory: {e}")))?;
+        let ram = GuestRam::allocate(&layout::ram_regions(plan.memory_size))?;
+        let memory = Arc::clone(ram.memory());
         for (slot, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
                 .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
-            // Guest RAM is deliberately not advised for transparent huge pages yet: with
-            // MADV_HUGEPAGE the nested test rig's kernel stalled now and then after a VM ended
-            // (docs/BENCHMARKS.md); to be revisited with a measurement on real hardware.
+            // Guest RAM is not advised with MADV_HUGEPAGE (the nested test rig's kernel stalled
+            // now and then after a VM ended with it); it is 2 MiB-aligned, so hosts whose
+            // transparent huge pages are on for all memory back it with huge pages.
             let region_info = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -514,7 +518,6 @@ impl Vm {
         let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
-        let memory = Arc::new(memory);
         crate::devices::attach_pci(
             &vm,
             &pio,
@@ -574,6 +577,7 @@ impl Vm {
         Ok(Vm {
             _vm: vm,
             _memory: memory,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -585,6 +589,7 @@ impl Vm {
         let Vm {
             _vm: vm,
             _memory: memory,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -622,6 +627,9 @@ impl Vm {
         }
         drop(vm);
         drop(memory);
+        drop(pio);
+        drop(mmio);
+        drop(ram);
         control.lock().stop.clone().unwrap_or(Stop::PowerOff)
     }
 }
