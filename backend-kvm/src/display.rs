@@ -168,10 +168,10 @@ impl KvmScreen {
                 self.display.mark_dirty_pages(&bitmap);
             }
             Err(e) => {
-                // Said once, on standard error: a VM process's is its `logs/vm.log`.
-                eprintln!(
-                    "vivarium: KVM gives no dirty log for the video memory ({e}): the screen \
-                     is refreshed whole at every tick instead"
+                // Said once; the VM process's tracing events go to its `logs/vm.log`.
+                tracing::warn!(
+                    "KVM gives no dirty log for the video memory ({e}): the screen is \
+                     refreshed whole at every tick instead"
                 );
                 self.no_dirty_log.store(true, Ordering::Relaxed);
                 self.display.mark_dirty(0..self.display.vram_size());

@@ -13,8 +13,10 @@ mod cpu;
 mod devices;
 mod display;
 pub mod error;
+mod input;
 pub mod layout;
 mod machine;
+mod memory;
 pub mod probe;
 
 use vivarium_core::backend::{Backend, BackendError, HostSupport, MachineSpec, RunningMachine};

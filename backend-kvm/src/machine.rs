@@ -25,6 +25,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::memory::GuestRam;
 use crate::{boot, cpu, layout};
 
 /// Why a machine stops.
@@ -395,6 +396,26 @@ impl RunningMachine for KvmMachine {
         }
     }
 
+    fn send_input(
+        &self,
+        events: &[vivarium_core::input::InputEvent],
+    ) -> std::result::Result<(), BackendError> {
+        let ps2 = {
+            let state = self.control.lock();
+            if state.ended.is_some() {
+                return Err(BackendError::Stopped);
+            }
+            state.ps2_input.clone()
+        };
+        match ps2 {
+            Some(ps2) => crate::input::deliver(&ps2, events),
+            // Between a reset and the new boot's devices: like keys pressed while a PC
+            // restarts, they are lost.
+            None => tracing::debug!("{} input events dropped during a reset", events.len()),
+        }
+        Ok(())
+    }
+
     fn wait(&self) -> MachineExit {
         let mut state = self.control.lock();
         loop {
@@ -431,6 +452,9 @@ struct Vm {
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// Owns the RAM mappings behind `_memory`; last, so it is dropped after everything that
+    /// uses them.
+    ram: GuestRam,
 }
 
 fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -458,15 +482,15 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_error("creating the PIT"))?;
 
-        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(plan.memory_size))
-            .map_err(|e| Error::InvalidMachine(format!("could not allocate guest memory: {e}")))?;
+        let ram = GuestRam::allocate(&layout::ram_regions(plan.memory_size))?;
+        let memory = Arc::clone(ram.memory());
         for (slot, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
                 .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
-            // Guest RAM is deliberately not advised for transparent huge pages yet: with
-            // MADV_HUGEPAGE the nested test rig's kernel stalled now and then after a VM ended
-            // (docs/BENCHMARKS.md); to be revisited with a measurement on real hardware.
+            // Guest RAM is not advised with MADV_HUGEPAGE (the nested test rig's kernel stalled
+            // now and then after a VM ended with it); it is 2 MiB-aligned, so hosts whose
+            // transparent huge pages are on for all memory back it with huge pages.
             let region_info = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -499,7 +523,6 @@ impl Vm {
         let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
-        let memory = Arc::new(memory);
         let screen = plan
             .display
             .as_ref()
@@ -587,6 +610,7 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             screen: refresh,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -599,6 +623,7 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             screen,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -637,6 +662,9 @@ impl Vm {
         drop(screen);
         drop(vm);
         drop(memory);
+        drop(pio);
+        drop(mmio);
+        drop(ram);
         control.lock().stop.clone().unwrap_or(Stop::PowerOff)
     }
 }
