@@ -21,7 +21,7 @@
 //! assert_eq!(run.exit_code, Some(0), "{}", run.transcript());
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,15 @@ pub const WAIT_FOR_SH: &str = r#"wait_for() { # FILE TEXT: wait up to 120 s for 
     done
     echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
     return 1
+}"#;
+
+/// Prefix of the lines that carry files out of the rig: `VIVARIUM-B64 <name> <base64>`.
+pub const CARRY_MARKER: &str = "VIVARIUM-B64 ";
+
+/// A shell function for rig scripts: `carry NAME FILE` prints FILE on the console as base64
+/// lines that [`RigRun::carried`] puts back together on the host.
+pub const CARRY_SH: &str = r#"carry() { # NAME FILE: the file on the console, as base64 lines
+    base64 "$2" | sed "s/^/VIVARIUM-B64 $1 /"
 }"#;
 
 /// What the rig's init writes to the console every few seconds while the machine runs its
@@ -444,6 +453,28 @@ impl Rig {
 }
 
 impl RigRun {
+    /// The files the script printed with `carry` ([`CARRY_SH`]), by name.
+    pub fn carried(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut text: BTreeMap<String, String> = BTreeMap::new();
+        for line in &self.lines {
+            if let Some(at) = line.text.find(CARRY_MARKER) {
+                let rest = &line.text[at + CARRY_MARKER.len()..];
+                if let Some((name, data)) = rest.split_once(' ') {
+                    text.entry(name.to_string())
+                        .or_default()
+                        .push_str(data.trim());
+                }
+            }
+        }
+        text.into_iter()
+            .map(|(name, b64)| {
+                let bytes = decode_base64(&b64)
+                    .unwrap_or_else(|| panic!("the rig carried {name} as broken base64"));
+                (name, bytes)
+            })
+            .collect()
+    }
+
     /// Records a line, picking up the rig's markers.
     fn note(&mut self, line: RigLine) {
         if let Some(rest) = marker_rest(&line.text, READY_MARKER) {
@@ -884,5 +915,58 @@ mod tests {
                 .iter()
                 .any(|l| l.to_string_lossy().contains("ld-linux"))
         );
+    }
+}
+
+/// Decodes standard base64 (busybox `base64`). Hand-written: a dozen lines, and no base64
+/// crate is in the workspace.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= u32::from(value(*c)?) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// `target/test-screenshots/` of the running test binary (created), where tests keep the
+/// screenshots a person should look at.
+pub fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("test-screenshots");
+    std::fs::create_dir_all(&dir).expect("a folder for screenshots");
+    dir
+}
+
+#[cfg(test)]
+mod carry_tests {
+    use super::decode_base64;
+
+    #[test]
+    fn decoding_base64_matches_known_values() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGVs\nbG8h").unwrap(), b"hello!");
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert!(decode_base64("a*==").is_none());
     }
 }

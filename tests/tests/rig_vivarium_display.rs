@@ -18,15 +18,11 @@
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
-use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vivarium_e2e::guest_disk::loud;
-use vivarium_e2e::rig::{self, Rig, RigRun};
-
-/// Prefix of the lines that carry files out of the rig: `VIVARIUM-B64 <name> <base64>`.
-const B64_MARKER: &str = "VIVARIUM-B64 ";
+use vivarium_e2e::rig::{self, Rig};
 
 /// The guests: name, extra kernel command line, the mode the screenshot must have.
 const GUESTS: [(&str, &str, (u32, u32)); 2] = [
@@ -37,6 +33,7 @@ const GUESTS: [(&str, &str, (u32, u32)); 2] = [
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
     let wait_for = rig::WAIT_FOR_SH;
+    let carry = rig::CARRY_SH;
     let mut script = format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
@@ -44,9 +41,7 @@ V={v}
 guest() {{ # VM COMMAND: type a command line on the guest's console
     printf '%s\n' "$2" | $V console "$1" > /dev/null 2>&1
 }}
-carry() {{ # NAME FILE: the file on the console, as base64 lines
-    base64 "$2" | sed "s/^/{B64_MARKER}$1 /"
-}}
+{carry}
 "#
     );
     for (name, extra, _) in GUESTS {
@@ -78,74 +73,6 @@ carry {name}.fb.gz /tmp/{name}.fb.gz
     script
 }
 
-/// The files the script carried out, by name.
-fn carried(run: &RigRun) -> BTreeMap<String, Vec<u8>> {
-    let mut text: BTreeMap<String, String> = BTreeMap::new();
-    for line in &run.lines {
-        if let Some(at) = line.text.find(B64_MARKER) {
-            let rest = &line.text[at + B64_MARKER.len()..];
-            if let Some((name, data)) = rest.split_once(' ') {
-                text.entry(name.to_string())
-                    .or_default()
-                    .push_str(data.trim());
-            }
-        }
-    }
-    text.into_iter()
-        .map(|(name, b64)| {
-            let bytes = decode_base64(&b64)
-                .unwrap_or_else(|| panic!("the rig carried {name} as broken base64"));
-            (name, bytes)
-        })
-        .collect()
-}
-
-/// Decodes standard base64 (busybox `base64`). Hand-written: a dozen lines, and no base64
-/// crate is in the workspace.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(value(*c)?) << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
-}
-
-fn screenshot_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its path");
-    let dir = exe
-        .ancestors()
-        .nth(3)
-        .expect("test binaries live in target/<profile>/deps")
-        .join("test-screenshots");
-    std::fs::create_dir_all(&dir).expect("a folder for screenshots");
-    dir
-}
-
-#[test]
-fn decoding_base64_matches_known_values() {
-    assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
-    assert_eq!(decode_base64("aGVs\nbG8h").unwrap(), b"hello!");
-    assert_eq!(decode_base64("").unwrap(), b"");
-    assert!(decode_base64("a*==").is_none());
-}
-
 #[test]
 fn the_guest_console_is_on_the_screen_and_the_host_follows_its_mode_changes() {
     let Some(fixtures) = rig::fixtures_or_skip("rig_vivarium_display", None) else {
@@ -173,7 +100,7 @@ fn the_guest_console_is_on_the_screen_and_the_host_follows_its_mode_changes() {
         "the rig script failed\n{}",
         run.transcript()
     );
-    let files = carried(&run);
+    let files = run.carried();
     let results: Vec<String> = run
         .results()
         .into_iter()
@@ -193,7 +120,7 @@ fn the_guest_console_is_on_the_screen_and_the_host_follows_its_mode_changes() {
         let png = files
             .get(&format!("{name}.png"))
             .unwrap_or_else(|| panic!("no screenshot of {name} came out\n{}", run.transcript()));
-        let kept = screenshot_dir().join(format!("rig-{name}.png"));
+        let kept = rig::screenshot_dir().join(format!("rig-{name}.png"));
         std::fs::write(&kept, png).expect("keep the screenshot");
         let shot = image::load_from_memory_with_format(png, image::ImageFormat::Png)
             .expect("the screenshot is a PNG")
@@ -211,7 +138,7 @@ fn the_guest_console_is_on_the_screen_and_the_host_follows_its_mode_changes() {
         )
         .read_to_end(&mut fb)
         .expect("the fb0 dump is gzip");
-        std::fs::write(screenshot_dir().join(format!("rig-{name}.fb0")), &fb)
+        std::fs::write(rig::screenshot_dir().join(format!("rig-{name}.fb0")), &fb)
             .expect("keep the fb0 dump");
         assert_eq!(fb.len(), stride * height as usize, "{name}: fb0 dump size");
         let mut lit = 0usize;
