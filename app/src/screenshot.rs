@@ -11,12 +11,31 @@ use vivarium_core::library::Library;
 use vivarium_core::{Error, ErrorKind};
 
 /// What a screenshot captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Captured {
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// The colour most pixels have (`[r, g, b]`): the background, on most screens.
+    pub dominant_color: [u8; 3],
+    /// The share of the pixels (0 to 1) that have the dominant colour; 1 is a blank screen.
+    pub dominant_share: f64,
+}
+
+/// The colour most pixels of an RGBA picture have, and their share; scripts waiting for a
+/// screen (an installer's blue background, a desktop) read it from `screenshot --json`.
+pub fn dominant_color(rgba: &[u8]) -> ([u8; 3], f64) {
+    let mut counts: std::collections::HashMap<[u8; 3], usize> = std::collections::HashMap::new();
+    let pixels = rgba.len() / 4;
+    for px in rgba.chunks_exact(4) {
+        *counts.entry([px[0], px[1], px[2]]).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(color, count)| (count, color))
+        .map(|(color, count)| (color, count as f64 / pixels.max(1) as f64))
+        .unwrap_or(([0, 0, 0], 0.0))
 }
 
 /// Writes the screen of running VM `name` to `out` as a PNG (replacing it atomically). Fails
@@ -65,9 +84,12 @@ pub fn screenshot(library: &Library, name: &str, out: &Path) -> Result<Captured,
     };
     let png = encode_png(mode.width, mode.height, &rgba)?;
     vivarium_core::fsutil::atomic_write(out, &png)?;
+    let (dominant_color, dominant_share) = dominant_color(&rgba);
     Ok(Captured {
         width: mode.width,
         height: mode.height,
+        dominant_color,
+        dominant_share,
     })
 }
 
@@ -86,7 +108,17 @@ pub fn run(library: &Library, name: &str, out: &Path, json: bool) -> Result<(), 
     if json {
         println!(
             "{}",
-            json!({"screenshot": out, "vm": name, "width": captured.width, "height": captured.height})
+            json!({
+                "screenshot": out,
+                "vm": name,
+                "width": captured.width,
+                "height": captured.height,
+                "dominant_color": format!(
+                    "#{:02x}{:02x}{:02x}",
+                    captured.dominant_color[0], captured.dominant_color[1], captured.dominant_color[2]
+                ),
+                "dominant_share": (captured.dominant_share * 1000.0).round() / 1000.0,
+            })
         );
     } else {
         println!(
@@ -102,6 +134,14 @@ pub fn run(library: &Library, name: &str, out: &Path, json: bool) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dominant_colour_is_the_most_common_one() {
+        let mut rgba = [0u8, 0, 170, 255].repeat(6);
+        rgba.extend([200, 200, 200, 255].repeat(2));
+        assert_eq!(dominant_color(&rgba), ([0, 0, 170], 0.75));
+        assert_eq!(dominant_color(&[]), ([0, 0, 0], 0.0));
+    }
 
     #[test]
     fn pixels_survive_the_png_round_trip() {
