@@ -23,6 +23,16 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
 10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
 
+/// The help text after `vivarium mouse --help`: the actions.
+const MOUSE_ACTIONS: &str = "Actions:
+  move:DX,DY      move DX right and DY down (negative: left, up)
+  down:BUTTON     press BUTTON (left, right or middle) and hold it
+  up:BUTTON       release it
+  click:BUTTON    press and release it
+  wheel:N         turn the wheel N detents up (negative: down)
+
+Example: vivarium mouse web move:100,40 click:left";
+
 /// Vivarium: desktop virtual machines.
 #[derive(Debug, Parser)]
 #[command(name = "vivarium", version, about, after_help = EXIT_CODES)]
@@ -159,10 +169,62 @@ pub enum Command {
         /// The image (an ISO file).
         file: PathBuf,
     },
+    /// Type text into a running VM through its keyboard (a US layout: shifted characters,
+    /// \n is Enter, \t is Tab), then press the --key combinations. Keys go one character
+    /// at a time, --delay apart.
+    #[command(
+        after_help = "Examples:\n  vivarium type web 'root' --key enter\n  vivarium type web --key ctrl+alt+f2\n  vivarium key web ctrl+alt+delete"
+    )]
+    Type {
+        /// The VM.
+        name: String,
+        /// The text (printable ASCII, newlines and tabs).
+        text: Option<String>,
+        /// A key combination to press after the text, e.g. `enter`, `f2`, `ctrl+alt+delete`
+        /// (repeatable; keys joined by `+`).
+        #[arg(long = "key", value_name = "COMBO")]
+        keys: Vec<String>,
+        /// Milliseconds between key strokes.
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
+    /// Press key combinations on a running VM's keyboard, in order, e.g.
+    /// `vivarium key NAME ctrl+alt+delete` or `vivarium key NAME ctrl+alt+f2 enter`.
+    Key {
+        /// The VM.
+        name: String,
+        /// Key combinations: keys joined by `+` (ctrl, alt, shift, super, esc, enter, tab,
+        /// space, backspace, delete, home, end, pageup, pagedown, up, down, left, right,
+        /// f1-f12, letters, digits, unshifted symbols, or W3C key names like NumpadEnter).
+        #[arg(required = true, value_name = "COMBO")]
+        combos: Vec<String>,
+        /// Milliseconds between combinations.
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
+    /// Move a running VM's mouse and press its buttons: actions in order, --delay apart.
+    #[command(after_help = MOUSE_ACTIONS)]
+    Mouse {
+        /// The VM.
+        name: String,
+        /// The actions.
+        #[arg(required = true, value_name = "ACTION", allow_hyphen_values = true)]
+        actions: Vec<String>,
+        /// Milliseconds between actions.
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
     /// Show whether a VM runs (and what it does), or how its last run ended.
     Status {
         /// The VM.
         name: String,
+    },
+    /// Save a running VM's screen as a PNG image.
+    Screenshot {
+        /// The VM.
+        name: String,
+        /// The PNG file to write (replaced if it exists).
+        file: PathBuf,
     },
     /// Attach this terminal to a running VM's serial console (recent output first). Ctrl-]
     /// detaches. When standard input is not a terminal, it is sent to the guest, and the
@@ -433,8 +495,49 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Reset { name } => crate::lifecycle::reset(&library, &name, json),
         Command::Eject { name, force } => crate::lifecycle::eject(&library, &name, force, json),
         Command::Insert { name, file } => crate::lifecycle::insert(&library, &name, &file, json),
+        Command::Type {
+            name,
+            text,
+            keys,
+            delay,
+        } => crate::send_input::type_into(
+            &library,
+            &name,
+            &crate::send_input::Typing {
+                text,
+                combos: keys,
+                delay: std::time::Duration::from_millis(delay),
+            },
+            json,
+        ),
+        Command::Key {
+            name,
+            combos,
+            delay,
+        } => crate::send_input::type_into(
+            &library,
+            &name,
+            &crate::send_input::Typing {
+                text: None,
+                combos,
+                delay: std::time::Duration::from_millis(delay),
+            },
+            json,
+        ),
+        Command::Mouse {
+            name,
+            actions,
+            delay,
+        } => crate::send_input::move_mouse(
+            &library,
+            &name,
+            &actions,
+            std::time::Duration::from_millis(delay),
+            json,
+        ),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
+        Command::Screenshot { name, file } => crate::screenshot::run(&library, &name, &file, json),
         Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),
         Command::Delete { name } => {
             library.delete(&name)?;

@@ -6,5 +6,8 @@ pub mod cli;
 pub mod console;
 pub mod gui;
 pub mod lifecycle;
+pub mod logging;
 pub mod runner;
+pub mod screenshot;
+pub mod send_input;
 pub mod vmprocess;

@@ -82,6 +82,19 @@ pub struct CdromSpec {
     pub image: Option<PathBuf>,
 }
 
+/// The machine's screen: the shared display file the VM process created (its video memory
+/// becomes the guest's framebuffer) and the size the guest starts with.
+#[cfg(unix)]
+#[derive(Debug, Clone)]
+pub struct DisplaySpec {
+    /// The display file, with video memory of a power-of-two size.
+    pub shared: std::sync::Arc<crate::display::SharedDisplay>,
+    /// Width in pixels of the mode the machine boots in (and prefers).
+    pub width: u32,
+    /// Height in pixels of that mode.
+    pub height: u32,
+}
+
 /// How the machine boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootSpec {
@@ -120,6 +133,10 @@ pub struct MachineSpec {
     pub network: Option<NetworkSpec>,
     /// The CD-ROM drive, if the machine has one.
     pub cdrom: Option<CdromSpec>,
+    /// The screen, if the machine has one. The VM's configuration asks for it; the process
+    /// running the VM creates the display file (see `control::display_path`).
+    #[cfg(unix)]
+    pub display: Option<DisplaySpec>,
     /// Where the guest's serial console output goes.
     pub serial_output: Box<dyn Write + Send>,
 }
@@ -168,6 +185,8 @@ impl MachineSpec {
                 })
                 .collect(),
             network: None,
+            #[cfg(unix)]
+            display: None,
             cdrom: config.cdrom.as_ref().map(|c| CdromSpec {
                 image: c.image.as_ref().map(|i| bundle.join(i)),
             }),
@@ -218,6 +237,16 @@ pub trait RunningMachine: Send + Sync {
     /// fewer than offered (possibly none) when the port's receive buffer is full, so the
     /// caller retries the rest once the guest has read some.
     fn send_serial_input(&self, bytes: &[u8]) -> Result<usize, BackendError>;
+    /// Hands keyboard and mouse events to the guest's input devices, in order. Never blocks
+    /// on the guest: an event the guest cannot take now (it has the device turned off, or has
+    /// not read earlier input yet) is dropped, as a real keyboard would lose it. Fails only
+    /// when the machine has stopped or has no keyboard and mouse.
+    fn send_input(&self, events: &[crate::input::InputEvent]) -> Result<(), BackendError> {
+        let _ = events;
+        Err(BackendError::Unsupported(
+            "this machine has no keyboard or mouse".into(),
+        ))
+    }
     /// Changes the medium of the CD-ROM drive while the machine runs: `Some(image)` inserts
     /// that image (absolute path), `None` ejects; `force` ejects even when the guest has
     /// locked the drive. The guest is told the medium changed. A machine without a drive

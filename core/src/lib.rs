@@ -8,8 +8,11 @@ pub mod config;
 #[cfg(unix)]
 pub mod control;
 pub mod disk;
+#[cfg(unix)]
+pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod input;
 pub mod iso;
 pub mod library;
 pub mod logfile;

@@ -36,6 +36,20 @@ pub fn create_handmade_vm(library: &TempLibrary, name: &str) {
     if !kernel.exists() {
         crate::handmade::write_kernel(&kernel).expect("write the hand-made guest");
     }
+    create_vm_booting(library, name, &kernel);
+}
+
+/// Creates VM `name` in `library` that boots the hand-made input guest (see
+/// [`crate::handmade::input_elf_image`]), with the same hardware as [`create_handmade_vm`].
+pub fn create_handmade_input_vm(library: &TempLibrary, name: &str) {
+    let kernel = library.scratch().join("handmade-input.elf");
+    if !kernel.exists() {
+        crate::handmade::write_input_kernel(&kernel).expect("write the hand-made input guest");
+    }
+    create_vm_booting(library, name, &kernel);
+}
+
+fn create_vm_booting(library: &TempLibrary, name: &str, kernel: &Path) {
     library.ok(&[
         "create",
         name,
@@ -46,6 +60,32 @@ pub fn create_handmade_vm(library: &TempLibrary, name: &str) {
         "none",
         "--display",
         "none",
+        "--memory",
+        "32M",
+        "--cpus",
+        "1",
+    ]);
+}
+
+/// Creates VM `name` in `library` that boots the hand-made display guest
+/// ([`crate::handmade::display_elf_image`]: it draws [`crate::handmade::display_picture`] on a
+/// `display` screen, e.g. `1024x768`, then prints the banner; 1 CPU, 32 MiB, no disk, no
+/// network).
+pub fn create_display_vm(library: &TempLibrary, name: &str, display: &str) {
+    let kernel = library.scratch().join("handmade-display.elf");
+    if !kernel.exists() {
+        crate::handmade::write_display_kernel(&kernel).expect("write the display guest");
+    }
+    library.ok(&[
+        "create",
+        name,
+        "--kernel",
+        kernel.to_str().expect("a UTF-8 path"),
+        "--no-disk",
+        "--network",
+        "none",
+        "--display",
+        display,
         "--memory",
         "32M",
         "--cpus",

@@ -100,6 +100,12 @@ pub fn network_socket_path(library: &Library, name: &str) -> PathBuf {
     runtime_socket(library, name, ".net.sock")
 }
 
+/// The shared display file of VM `name` (see [`crate::display`]), next to its control socket:
+/// the VM process creates it, the app and `vivarium screenshot` map it.
+pub fn display_path(library: &Library, name: &str) -> PathBuf {
+    runtime_socket(library, name, ".display")
+}
+
 fn runtime_socket(library: &Library, name: &str, suffix: &str) -> PathBuf {
     let dir = socket_dir(library);
     let mut key = library.root().as_os_str().as_encoded_bytes().to_vec();
