@@ -267,6 +267,10 @@ pub struct BootArgs {
     /// OS on it and boots the installer's Linux kernel directly when it can).
     #[arg(long)]
     pub iso: Option<PathBuf>,
+    /// With --iso: boot this entry of the ISO's boot menu instead of its default (an isolinux
+    /// label or menu label, or a GRUB entry's title; e.g. a serial-console entry).
+    #[arg(long, requires = "iso")]
+    pub boot_entry: Option<String>,
 }
 
 /// Hardware settings of a new VM.
@@ -632,7 +636,11 @@ fn create_from_iso(
     options: IsoCreate,
     json: bool,
 ) -> Result<(), Error> {
-    let inspection = vivarium_core::iso::inspect(iso)?;
+    let inspection = vivarium_core::iso::inspect_entry(
+        iso,
+        vivarium_core::iso::Arch::host(),
+        boot.boot_entry.as_deref(),
+    )?;
     if !json {
         print_inspection(&inspection);
     }

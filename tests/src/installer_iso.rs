@@ -55,9 +55,12 @@ pub const SERIAL_CMDLINE: &str = "console=ttyS0,115200n8 --- quiet";
 /// The command line of the default (text) entry.
 pub const DEFAULT_CMDLINE: &str = "vga=788 --- quiet";
 
-/// `isolinux/isolinux.cfg`, as on Debian's images: the menu, no timeout.
+/// `isolinux/isolinux.cfg`, as on Debian's images (the menu, no timeout), and isolinux's
+/// console on the first serial port too, so the menu (and the serial entry's hotkey `s`) can
+/// be used without a screen.
 const ISOLINUX_CFG: &str = "\
 # D-I config version 2.0
+serial 0 115200
 path 
 include menu.cfg
 default vesamenu.c32

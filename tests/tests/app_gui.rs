@@ -324,6 +324,32 @@ fn dropping_an_installer_iso_creates_a_vm_for_what_it_holds() {
         has_label(h, "Debian 12 (2), Stopped")
     });
 
+    // The New VM dialog's ISO source inspects the ISO too, keeping the dialog's name and
+    // hardware.
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::N);
+    harness.run_steps(2);
+    assert!(has_label(&harness, "New virtual machine"));
+    set_text(&mut harness, "ISO image", iso.to_str().unwrap());
+    set_text(&mut harness, "Name", "installer from the dialog");
+    set_number(&mut harness, "CPUs", 1);
+    click_button(&mut harness, "Create");
+    wait_until(&mut harness, "the VM from the dialog", |h| {
+        has_label(h, "installer from the dialog, Stopped")
+    });
+    let config = fx
+        .library
+        .get("installer from the dialog")
+        .unwrap()
+        .config()
+        .unwrap()
+        .clone();
+    assert_eq!((config.os.id.as_str(), config.cpus), ("debian12", 1));
+    assert!(
+        matches!(&config.boot, BootSource::Linux { cmdline, .. } if cmdline == installer_iso::DEFAULT_CMDLINE),
+        "{:?}",
+        config.boot
+    );
+
     // A file that is neither an ISO nor a disk image is refused with the reason.
     let text = fx.file("readme.txt", 10);
     drop_file(&mut harness, &text);

@@ -5,7 +5,7 @@
 //! so loudly and passes, unless `VIVARIUM_REQUIRE_RIG=1`, where it fails.
 
 use vivarium_core::iso::{self, Arch, BootPlan, OsFamily};
-use vivarium_e2e::installer_iso::{self, DEFAULT_CMDLINE};
+use vivarium_e2e::installer_iso::{self, DEFAULT_CMDLINE, SERIAL_CMDLINE, SERIAL_ENTRY};
 
 #[test]
 fn inspect_recognises_the_debian_12_installer() {
@@ -88,4 +88,23 @@ fn inspect_recognises_the_debian_12_installer() {
         "the text installer's initrd ({} bytes)",
         initrd.len()
     );
+
+    // The serial-console entry, chosen by its label.
+    let serial =
+        iso::inspect_entry(&fixture.path(), Some(Arch::X86_64), Some(SERIAL_ENTRY)).unwrap();
+    match &serial.plan {
+        BootPlan::DirectLinux {
+            cmdline,
+            serial_cmdline,
+            entry,
+            initrd_paths,
+            ..
+        } => {
+            assert_eq!(entry, SERIAL_ENTRY);
+            assert_eq!(cmdline, SERIAL_CMDLINE);
+            assert_eq!(serial_cmdline, SERIAL_CMDLINE, "it has its console already");
+            assert_eq!(initrd_paths, &["/initrd.gz"]);
+        }
+        other => panic!("the serial entry should boot directly, not {other:?}"),
+    }
 }

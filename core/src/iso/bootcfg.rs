@@ -88,6 +88,8 @@ pub const GRUB_CONFIGS: &[&str] = &[
 #[derive(Debug, Default, Clone)]
 struct SysLabel {
     name: String,
+    /// The `menu label`, without its `^` hotkey marks.
+    menu_label: String,
     kernel: Option<String>,
     append: String,
     initrd: Option<String>,
@@ -107,11 +109,49 @@ struct SysState {
 /// Follows `include`, `menu include` and `config`; the default is the first label marked
 /// `menu default`, else the label `default` names, else the first label with a kernel.
 pub fn syslinux_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> Option<Found> {
+    syslinux_entry(config, read, None)
+}
+
+/// The entry `wanted` (a label or a menu label, case and `^` ignored) of a syslinux/isolinux
+/// configuration starting at `config`, or its default entry when `wanted` is `None`. An
+/// entry that is not there is [`Found::Unusable`], naming the entries there are.
+pub fn syslinux_entry(
+    config: &str,
+    read: &dyn Fn(&str) -> Option<String>,
+    wanted: Option<&str>,
+) -> Option<Found> {
     let text = read(config)?;
     let mut state = SysState::default();
     // isolinux's working directory is the configuration's directory.
     let base = dir_of(config);
     sys_parse(&text, config, &base, read, &mut state, 0);
+    if let Some(wanted) = wanted {
+        let wanted = wanted.trim();
+        let matches = |l: &&SysLabel| {
+            usable_kernel(l)
+                && (l.name.eq_ignore_ascii_case(wanted)
+                    || l.menu_label.eq_ignore_ascii_case(wanted))
+        };
+        let Some(label) = state.labels.iter().find(matches) else {
+            let names: Vec<String> = state
+                .labels
+                .iter()
+                .filter(|l| usable_kernel(l))
+                .map(|l| {
+                    if l.menu_label.is_empty() {
+                        l.name.clone()
+                    } else {
+                        format!("{} (\"{}\")", l.name, l.menu_label)
+                    }
+                })
+                .collect();
+            return Some(Found::Unusable(format!(
+                "`{config}` has no boot entry `{wanted}`; its entries are: {}",
+                names.join(", ")
+            )));
+        };
+        return Some(Found::Linux(sys_entry(label)));
+    }
     let pick = state
         .labels
         .iter()
@@ -130,6 +170,11 @@ pub fn syslinux_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> 
             "`{config}` names no Linux kernel to boot"
         )));
     };
+    Some(Found::Linux(sys_entry(label)))
+}
+
+/// The kernel, initrds and command line of a label with a usable kernel.
+fn sys_entry(label: &SysLabel) -> LinuxEntry {
     let kernel = label.kernel.clone().expect("usable labels have a kernel");
     let mut initrds = Vec::new();
     let mut args = Vec::new();
@@ -152,13 +197,13 @@ pub fn syslinux_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> 
                 .map(|p| resolve(&label.dir, p)),
         );
     }
-    Some(Found::Linux(LinuxEntry {
+    LinuxEntry {
         label: label.name.clone(),
         kernel: resolve(&label.dir, &kernel),
         initrds,
         cmdline: args.join(" "),
         config_file: label.config_file.clone(),
-    }))
+    }
 }
 
 fn usable_kernel(label: &SysLabel) -> bool {
@@ -215,6 +260,11 @@ fn sys_parse(
                     "include" => {
                         if let Some(name) = arg.split_whitespace().next() {
                             include(name, state);
+                        }
+                    }
+                    "label" => {
+                        if let Some(label) = state.labels.last_mut() {
+                            label.menu_label = arg.replace('^', "").trim().to_string();
                         }
                     }
                     _ => {}
@@ -275,6 +325,17 @@ struct GrubState {
 /// `configfile` of files on the ISO; `set default=` picks the entry by number or title,
 /// otherwise the first entry boots.
 pub fn grub_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> Option<Found> {
+    grub_entry(config, read, None)
+}
+
+/// The menu entry titled `wanted` (case ignored) of a GRUB configuration starting at
+/// `config`, or its default entry when `wanted` is `None`. An entry that is not there is
+/// [`Found::Unusable`], naming the entries there are.
+pub fn grub_entry(
+    config: &str,
+    read: &dyn Fn(&str) -> Option<String>,
+    wanted: Option<&str>,
+) -> Option<Found> {
     let text = read(config)?;
     let mut state = GrubState::default();
     state.vars.insert("root".into(), String::new());
@@ -285,9 +346,27 @@ pub fn grub_default(config: &str, read: &dyn Fn(&str) -> Option<String>) -> Opti
     if state.entries.is_empty() {
         return Some(Found::Unusable(format!("`{config}` has no menu entry")));
     }
-    let index = match state.default.as_deref() {
-        None => 0,
-        Some(value) => {
+    let index = match (wanted, state.default.as_deref()) {
+        (Some(wanted), _) => match state
+            .entries
+            .iter()
+            .position(|e| e.title.eq_ignore_ascii_case(wanted.trim()))
+        {
+            Some(index) => index,
+            None => {
+                let titles: Vec<String> = state
+                    .entries
+                    .iter()
+                    .map(|e| format!("\"{}\"", e.title))
+                    .collect();
+                return Some(Found::Unusable(format!(
+                    "`{config}` has no boot entry `{wanted}`; its entries are: {}",
+                    titles.join(", ")
+                )));
+            }
+        },
+        (None, None) => 0,
+        (None, Some(value)) => {
             if let Ok(n) = value.trim().parse::<usize>() {
                 n.min(state.entries.len() - 1)
             } else if value.contains('$') {
@@ -548,6 +627,59 @@ mod tests {
         assert_eq!(entry.initrds, ["/install.amd/gtk/initrd.gz"]);
         assert_eq!(entry.cmdline, "vga=788 --- quiet");
         assert_eq!(entry.config_file, "/isolinux/gtk.cfg");
+    }
+
+    #[test]
+    fn an_entry_is_chosen_by_label_or_menu_label_else_the_entries_are_named() {
+        let read = files(&[(
+            "/isolinux/isolinux.cfg",
+            "label install\n\tmenu label ^Install\n\tmenu default\n\tkernel /linux\n\
+             \tappend vga=788 initrd=/initrd.gz --- quiet\nlabel serial\n\
+             \tmenu label Install on the ^serial console\n\tkernel /linux\n\
+             \tappend initrd=/initrd.gz console=ttyS0,115200n8 --- quiet\n",
+        )]);
+        for wanted in ["serial", "SERIAL", "install on the serial console"] {
+            let Some(Found::Linux(entry)) =
+                syslinux_entry("/isolinux/isolinux.cfg", &read, Some(wanted))
+            else {
+                panic!("no entry {wanted}");
+            };
+            assert_eq!(entry.label, "serial");
+            assert_eq!(entry.cmdline, "console=ttyS0,115200n8 --- quiet");
+            assert_eq!(entry.initrds, ["/initrd.gz"]);
+        }
+        let Some(Found::Unusable(why)) =
+            syslinux_entry("/isolinux/isolinux.cfg", &read, Some("rescue"))
+        else {
+            panic!("a missing entry is unusable");
+        };
+        assert!(why.contains("no boot entry `rescue`"), "{why}");
+        assert!(
+            why.contains(r#"serial ("Install on the serial console")"#),
+            "{why}"
+        );
+
+        let grub = files(&[(
+            "/boot/grub/grub.cfg",
+            "menuentry 'Install' {\n linux /linux --- quiet\n initrd /initrd.gz\n}\n\
+             menuentry 'Install on the serial console' {\n linux /linux console=ttyS0 ---\n\
+             initrd /initrd.gz\n}\n",
+        )]);
+        let Some(Found::Linux(entry)) = grub_entry(
+            "/boot/grub/grub.cfg",
+            &grub,
+            Some("install on the serial console"),
+        ) else {
+            panic!("no GRUB entry");
+        };
+        assert_eq!(entry.cmdline, "console=ttyS0 ---");
+        let Some(Found::Unusable(why)) = grub_entry("/boot/grub/grub.cfg", &grub, Some("x")) else {
+            panic!("a missing GRUB entry is unusable");
+        };
+        assert!(
+            why.contains(r#""Install", "Install on the serial console""#),
+            "{why}"
+        );
     }
 
     #[test]

@@ -233,9 +233,21 @@ pub fn inspect(path: &Path) -> Result<IsoInspection, Error> {
 
 /// Inspects the ISO at `path` for a computer of architecture `host` (`None`: unknown).
 pub fn inspect_for(path: &Path, host: Option<Arch>) -> Result<IsoInspection, Error> {
+    inspect_entry(path, host, None)
+}
+
+/// Inspects the ISO at `path` for a computer of architecture `host`, planning to boot its
+/// boot entry `entry` (an isolinux label or menu label, or a GRUB menu entry's title) instead
+/// of the default one. An entry that is not there makes the plan [`BootPlan::Refused`], with
+/// the entries there are.
+pub fn inspect_entry(
+    path: &Path,
+    host: Option<Arch>,
+    entry: Option<&str>,
+) -> Result<IsoInspection, Error> {
     let image = open(path)?;
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    inspect_image(&image, host)
+    inspect_image_entry(&image, host, entry)
         .map(|mut inspection| {
             inspection.path = absolute;
             inspection
@@ -248,12 +260,21 @@ pub fn inspect_image<S: ImageSource + ?Sized>(
     image: &IsoImage<S>,
     host: Option<Arch>,
 ) -> Result<IsoInspection, IsoError> {
+    inspect_image_entry(image, host, None)
+}
+
+/// Inspects an open image, planning to boot the boot entry `entry` (see [`inspect_entry`]).
+pub fn inspect_image_entry<S: ImageSource + ?Sized>(
+    image: &IsoImage<S>,
+    host: Option<Arch>,
+    entry: Option<&str>,
+) -> Result<IsoInspection, IsoError> {
     let catalogue = match image.info().boot_catalog_sector {
         Some(sector) => Some(eltorito::read_catalogue(image, sector)?),
         None => None,
     };
     let mut os = recognise::recognise(image)?;
-    let plan = plan_boot(image, &mut os, catalogue.as_ref(), host)?;
+    let plan = plan_boot(image, &mut os, catalogue.as_ref(), host, entry)?;
     let recommended = os.family.recommended();
     Ok(IsoInspection {
         path: PathBuf::new(),
@@ -279,6 +300,7 @@ fn plan_boot<S: ImageSource + ?Sized>(
     os: &mut RecognisedOs,
     catalogue: Option<&BootCatalogue>,
     host: Option<Arch>,
+    wanted: Option<&str>,
 ) -> Result<BootPlan, IsoError> {
     let bootable = catalogue.is_some_and(|c| c.entries.iter().any(|e| e.bootable));
     if !bootable {
@@ -320,9 +342,9 @@ fn plan_boot<S: ImageSource + ?Sized>(
         .chain(bootcfg::GRUB_CONFIGS.iter().map(|c| (c, false)));
     for (config, syslinux) in candidates {
         let found = if syslinux {
-            bootcfg::syslinux_default(config, &read)
+            bootcfg::syslinux_entry(config, &read, wanted)
         } else {
-            bootcfg::grub_default(config, &read)
+            bootcfg::grub_entry(config, &read, wanted)
         };
         let entry = match found {
             None => continue,
@@ -394,6 +416,16 @@ fn plan_boot<S: ImageSource + ?Sized>(
             serial_cmdline,
             entry: entry.label,
             config_file: entry.config_file,
+        });
+    }
+    if let Some(wanted) = wanted {
+        let why = if problems.is_empty() {
+            format!("it has no isolinux or GRUB configuration, so no boot entry `{wanted}`")
+        } else {
+            problems.join("; ")
+        };
+        return Ok(BootPlan::Refused {
+            reason: format!("{why}: choose one of them, or leave the boot entry out"),
         });
     }
     let why = if problems.is_empty() {
