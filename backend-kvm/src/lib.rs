@@ -12,6 +12,7 @@ mod boot;
 mod cpu;
 mod devices;
 pub mod error;
+mod input;
 pub mod layout;
 mod machine;
 pub mod probe;

@@ -392,6 +392,26 @@ impl RunningMachine for KvmMachine {
         }
     }
 
+    fn send_input(
+        &self,
+        events: &[vivarium_core::input::InputEvent],
+    ) -> std::result::Result<(), BackendError> {
+        let ps2 = {
+            let state = self.control.lock();
+            if state.ended.is_some() {
+                return Err(BackendError::Stopped);
+            }
+            state.ps2_input.clone()
+        };
+        match ps2 {
+            Some(ps2) => crate::input::deliver(&ps2, events),
+            // Between a reset and the new boot's devices: like keys pressed while a PC
+            // restarts, they are lost.
+            None => tracing::debug!("{} input events dropped during a reset", events.len()),
+        }
+        Ok(())
+    }
+
     fn wait(&self) -> MachineExit {
         let mut state = self.control.lock();
         loop {

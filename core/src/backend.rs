@@ -218,6 +218,16 @@ pub trait RunningMachine: Send + Sync {
     /// fewer than offered (possibly none) when the port's receive buffer is full, so the
     /// caller retries the rest once the guest has read some.
     fn send_serial_input(&self, bytes: &[u8]) -> Result<usize, BackendError>;
+    /// Hands keyboard and mouse events to the guest's input devices, in order. Never blocks
+    /// on the guest: an event the guest cannot take now (it has the device turned off, or has
+    /// not read earlier input yet) is dropped, as a real keyboard would lose it. Fails only
+    /// when the machine has stopped or has no keyboard and mouse.
+    fn send_input(&self, events: &[crate::input::InputEvent]) -> Result<(), BackendError> {
+        let _ = events;
+        Err(BackendError::Unsupported(
+            "this machine has no keyboard or mouse".into(),
+        ))
+    }
     /// Changes the medium of the CD-ROM drive while the machine runs: `Some(image)` inserts
     /// that image (absolute path), `None` ejects; `force` ejects even when the guest has
     /// locked the drive. The guest is told the medium changed. A machine without a drive

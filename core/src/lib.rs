@@ -12,6 +12,7 @@ pub mod disk;
 pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod input;
 pub mod iso;
 pub mod library;
 pub mod logfile;

@@ -8,6 +8,7 @@ use super::protocol::{
     Line, MAX_LINE, PROTOCOL_VERSION, Reply, Request, VmStatus, encode, read_line,
 };
 use super::{ControlError, socket_path};
+use crate::input::InputEvent;
 use crate::library::Library;
 
 /// How long a request may take before the client gives up (a pause waits up to 5 s for the
@@ -191,6 +192,16 @@ impl ControlClient {
     pub fn insert_cdrom(&mut self, image: &std::path::Path) -> Result<(), ControlError> {
         self.command(Request::Insert {
             image: image.to_path_buf(),
+        })
+    }
+
+    /// Sends keyboard and mouse events to the guest, in order. Returns once the VM process
+    /// has handed them to the guest's devices; events the guest cannot take now (its
+    /// keyboard or mouse is off, or it has not read earlier input) are dropped there, as a
+    /// real keyboard loses them.
+    pub fn send_input(&mut self, events: &[InputEvent]) -> Result<(), ControlError> {
+        self.command(Request::Input {
+            events: events.to_vec(),
         })
     }
 

@@ -10,6 +10,8 @@ use std::io::{BufRead, ErrorKind};
 
 use serde::{Deserialize, Serialize};
 
+use crate::input::InputEvent;
+
 /// The version of the control protocol this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -94,6 +96,11 @@ pub enum Request {
     Insert {
         /// The image, as an absolute path (the VM process has its own working folder).
         image: std::path::PathBuf,
+    },
+    /// Keyboard and mouse events for the guest, in order (see [`crate::input`]).
+    Input {
+        /// The events.
+        events: Vec<InputEvent>,
     },
 }
 
@@ -227,6 +234,19 @@ mod tests {
         assert_eq!(
             encode(&Request::Eject { force: true }),
             b"{\"type\":\"eject\",\"force\":true}\n"
+        );
+        // Input: a batch of events.
+        assert_eq!(
+            encode(&Request::Input {
+                events: vec![crate::input::InputEvent::press(crate::input::KeyCode::Enter)]
+            }),
+            b"{\"type\":\"input\",\"events\":[{\"type\":\"key\",\"key\":\"Enter\",\"pressed\":true}]}\n"
+        );
+        assert!(
+            serde_json::from_str::<Request>(
+                "{\"type\":\"input\",\"events\":[{\"type\":\"key\",\"key\":\"Nope\",\"pressed\":true}]}"
+            )
+            .is_err()
         );
     }
 

@@ -1,5 +1,5 @@
-//! The keys of a full PC-105 keyboard and the scancode set 2 bytes a PS/2 keyboard sends
-//! for them.
+//! The keys of a full PC-105 keyboard, plus the extra keys of international, multimedia and
+//! "internet" keyboards, and the scancode set 2 bytes a PS/2 keyboard sends for them.
 //!
 //! Keys are named by position (the names of the W3C UI Events `code` values, which name
 //! the key on a US layout): [`Key::KeyQ`] is the key right of Tab whatever the guest's
@@ -131,6 +131,37 @@ pub enum Key {
     NumpadEnter,
     Numpad0,
     NumpadDecimal,
+    // Extra keys of international, multimedia and "internet" keyboards.
+    NumpadEqual,
+    NumpadComma,
+    IntlRo,
+    IntlYen,
+    KanaMode,
+    Convert,
+    NonConvert,
+    Lang1,
+    Lang2,
+    Power,
+    Sleep,
+    WakeUp,
+    AudioVolumeMute,
+    AudioVolumeDown,
+    AudioVolumeUp,
+    MediaPlayPause,
+    MediaStop,
+    MediaTrackNext,
+    MediaTrackPrevious,
+    MediaSelect,
+    BrowserBack,
+    BrowserForward,
+    BrowserRefresh,
+    BrowserStop,
+    BrowserSearch,
+    BrowserFavorites,
+    BrowserHome,
+    LaunchMail,
+    LaunchApp1,
+    LaunchApp2,
 }
 
 /// How a key is encoded in scancode set 2.
@@ -144,6 +175,8 @@ enum Encoding {
     PrintScreen,
     /// Pause's make-only sequence.
     Pause,
+    /// One byte sent on press and nothing on release (the Korean Hangul and Hanja keys).
+    MakeOnly(u8),
 }
 
 /// A short scancode byte sequence (the longest, Pause's, is 8 bytes).
@@ -176,8 +209,8 @@ impl std::fmt::Debug for Sequence {
 }
 
 impl Key {
-    /// Every key, in keyboard order (105 of them).
-    pub const ALL: [Key; 105] = {
+    /// Every key: the PC-105 keys in keyboard order, then the extra keys.
+    pub const ALL: [Key; 135] = {
         use Key::*;
         [
             Escape,
@@ -285,8 +318,41 @@ impl Key {
             NumpadEnter,
             Numpad0,
             NumpadDecimal,
+            NumpadEqual,
+            NumpadComma,
+            IntlRo,
+            IntlYen,
+            KanaMode,
+            Convert,
+            NonConvert,
+            Lang1,
+            Lang2,
+            Power,
+            Sleep,
+            WakeUp,
+            AudioVolumeMute,
+            AudioVolumeDown,
+            AudioVolumeUp,
+            MediaPlayPause,
+            MediaStop,
+            MediaTrackNext,
+            MediaTrackPrevious,
+            MediaSelect,
+            BrowserBack,
+            BrowserForward,
+            BrowserRefresh,
+            BrowserStop,
+            BrowserSearch,
+            BrowserFavorites,
+            BrowserHome,
+            LaunchMail,
+            LaunchApp1,
+            LaunchApp2,
         ]
     };
+
+    /// How many keys of [`Key::ALL`] a PC-105 keyboard has (they come first).
+    pub const PC105_COUNT: usize = 105;
 
     /// The key's scancode set 2 encoding (IBM's set 2 table for the 101/102-key keyboard,
     /// plus the Windows and Menu keys of the 104/105-key keyboards).
@@ -399,6 +465,38 @@ impl Key {
             NumpadEnter => X(0x5a),
             Numpad0 => P(0x70),
             NumpadDecimal => P(0x71),
+            // The extra keys, from Microsoft's keyboard scan code specification (the codes
+            // Linux's atkbd and Windows recognise).
+            NumpadEqual => P(0x0f),
+            NumpadComma => P(0x6d),
+            IntlRo => P(0x51),
+            IntlYen => P(0x6a),
+            KanaMode => P(0x13),
+            Convert => P(0x64),
+            NonConvert => P(0x67),
+            Lang1 => Encoding::MakeOnly(0xf2),
+            Lang2 => Encoding::MakeOnly(0xf1),
+            Power => X(0x37),
+            Sleep => X(0x3f),
+            WakeUp => X(0x5e),
+            AudioVolumeMute => X(0x23),
+            AudioVolumeDown => X(0x21),
+            AudioVolumeUp => X(0x32),
+            MediaPlayPause => X(0x34),
+            MediaStop => X(0x3b),
+            MediaTrackNext => X(0x4d),
+            MediaTrackPrevious => X(0x15),
+            MediaSelect => X(0x50),
+            BrowserBack => X(0x38),
+            BrowserForward => X(0x30),
+            BrowserRefresh => X(0x20),
+            BrowserStop => X(0x28),
+            BrowserSearch => X(0x10),
+            BrowserFavorites => X(0x18),
+            BrowserHome => X(0x3a),
+            LaunchMail => X(0x48),
+            LaunchApp1 => X(0x40),
+            LaunchApp2 => X(0x2b),
         }
     }
 
@@ -409,17 +507,18 @@ impl Key {
             Encoding::Extended(code) => Sequence::new(&[0xe0, code]),
             Encoding::PrintScreen => Sequence::new(&[0xe0, 0x12, 0xe0, 0x7c]),
             Encoding::Pause => Sequence::new(&[0xe1, 0x14, 0x77, 0xe1, 0xf0, 0x14, 0xf0, 0x77]),
+            Encoding::MakeOnly(code) => Sequence::new(&[code]),
         }
     }
 
-    /// The set 2 bytes the keyboard sends when the key comes up (empty for Pause, which
-    /// has no break code).
+    /// The set 2 bytes the keyboard sends when the key comes up (empty for Pause, Hangul
+    /// and Hanja, which have no break code).
     pub fn break_code(self) -> Sequence {
         match self.encoding() {
             Encoding::Plain(code) => Sequence::new(&[0xf0, code]),
             Encoding::Extended(code) => Sequence::new(&[0xe0, 0xf0, code]),
             Encoding::PrintScreen => Sequence::new(&[0xe0, 0xf0, 0x7c, 0xe0, 0xf0, 0x12]),
-            Encoding::Pause => Sequence::new(&[]),
+            Encoding::Pause | Encoding::MakeOnly(_) => Sequence::new(&[]),
         }
     }
 }
@@ -437,7 +536,7 @@ mod tests {
             assert!(seen.insert(make.as_slice().to_vec()), "{key:?} {make:?}");
             let brk = key.break_code();
             match key {
-                Key::Pause => assert!(brk.as_slice().is_empty()),
+                Key::Pause | Key::Lang1 | Key::Lang2 => assert!(brk.as_slice().is_empty()),
                 Key::PrintScreen => assert_eq!(brk.as_slice().len(), 6),
                 _ => {
                     // The break is the make with F0 before its last byte.
@@ -449,7 +548,12 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen.len(), 105, "a PC-105 keyboard");
+        assert_eq!(seen.len(), Key::ALL.len());
+        assert_eq!(
+            Key::ALL[Key::PC105_COUNT - 1],
+            Key::NumpadDecimal,
+            "a PC-105 keyboard"
+        );
     }
 
     #[test]
