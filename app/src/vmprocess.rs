@@ -20,13 +20,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use vivarium_core::backend::{
-    ControlRequest, MachineExit, MachineSpec, NetworkSpec, RunningMachine,
+    ControlRequest, DisplaySpec, MachineExit, MachineSpec, NetworkSpec, RunningMachine,
 };
-use vivarium_core::config::NetworkConfig;
+use vivarium_core::config::{DisplayConfig, NetworkConfig};
 use vivarium_core::control::records::{self, RunRecord};
 use vivarium_core::control::serial_hub::SerialHub;
 use vivarium_core::control::server::{ControlServer, ServedVm};
-use vivarium_core::control::{LastExit, LastRun, network_socket_path, now_unix, socket_path};
+use vivarium_core::control::{
+    LastExit, LastRun, display_path, network_socket_path, now_unix, socket_path,
+};
+use vivarium_core::display::SharedDisplay;
 use vivarium_core::library::{BundleLock, Library};
 use vivarium_core::logfile::RotatingLog;
 use vivarium_core::passt::Passt;
@@ -158,6 +161,8 @@ pub struct Session {
     log: Arc<Mutex<RotatingLog>>,
     machine: Arc<dyn RunningMachine>,
     server: Option<ControlServer>,
+    /// The screen's display file, removed when the machine ends.
+    display: Option<DisplaySpec>,
     /// User-mode networking, ended with the session.
     _passt: Option<Passt>,
     _lock: BundleLock,
@@ -268,7 +273,21 @@ impl Session {
                 }
             }
         };
-        let machine = backend.start(spec).map_err(|e| fail(e.into()))?;
+        let display = open_display(library, name, &config.display).map_err(&fail)?;
+        if let Some(display) = &display {
+            note(&format!(
+                "display {}x{} in `{}` ({} MiB of video memory)",
+                display.width,
+                display.height,
+                display.shared.path().display(),
+                display.shared.vram_size() >> 20
+            ));
+        }
+        spec.display = display.clone();
+        let machine = backend.start(spec).map_err(|e| {
+            remove_display(display.as_ref());
+            fail(e.into())
+        })?;
         note("the machine runs");
         let served = ServedVm {
             name: name.to_string(),
@@ -282,10 +301,12 @@ impl Session {
             Err(e) => {
                 let _ = machine.request(ControlRequest::PowerOff);
                 machine.wait();
+                remove_display(display.as_ref());
                 return Err(fail(e.into()));
             }
         };
         Ok(Session {
+            display,
             _passt: passt,
             name: name.to_string(),
             bundle,
@@ -346,6 +367,7 @@ impl Session {
         let exit = self.machine.wait();
         // No client can reach a VM that has ended.
         self.server.take();
+        remove_display(self.display.take().as_ref());
         let last = match &exit {
             MachineExit::PoweredOff => LastExit::PoweredOff,
             MachineExit::Crashed { report } => LastExit::Crashed {
@@ -371,6 +393,47 @@ impl Session {
             Err(e) => self.note(&format!("could not record the end of the run: {e}")),
         }
         exit
+    }
+}
+
+/// Creates the display file of VM `name` when its configuration has a screen.
+fn open_display(
+    library: &Library,
+    name: &str,
+    config: &DisplayConfig,
+) -> Result<Option<DisplaySpec>, Error> {
+    let DisplayConfig::Framebuffer { width, height } = *config else {
+        return Ok(None);
+    };
+    let vram = config.vram_size().ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "the display {width}x{height} of `{name}` needs more video memory than Vivarium \
+             gives a VM: choose a smaller size (vivarium set {name} --display 1920x1080)"
+        ))
+    })?;
+    let path = display_path(library, name);
+    if let Some(dir) = path.parent() {
+        vivarium_core::fsutil::ensure_private_dir(dir)
+            .map_err(|e| Error::io(format!("could not create `{}`", dir.display()), e))?;
+    }
+    let shared = SharedDisplay::create(&path, vram).map_err(|e| {
+        Error::io(
+            "could not create the VM's display",
+            std::io::Error::other(e),
+        )
+    })?;
+    Ok(Some(DisplaySpec {
+        shared: Arc::new(shared),
+        width,
+        height,
+    }))
+}
+
+/// Removes a display file once its machine has ended (viewers that still map it keep their
+/// copy until they let go).
+fn remove_display(display: Option<&DisplaySpec>) {
+    if let Some(display) = display {
+        let _ = std::fs::remove_file(display.shared.path());
     }
 }
 

@@ -70,6 +70,7 @@ fn start(backend: &KvmBackend, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMach
         disks: Vec::new(),
         network: None,
         cdrom: None,
+        display: None,
         serial_output: Box::new(out.clone()),
     };
     (backend.start(spec).expect("the machine starts"), out)
@@ -193,6 +194,7 @@ fn bad_machines_are_refused_with_clear_errors() {
         disks: Vec::new(),
         network: None,
         cdrom: None,
+        display: None,
         serial_output: Box::new(Capture::default()),
     };
     let err = backend
@@ -394,6 +396,7 @@ fn host_keys_and_mouse_movement_reach_the_guest() {
             disks: Vec::new(),
             network: None,
             cdrom: None,
+            display: None,
             serial_output: Box::new(out.clone()),
         })
         .expect("the machine starts");

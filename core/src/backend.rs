@@ -82,6 +82,19 @@ pub struct CdromSpec {
     pub image: Option<PathBuf>,
 }
 
+/// The machine's screen: the shared display file the VM process created (its video memory
+/// becomes the guest's framebuffer) and the size the guest starts with.
+#[cfg(unix)]
+#[derive(Debug, Clone)]
+pub struct DisplaySpec {
+    /// The display file, with video memory of a power-of-two size.
+    pub shared: std::sync::Arc<crate::display::SharedDisplay>,
+    /// Width in pixels of the mode the machine boots in (and prefers).
+    pub width: u32,
+    /// Height in pixels of that mode.
+    pub height: u32,
+}
+
 /// How the machine boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootSpec {
@@ -120,6 +133,10 @@ pub struct MachineSpec {
     pub network: Option<NetworkSpec>,
     /// The CD-ROM drive, if the machine has one.
     pub cdrom: Option<CdromSpec>,
+    /// The screen, if the machine has one. The VM's configuration asks for it; the process
+    /// running the VM creates the display file (see `control::display_path`).
+    #[cfg(unix)]
+    pub display: Option<DisplaySpec>,
     /// Where the guest's serial console output goes.
     pub serial_output: Box<dyn Write + Send>,
 }
@@ -168,6 +185,8 @@ impl MachineSpec {
                 })
                 .collect(),
             network: None,
+            #[cfg(unix)]
+            display: None,
             cdrom: config.cdrom.as_ref().map(|c| CdromSpec {
                 image: c.image.as_ref().map(|i| bundle.join(i)),
             }),

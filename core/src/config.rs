@@ -55,7 +55,9 @@ pub struct VmConfig {
     pub cdrom: Option<CdromConfig>,
     /// Network card.
     pub network: NetworkConfig,
-    /// Graphical display.
+    /// Graphical display (configurations written before the display existed get the default
+    /// screen).
+    #[serde(default = "DisplayConfig::default_framebuffer")]
     pub display: DisplayConfig,
     /// Free-form notes of the user.
     #[serde(default)]
@@ -372,7 +374,27 @@ pub enum DisplayConfig {
     },
 }
 
+/// The most video memory a VM's display may have (64 MiB).
+pub const MAX_DISPLAY_VRAM: u64 = 64 << 20;
+/// The least video memory a VM's display gets (16 MiB: 2560x1600 at 32 bits per pixel, so the
+/// guest can switch to larger modes than it starts in).
+pub const MIN_DISPLAY_VRAM: u64 = 16 << 20;
+
 impl DisplayConfig {
+    /// The video memory this display gets: a power of two (a PCI BAR's size) that holds the
+    /// screen at 32 bits per pixel, at least [`MIN_DISPLAY_VRAM`]; `None` for no display or a
+    /// screen too large for [`MAX_DISPLAY_VRAM`].
+    pub fn vram_size(&self) -> Option<u64> {
+        match *self {
+            DisplayConfig::None => None,
+            DisplayConfig::Framebuffer { width, height } => {
+                let bytes = u64::from(width) * u64::from(height) * 4;
+                let size = bytes.next_power_of_two().max(MIN_DISPLAY_VRAM);
+                (size <= MAX_DISPLAY_VRAM).then_some(size)
+            }
+        }
+    }
+
     /// The default screen of a new VM.
     pub fn default_framebuffer() -> Self {
         DisplayConfig::Framebuffer {
@@ -402,7 +424,15 @@ impl FromStr for DisplayConfig {
                 "display {width}x{height} is out of range: width 320..7680, height 200..4320"
             )));
         }
-        Ok(DisplayConfig::Framebuffer { width, height })
+        let display = DisplayConfig::Framebuffer { width, height };
+        if display.vram_size().is_none() {
+            return Err(Error::InvalidInput(format!(
+                "display {width}x{height} needs more than {} MiB of video memory at 32 bits per \
+                 pixel: choose a smaller size (e.g. 3840x2160)",
+                MAX_DISPLAY_VRAM >> 20
+            )));
+        }
+        Ok(display)
     }
 }
 
@@ -603,6 +633,19 @@ mod tests {
     }
 
     #[test]
+    fn a_config_from_before_the_display_gets_the_default_screen() {
+        let text = sample().to_toml();
+        let start = text.find("[display]").expect("the display table");
+        let end = text[start + 1..]
+            .find("\n[")
+            .map_or(text.len(), |i| start + 1 + i + 1);
+        let old = format!("{}{}", &text[..start], &text[end..]);
+        assert!(!old.contains("display"), "{old}");
+        let config = VmConfig::from_toml(&old).unwrap();
+        assert_eq!(config.display, DisplayConfig::default_framebuffer());
+    }
+
+    #[test]
     fn refuses_a_future_format_by_name() {
         let text = sample().to_toml().replace("format = 1", "format = 7");
         match VmConfig::from_toml(&text) {
@@ -717,6 +760,16 @@ mod tests {
             }
         );
         assert!("10x10".parse::<DisplayConfig>().is_err());
+        assert!("7680x4320".parse::<DisplayConfig>().is_err());
+        assert_eq!(
+            "1024x768".parse::<DisplayConfig>().unwrap().vram_size(),
+            Some(MIN_DISPLAY_VRAM)
+        );
+        assert_eq!(
+            "3840x2160".parse::<DisplayConfig>().unwrap().vram_size(),
+            Some(32 << 20)
+        );
+        assert_eq!(DisplayConfig::None.vram_size(), None);
         assert!("big".parse::<DisplayConfig>().is_err());
     }
 }
