@@ -80,7 +80,6 @@ struct Shared {
 pub struct DisplayFeed {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
 }
 
 impl DisplayFeed {
@@ -102,22 +101,13 @@ impl DisplayFeed {
             stop: AtomicBool::new(false),
         });
         let thread = {
-            let (shared, path) = (shared.clone(), path.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("display-{label}"))
                 .spawn(move || Follower::new(shared, path, ctx).run())
                 .ok()
         };
-        DisplayFeed {
-            shared,
-            thread,
-            path,
-        }
-    }
-
-    /// The display file followed.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+        DisplayFeed { shared, thread }
     }
 
     /// Where the feed is with the display file.
@@ -474,7 +464,10 @@ mod tests {
         });
         let picture = feed.picture();
         assert!(changed.unwrap().contains(&10));
-        assert_eq!(picture.image.pixels[10 * 64 + 5], Color32::from_rgb(255, 0, 0));
+        assert_eq!(
+            picture.image.pixels[10 * 64 + 5],
+            Color32::from_rgb(255, 0, 0)
+        );
         assert_eq!(picture.image.pixels[9 * 64 + 5], Color32::BLACK);
         drop(picture);
         // The thumbnail follows (at most four times a second).
@@ -501,9 +494,10 @@ mod tests {
         let path = dir.path().join("vm.display");
         std::fs::write(&path, vec![1u8; 8192]).unwrap();
         let feed = DisplayFeed::start(path, "test", egui::Context::default());
-        wait_for("the failure", || {
-            matches!(feed.status(), FeedStatus::Failed(why) if why.contains("not a Vivarium display"))
-        });
+        wait_for(
+            "the failure",
+            || matches!(feed.status(), FeedStatus::Failed(why) if why.contains("not a Vivarium display")),
+        );
     }
 
     #[test]
