@@ -159,6 +159,39 @@ pub enum Command {
         /// The image (an ISO file).
         file: PathBuf,
     },
+    /// Type text into a running VM through its keyboard (a US layout: shifted characters,
+    /// \n is Enter, \t is Tab), then press the --key combinations. Keys go one character
+    /// at a time, --delay apart.
+    #[command(
+        after_help = "Examples:\n  vivarium type web 'root' --key enter\n  vivarium type web --key ctrl+alt+f2\n  vivarium key web ctrl+alt+delete"
+    )]
+    Type {
+        /// The VM.
+        name: String,
+        /// The text (printable ASCII, newlines and tabs).
+        text: Option<String>,
+        /// A key combination to press after the text, e.g. `enter`, `f2`, `ctrl+alt+delete`
+        /// (repeatable; keys joined by `+`).
+        #[arg(long = "key", value_name = "COMBO")]
+        keys: Vec<String>,
+        /// Milliseconds between key strokes.
+        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
+    /// Press key combinations on a running VM's keyboard, in order, e.g.
+    /// `vivarium key NAME ctrl+alt+delete` or `vivarium key NAME ctrl+alt+f2 enter`.
+    Key {
+        /// The VM.
+        name: String,
+        /// Key combinations: keys joined by `+` (ctrl, alt, shift, super, esc, enter, tab,
+        /// space, backspace, delete, home, end, pageup, pagedown, up, down, left, right,
+        /// f1-f12, letters, digits, unshifted symbols, or W3C key names like NumpadEnter).
+        #[arg(required = true, value_name = "COMBO")]
+        combos: Vec<String>,
+        /// Milliseconds between combinations.
+        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
     /// Show whether a VM runs (and what it does), or how its last run ended.
     Status {
         /// The VM.
@@ -429,6 +462,35 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Reset { name } => crate::lifecycle::reset(&library, &name, json),
         Command::Eject { name, force } => crate::lifecycle::eject(&library, &name, force, json),
         Command::Insert { name, file } => crate::lifecycle::insert(&library, &name, &file, json),
+        Command::Type {
+            name,
+            text,
+            keys,
+            delay,
+        } => crate::typing::type_into(
+            &library,
+            &name,
+            &crate::typing::Typing {
+                text,
+                combos: keys,
+                delay: std::time::Duration::from_millis(delay),
+            },
+            json,
+        ),
+        Command::Key {
+            name,
+            combos,
+            delay,
+        } => crate::typing::type_into(
+            &library,
+            &name,
+            &crate::typing::Typing {
+                text: None,
+                combos,
+                delay: std::time::Duration::from_millis(delay),
+            },
+            json,
+        ),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
         Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),

@@ -7,4 +7,5 @@ pub mod console;
 pub mod gui;
 pub mod lifecycle;
 pub mod runner;
+pub mod typing;
 pub mod vmprocess;

@@ -85,9 +85,15 @@ const CODE: [u8; 236] = [
 
 /// The ELF file of the guest.
 pub fn elf_image() -> Vec<u8> {
+    elf_with(&CODE, IDT_END_OFFSET)
+}
+
+/// An ELF executable of `code` linked at `LOAD_ADDRESS + CODE_OFFSET`, in one segment of
+/// `mem_size` bytes from `LOAD_ADDRESS` (zero-filled past the file).
+fn elf_with(code: &[u8], mem_size: u64) -> Vec<u8> {
     const EHDR_SIZE: u16 = 64;
     const PHDR_SIZE: u16 = 56;
-    let file_size = CODE_OFFSET + CODE.len() as u64;
+    let file_size = CODE_OFFSET + code.len() as u64;
     let mut elf = Vec::with_capacity(file_size as usize);
     // ELF header (System V gABI): 64-bit, little endian, version 1, executable, x86-64.
     elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
@@ -112,16 +118,121 @@ pub fn elf_image() -> Vec<u8> {
     elf.extend_from_slice(&LOAD_ADDRESS.to_le_bytes()); // p_vaddr
     elf.extend_from_slice(&LOAD_ADDRESS.to_le_bytes()); // p_paddr
     elf.extend_from_slice(&file_size.to_le_bytes()); // p_filesz
-    elf.extend_from_slice(&IDT_END_OFFSET.to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&mem_size.to_le_bytes()); // p_memsz
     elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
     elf.resize(CODE_OFFSET as usize, 0);
-    elf.extend_from_slice(&CODE);
+    elf.extend_from_slice(code);
     elf
 }
 
 /// Writes the guest's ELF file to `path`.
 pub fn write_kernel(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, elf_image())
+}
+
+/// What the input guest writes to its serial port once its keyboard and mouse are on.
+pub const INPUT_BANNER: &str = "VIVARIUM-INPUT-READY\r\n";
+
+/// Where the input guest's IDT ends (it starts at offset 0x400; vectors 0x20..0x2f are used).
+const INPUT_IDT_END_OFFSET: u64 = 0x700;
+
+/// A second guest, for keyboard and mouse tests: it turns on the i8042's keyboard and mouse
+/// as a driver does (AUX port on, configuration byte 0x47 = both interrupts, system flag,
+/// set 2 -> set 1 translation; `F4` to the keyboard and, through `D4`, to the mouse, each
+/// answered by an ACK it reads), writes [`INPUT_BANNER`], then reports every byte the
+/// controller gives it on COM1 as `k` (keyboard) or `m` (mouse, status bit 5) and two hex
+/// digits and a space, e.g. `k1e k9e m09 m05 m03 `. It sleeps in `hlt` between bytes (IRQ 1
+/// and IRQ 12 wake it) and never powers off by itself.
+///
+/// Assembled once (GNU as, `.intel_syntax noprefix`, `.code64`, linked at 0x100080) from:
+///
+/// ```text
+/// _start: cli; lidt [idtr]
+///         ; PICs: ICW1 0x11, vectors 0x20/0x28, cascade on IRQ 2, 8086 mode;
+///         ; unmask IRQ 1 and 2 on the master and IRQ 12 on the slave
+///         mov al,0x11; out 0x20,al; out 0xa0,al; mov al,0x20; out 0x21,al
+///         mov al,0x28; out 0xa1,al; mov al,0x04; out 0x21,al; mov al,0x02; out 0xa1,al
+///         mov al,0x01; out 0x21,al; out 0xa1,al; mov al,0xf9; out 0x21,al
+///         mov al,0xef; out 0xa1,al
+///         ; interrupt gates 0x20..0x2f -> isr (IDT at 0x100400)
+///         mov rdi,0x100600; mov ecx,16; mov rax,isr
+/// fill:   (as in the first guest) ... dec ecx; jnz fill
+/// drain:  in al,0x64; test al,1; jz drained; in al,0x60; jmp drain
+/// drained: mov al,0xa8; out 0x64,al              ; AUX port on
+///         mov al,0x60; out 0x64,al; mov al,0x47; out 0x60,al   ; configuration byte
+///         mov al,0xf4; out 0x60,al               ; keyboard: enable scanning
+/// ack1:   in al,0x64; test al,1; jz ack1; in al,0x60
+///         mov al,0xd4; out 0x64,al; mov al,0xf4; out 0x60,al   ; mouse: enable reporting
+/// ack2:   in al,0x64; test al,1; jz ack2; in al,0x60
+///         mov rsi,banner; mov dx,0x3f8
+/// print:  lodsb; test al,al; jz loop; out dx,al; jmp print
+/// loop:   cli
+/// poll:   in al,0x64; test al,1; jz sleep
+///         mov bl,'k'; test al,0x20; jz 1f; mov bl,'m'
+/// 1:      in al,0x60; mov cl,al; mov dx,0x3f8; mov al,bl; out dx,al
+///         movzx eax,cl; shr eax,4; mov al,[rax+hexdigits]; out dx,al
+///         movzx eax,cl; and eax,15; mov al,[rax+hexdigits]; out dx,al
+///         mov al,' '; out dx,al; jmp poll
+/// sleep:  sti; hlt; jmp loop
+/// isr:    push rax; mov al,0x20; out 0xa0,al; out 0x20,al; pop rax; iretq  ; EOI both PICs
+///         (align 8) idtr: dw 0x2ff; dq 0x100400
+/// hexdigits: db "0123456789abcdef"
+/// banner: db "VIVARIUM-INPUT-READY", 13, 10, 0
+/// ```
+const INPUT_CODE: [u8; 305] = [
+    0xfa, 0x0f, 0x01, 0x1c, 0x25, 0x80, 0x01, 0x10, 0x00, 0xb0, 0x11, 0xe6, //
+    0x20, 0xe6, 0xa0, 0xb0, 0x20, 0xe6, 0x21, 0xb0, 0x28, 0xe6, 0xa1, 0xb0, //
+    0x04, 0xe6, 0x21, 0xb0, 0x02, 0xe6, 0xa1, 0xb0, 0x01, 0xe6, 0x21, 0xe6, //
+    0xa1, 0xb0, 0xf9, 0xe6, 0x21, 0xb0, 0xef, 0xe6, 0xa1, 0x48, 0xc7, 0xc7, //
+    0x00, 0x06, 0x10, 0x00, 0xb9, 0x10, 0x00, 0x00, 0x00, 0x48, 0xc7, 0xc0, //
+    0x72, 0x01, 0x10, 0x00, 0x66, 0x89, 0x07, 0x66, 0xc7, 0x47, 0x02, 0x08, //
+    0x00, 0x66, 0xc7, 0x47, 0x04, 0x00, 0x8e, 0x48, 0x89, 0xc2, 0x48, 0xc1, //
+    0xea, 0x10, 0x66, 0x89, 0x57, 0x06, 0x48, 0xc1, 0xea, 0x10, 0x89, 0x57, //
+    0x08, 0xc7, 0x47, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc7, 0x10, //
+    0xff, 0xc9, 0x75, 0xd0, 0xe4, 0x64, 0xa8, 0x01, 0x74, 0x04, 0xe4, 0x60, //
+    0xeb, 0xf6, 0xb0, 0xa8, 0xe6, 0x64, 0xb0, 0x60, 0xe6, 0x64, 0xb0, 0x47, //
+    0xe6, 0x60, 0xb0, 0xf4, 0xe6, 0x60, 0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa, //
+    0xe4, 0x60, 0xb0, 0xd4, 0xe6, 0x64, 0xb0, 0xf4, 0xe6, 0x60, 0xe4, 0x64, //
+    0xa8, 0x01, 0x74, 0xfa, 0xe4, 0x60, 0x48, 0xc7, 0xc6, 0x9a, 0x01, 0x10, //
+    0x00, 0x66, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, //
+    0xf8, 0xfa, 0xe4, 0x64, 0xa8, 0x01, 0x74, 0x32, 0xb3, 0x6b, 0xa8, 0x20, //
+    0x74, 0x02, 0xb3, 0x6d, 0xe4, 0x60, 0x88, 0xc1, 0x66, 0xba, 0xf8, 0x03, //
+    0x88, 0xd8, 0xee, 0x0f, 0xb6, 0xc1, 0xc1, 0xe8, 0x04, 0x8a, 0x80, 0x8a, //
+    0x01, 0x10, 0x00, 0xee, 0x0f, 0xb6, 0xc1, 0x83, 0xe0, 0x0f, 0x8a, 0x80, //
+    0x8a, 0x01, 0x10, 0x00, 0xee, 0xb0, 0x20, 0xee, 0xeb, 0xc8, 0xfb, 0xf4, //
+    0xeb, 0xc3, 0x50, 0xb0, 0x20, 0xe6, 0xa0, 0xe6, 0x20, 0x58, 0x48, 0xcf, //
+    0x0f, 0x1f, 0x40, 0x00, 0xff, 0x02, 0x00, 0x04, 0x10, 0x00, 0x00, 0x00, //
+    0x00, 0x00, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, //
+    0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x56, 0x49, 0x56, 0x41, 0x52, 0x49, //
+    0x55, 0x4d, 0x2d, 0x49, 0x4e, 0x50, 0x55, 0x54, 0x2d, 0x52, 0x45, 0x41, //
+    0x44, 0x59, 0x0d, 0x0a, 0x00, //
+];
+
+/// The ELF file of the input guest.
+pub fn input_elf_image() -> Vec<u8> {
+    elf_with(&INPUT_CODE, INPUT_IDT_END_OFFSET)
+}
+
+/// Writes the input guest's ELF file to `path`.
+pub fn write_input_kernel(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, input_elf_image())
+}
+
+/// The bytes the input guest reported in `serial` output after its banner: (`'k'` or
+/// `'m'`, byte) pairs, in order. A trailing partial report is left out.
+pub fn input_reports(serial: &str) -> Vec<(char, u8)> {
+    let Some(at) = serial.find(INPUT_BANNER) else {
+        return Vec::new();
+    };
+    serial[at + INPUT_BANNER.len()..]
+        .split(' ')
+        .filter_map(|token| {
+            let mut chars = token.chars();
+            let device = chars.next().filter(|c| *c == 'k' || *c == 'm')?;
+            let hex = chars.as_str();
+            (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok().map(|b| (device, b)))?
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,5 +251,21 @@ mod tests {
         assert!(banner.starts_with(BANNER.as_bytes()));
         let memsz = u64::from_le_bytes(elf[64 + 40..64 + 48].try_into().unwrap());
         assert!(memsz >= elf.len() as u64);
+    }
+
+    #[test]
+    fn the_input_guest_has_its_banner_where_the_code_reads_it_and_its_reports_parse() {
+        let elf = input_elf_image();
+        assert_eq!(elf[CODE_OFFSET as usize], 0xfa, "cli first");
+        // `mov rsi, banner` takes 0x10019a; the file maps 1 MiB from offset 0.
+        let banner = &elf[0x19a..];
+        assert!(banner.starts_with(INPUT_BANNER.as_bytes()));
+        let memsz = u64::from_le_bytes(elf[64 + 40..64 + 48].try_into().unwrap());
+        assert!(memsz >= elf.len() as u64 && memsz >= 0x700);
+        assert_eq!(
+            input_reports("noise VIVARIUM-INPUT-READY\r\nk1e k9e m09 m0"),
+            [('k', 0x1e), ('k', 0x9e), ('m', 0x09)]
+        );
+        assert_eq!(input_reports("k1e "), []);
     }
 }

@@ -36,6 +36,20 @@ pub fn create_handmade_vm(library: &TempLibrary, name: &str) {
     if !kernel.exists() {
         crate::handmade::write_kernel(&kernel).expect("write the hand-made guest");
     }
+    create_vm_booting(library, name, &kernel);
+}
+
+/// Creates VM `name` in `library` that boots the hand-made input guest (see
+/// [`crate::handmade::input_elf_image`]), with the same hardware as [`create_handmade_vm`].
+pub fn create_handmade_input_vm(library: &TempLibrary, name: &str) {
+    let kernel = library.scratch().join("handmade-input.elf");
+    if !kernel.exists() {
+        crate::handmade::write_input_kernel(&kernel).expect("write the hand-made input guest");
+    }
+    create_vm_booting(library, name, &kernel);
+}
+
+fn create_vm_booting(library: &TempLibrary, name: &str, kernel: &Path) {
     library.ok(&[
         "create",
         name,
