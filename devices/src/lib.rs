@@ -26,6 +26,7 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod display;
 pub mod error;
 pub mod i8042;
 pub mod pci;

@@ -1,0 +1,552 @@
+//! The bochs display adapter (PCI 1234:1111, "bochs-display"): a linear framebuffer in BAR 0
+//! and, in BAR 2, the registers through which a driver sets a mode (Linux's `bochs` DRM
+//! driver, OVMF's and SeaBIOS's VBE code).
+//!
+//! BAR 2 (4 KiB of MMIO) holds:
+//!
+//! ```text
+//! 0x000..0x400  the EDID of the virtual monitor (its preferred mode is the configured size)
+//! 0x400..0x420  VGA ports 0x3c0..0x3df (Linux writes the attribute index to unblank; ignored)
+//! 0x500..0x516  the bochs "DISPI" registers, 16 bits each: ID, XRES, YRES, BPP, ENABLE, BANK,
+//!               VIRT_WIDTH, VIRT_HEIGHT, X_OFFSET, Y_OFFSET, VIDEO_MEMORY_64K
+//! 0x600..0x608  QEMU's extended registers: their size (8), and the framebuffer byte order
+//! ```
+//!
+//! The framebuffer itself is memory the backend maps into the guest at BAR 0, so the device
+//! model never sees a pixel: it works out what the guest shows (the scanout) from the
+//! registers and tells the backend through a [`ScanoutSink`]. Register values are the guest's
+//! and untrusted: a mode that does not fit in the video memory, or a depth the display cannot
+//! show, turns the scanout off instead of being passed on.
+
+use std::sync::Arc;
+
+use super::edid::{EDID_BLOCK_SIZE, edid_for};
+use crate::pci::{BarDef, BarKind, PciConfiguration, PciDevice, PciHeader};
+use crate::{Error, Result};
+
+/// PCI vendor ID of the bochs display (the one QEMU and Bochs use).
+pub const VENDOR_ID: u16 = 0x1234;
+/// PCI device ID of the bochs display.
+pub const DEVICE_ID: u16 = 0x1111;
+/// The framebuffer BAR.
+pub const FRAMEBUFFER_BAR: usize = 0;
+/// The register BAR.
+pub const MMIO_BAR: usize = 2;
+/// Size of the register BAR.
+pub const MMIO_BAR_SIZE: u64 = 0x1000;
+
+const EDID_END: u64 = 0x400;
+const VGA_PORTS: u64 = 0x400;
+const DISPI: u64 = 0x500;
+const QEXT: u64 = 0x600;
+/// Size of QEMU's extended register block (its first register says so).
+const QEXT_SIZE: u32 = 8;
+/// The framebuffer byte order value meaning little endian (the only one supported).
+const QEXT_LITTLE_ENDIAN: u32 = 0x1e1e_1e1e;
+
+/// Register indices (offset `0x500 + 2 * index`).
+const ID: usize = 0;
+const XRES: usize = 1;
+const YRES: usize = 2;
+const BPP: usize = 3;
+const ENABLE: usize = 4;
+const BANK: usize = 5;
+const VIRT_WIDTH: usize = 6;
+const VIRT_HEIGHT: usize = 7;
+const X_OFFSET: usize = 8;
+const Y_OFFSET: usize = 9;
+const VIDEO_MEMORY_64K: usize = 10;
+const REGISTERS: usize = 11;
+
+/// The newest interface version; the guest may ask for an older one by writing ID.
+const ID_LATEST: u16 = 0xb0c5;
+const ID_OLDEST: u16 = 0xb0c0;
+/// ENABLE bits.
+const ENABLED: u16 = 0x01;
+const GET_CAPS: u16 = 0x02;
+const LFB_ENABLED: u16 = 0x40;
+/// Largest resolution and depth the adapter reports (and accepts).
+const MAX_RES: u16 = 16384;
+const MAX_BPP: u16 = 32;
+
+/// What the guest shows, as the registers describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanout {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Bits per pixel: 16 (RGB 5:6:5), 24 or 32 (blue, green, red, unused).
+    pub bpp: u32,
+    /// Bytes from one row to the next.
+    pub stride: u32,
+    /// Byte offset of the first pixel in the framebuffer.
+    pub offset: u64,
+}
+
+impl Scanout {
+    /// A packed 32-bit mode at the start of the framebuffer.
+    pub fn packed32(width: u32, height: u32) -> Scanout {
+        Scanout {
+            width,
+            height,
+            bpp: 32,
+            stride: width * 4,
+            offset: 0,
+        }
+    }
+}
+
+/// The backend's side of the adapter: it shows the scanout and moves the framebuffer
+/// memory with BAR 0.
+pub trait ScanoutSink: Send + Sync {
+    /// The guest now shows `scanout` (`None`: nothing, the display is off or its mode was
+    /// refused). Only called with modes that lie inside the video memory.
+    fn set_scanout(&self, scanout: Option<Scanout>);
+    /// BAR 0 now decodes at guest physical `address`: the framebuffer memory must appear
+    /// there. Not called when decoding is switched off (the memory stays where it was).
+    fn framebuffer_moved(&self, address: u64);
+}
+
+/// The bochs display adapter.
+pub struct BochsDisplay {
+    config: PciConfiguration,
+    vram_size: u64,
+    regs: [u16; REGISTERS],
+    edid: [u8; EDID_BLOCK_SIZE],
+    sink: Arc<dyn ScanoutSink>,
+    /// The scanout last given to the sink.
+    shown: Option<Scanout>,
+}
+
+impl std::fmt::Debug for BochsDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BochsDisplay")
+            .field("vram_size", &self.vram_size)
+            .field("regs", &self.regs)
+            .field("shown", &self.shown)
+            .finish()
+    }
+}
+
+impl BochsDisplay {
+    /// An adapter with `vram_size` bytes of framebuffer (a power of two, 64 KiB to 2 GiB)
+    /// whose monitor prefers `preferred` (width, height). With `boot_mode`, the adapter
+    /// starts as firmware leaves it: in that 32-bit mode, memory decoding on, and the sink is
+    /// told at once; without, it starts disabled.
+    pub fn new(
+        vram_size: u64,
+        preferred: (u32, u32),
+        boot_mode: Option<Scanout>,
+        sink: Arc<dyn ScanoutSink>,
+    ) -> Result<BochsDisplay> {
+        if !vram_size.is_power_of_two() || !(64 << 10..=1 << 31).contains(&vram_size) {
+            return Err(Error::InvalidBar {
+                index: FRAMEBUFFER_BAR,
+                reason: "the video memory must be a power of two between 64 KiB and 2 GiB",
+            });
+        }
+        let mut config = PciConfiguration::new(PciHeader {
+            vendor_id: VENDOR_ID,
+            device_id: DEVICE_ID,
+            revision_id: 2,
+            class: 0x03,    // display controller
+            subclass: 0x80, // other (not VGA compatible: no legacy VGA ports or window)
+            prog_if: 0,
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 0x1100,
+            interrupt_pin: 0,
+        });
+        config.add_bar(
+            FRAMEBUFFER_BAR,
+            BarDef {
+                kind: BarKind::Memory32,
+                size: vram_size,
+                prefetchable: true,
+            },
+        )?;
+        config.add_bar(
+            MMIO_BAR,
+            BarDef {
+                kind: BarKind::Memory32,
+                size: MMIO_BAR_SIZE,
+                prefetchable: false,
+            },
+        )?;
+        let mut regs = [0u16; REGISTERS];
+        regs[ID] = ID_LATEST;
+        regs[VIDEO_MEMORY_64K] = (vram_size >> 16).min(0xffff) as u16;
+        let mut display = BochsDisplay {
+            config,
+            vram_size,
+            regs,
+            edid: edid_for(preferred.0, preferred.1),
+            sink,
+            shown: None,
+        };
+        if let Some(mode) = boot_mode {
+            let as_reg = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+            display.regs[XRES] = as_reg(mode.width);
+            display.regs[YRES] = as_reg(mode.height);
+            display.regs[BPP] = as_reg(mode.bpp);
+            display.regs[VIRT_WIDTH] = as_reg(mode.stride * 8 / mode.bpp.max(8));
+            display.regs[VIRT_HEIGHT] =
+                as_reg((vram_size / u64::from(mode.stride.max(1))).min(0xffff) as u32);
+            display.regs[ENABLE] = ENABLED | LFB_ENABLED;
+            // Firmware that set a mode leaves memory decoding on, so the guest can draw
+            // before it enumerates PCI.
+            display.config.set_u16(0x04, 0x0002);
+            display.update_scanout();
+        }
+        Ok(display)
+    }
+
+    /// What the registers describe now, if the guest shows anything and it fits.
+    pub fn scanout(&self) -> Option<Scanout> {
+        let r = &self.regs;
+        if r[ENABLE] & ENABLED == 0 {
+            return None;
+        }
+        let bpp = u32::from(r[BPP]);
+        if !matches!(bpp, 16 | 24 | 32) {
+            return None;
+        }
+        let (width, height) = (u32::from(r[XRES]), u32::from(r[YRES]));
+        if width == 0 || height == 0 || width > u32::from(MAX_RES) || height > u32::from(MAX_RES) {
+            return None;
+        }
+        let bytes_pp = bpp / 8;
+        let virt_width = u32::from(r[VIRT_WIDTH]).max(width);
+        let stride = virt_width * bytes_pp;
+        let offset = u64::from(r[Y_OFFSET]) * u64::from(stride)
+            + u64::from(r[X_OFFSET]) * u64::from(bytes_pp);
+        let end = offset + u64::from(height - 1) * u64::from(stride) + u64::from(width * bytes_pp);
+        (end <= self.vram_size).then_some(Scanout {
+            width,
+            height,
+            bpp,
+            stride,
+            offset,
+        })
+    }
+
+    fn update_scanout(&mut self) {
+        let now = self.scanout();
+        if now == self.shown {
+            return;
+        }
+        if now.is_none() && self.regs[ENABLE] & ENABLED != 0 {
+            tracing::warn!(
+                regs = ?self.regs,
+                "bochs display: the guest asked for a mode the display cannot show; it is off"
+            );
+        }
+        self.shown = now;
+        self.sink.set_scanout(now);
+    }
+
+    fn read_register(&self, index: usize) -> u16 {
+        let caps = self.regs[ENABLE] & GET_CAPS != 0;
+        match index {
+            XRES if caps => MAX_RES,
+            YRES if caps => MAX_RES,
+            BPP if caps => MAX_BPP,
+            _ => self.regs[index],
+        }
+    }
+
+    fn write_register(&mut self, index: usize, value: u16) {
+        match index {
+            ID => {
+                if (ID_OLDEST..=ID_LATEST).contains(&value) {
+                    self.regs[ID] = value;
+                }
+            }
+            VIDEO_MEMORY_64K => {}
+            // There is no banked VGA window (only the linear framebuffer): the bank is kept
+            // for reads and means nothing.
+            BANK => self.regs[BANK] = value,
+            VIRT_HEIGHT => {
+                // Derived from the stride: however many rows the video memory holds.
+                let _ = value;
+            }
+            _ => self.regs[index] = value,
+        }
+        let stride = u64::from(u32::from(self.regs[VIRT_WIDTH].max(self.regs[XRES])))
+            * u64::from(self.regs[BPP].max(8) / 8);
+        self.regs[VIRT_HEIGHT] = (self.vram_size / stride.max(1)).min(0xffff) as u16;
+        self.update_scanout();
+    }
+
+    fn read_mmio(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset + i as u64;
+            *byte = match at {
+                _ if at < EDID_END => self.edid.get(at as usize).copied().unwrap_or(0),
+                _ if (DISPI..DISPI + 2 * REGISTERS as u64).contains(&at) => {
+                    let index = ((at - DISPI) / 2) as usize;
+                    self.read_register(index).to_le_bytes()[((at - DISPI) % 2) as usize]
+                }
+                _ if (QEXT..QEXT + 4).contains(&at) => {
+                    QEXT_SIZE.to_le_bytes()[(at - QEXT) as usize]
+                }
+                _ if (QEXT + 4..QEXT + 8).contains(&at) => {
+                    QEXT_LITTLE_ENDIAN.to_le_bytes()[(at - QEXT - 4) as usize]
+                }
+                _ => 0,
+            };
+        }
+    }
+
+    fn write_mmio(&mut self, offset: u64, data: &[u8]) {
+        let end = offset.saturating_add(data.len() as u64);
+        if offset < DISPI + 2 * REGISTERS as u64 && end > DISPI {
+            // Merge the written bytes into every register they touch, then apply each.
+            let first = (offset.max(DISPI) - DISPI) / 2;
+            let last = (end.min(DISPI + 2 * REGISTERS as u64) - 1 - DISPI) / 2;
+            for index in first..=last {
+                let mut bytes = self.regs[index as usize].to_le_bytes();
+                for (k, byte) in bytes.iter_mut().enumerate() {
+                    let at = DISPI + index * 2 + k as u64;
+                    if (offset..end).contains(&at) {
+                        *byte = data[(at - offset) as usize];
+                    }
+                }
+                self.write_register(index as usize, u16::from_le_bytes(bytes));
+            }
+        } else if (QEXT + 4..QEXT + 8).contains(&offset) {
+            // Only little-endian framebuffers are supported; a request for big endian is
+            // ignored (the guest reads the register back to learn what it got).
+            tracing::debug!("bochs display: framebuffer byte order write ignored");
+        } else if (VGA_PORTS..VGA_PORTS + 0x20).contains(&offset) {
+            // The VGA attribute controller's unblank bit: the scanout follows ENABLE only.
+        }
+    }
+}
+
+impl PciDevice for BochsDisplay {
+    fn config(&self) -> &PciConfiguration {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfiguration {
+        &mut self.config
+    }
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match bar {
+            MMIO_BAR if offset < MMIO_BAR_SIZE => self.read_mmio(offset, data),
+            // The framebuffer is memory the backend maps; an access that reaches the device
+            // (while the mapping moves) reads as nothing.
+            _ => data.fill(0),
+        }
+    }
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar == MMIO_BAR && offset < MMIO_BAR_SIZE {
+            self.write_mmio(offset, data);
+        }
+    }
+    fn bar_moved(&mut self, bar: usize, _old: Option<u64>, new: Option<u64>) {
+        if let (FRAMEBUFFER_BAR, Some(address)) = (bar, new) {
+            self.sink.framebuffer_moved(address);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder {
+        scanouts: Mutex<Vec<Option<Scanout>>>,
+        moves: Mutex<Vec<u64>>,
+    }
+
+    impl ScanoutSink for Recorder {
+        fn set_scanout(&self, scanout: Option<Scanout>) {
+            self.scanouts.lock().unwrap().push(scanout);
+        }
+        fn framebuffer_moved(&self, address: u64) {
+            self.moves.lock().unwrap().push(address);
+        }
+    }
+
+    const VRAM: u64 = 16 << 20;
+
+    fn adapter(boot: Option<Scanout>) -> (BochsDisplay, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let display = BochsDisplay::new(VRAM, (1024, 768), boot, recorder.clone()).unwrap();
+        (display, recorder)
+    }
+
+    fn write_reg(d: &mut BochsDisplay, index: usize, value: u16) {
+        d.write_bar(MMIO_BAR, DISPI + 2 * index as u64, &value.to_le_bytes());
+    }
+
+    fn read_reg(d: &mut BochsDisplay, index: usize) -> u16 {
+        let mut b = [0u8; 2];
+        d.read_bar(MMIO_BAR, DISPI + 2 * index as u64, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    /// The register sequence of Linux's `bochs_hw_setmode`.
+    fn set_mode(d: &mut BochsDisplay, width: u16, height: u16, bpp: u16) {
+        write_reg(d, ENABLE, 0);
+        write_reg(d, BPP, bpp);
+        write_reg(d, XRES, width);
+        write_reg(d, YRES, height);
+        write_reg(d, BANK, 0);
+        write_reg(d, VIRT_WIDTH, width);
+        write_reg(d, VIRT_HEIGHT, 0xffff);
+        write_reg(d, X_OFFSET, 0);
+        write_reg(d, Y_OFFSET, 0);
+        write_reg(d, ENABLE, ENABLED | LFB_ENABLED);
+    }
+
+    fn last(r: &Recorder) -> Option<Scanout> {
+        *r.scanouts
+            .lock()
+            .unwrap()
+            .last()
+            .expect("a scanout was set")
+    }
+
+    #[test]
+    fn identity_and_bars_are_what_the_bochs_driver_probes() {
+        let (mut d, _) = adapter(None);
+        assert_eq!(d.config().u16_at(0), VENDOR_ID);
+        assert_eq!(d.config().u16_at(2), DEVICE_ID);
+        assert_eq!(d.config().u8_at(0x0b), 0x03);
+        let fb = d.config().bar(FRAMEBUFFER_BAR).unwrap();
+        assert_eq!(
+            (fb.kind, fb.size, fb.prefetchable),
+            (BarKind::Memory32, VRAM, true)
+        );
+        assert_eq!(d.config().bar(MMIO_BAR).unwrap().size, MMIO_BAR_SIZE);
+        assert_eq!(read_reg(&mut d, ID) & 0xfff0, 0xb0c0);
+        assert_eq!(u64::from(read_reg(&mut d, VIDEO_MEMORY_64K)) * 65536, VRAM);
+        let mut qext = [0u8; 8];
+        d.read_bar(MMIO_BAR, QEXT, &mut qext);
+        assert_eq!(u32::from_le_bytes(qext[..4].try_into().unwrap()), 8);
+        assert_eq!(
+            u32::from_le_bytes(qext[4..].try_into().unwrap()),
+            QEXT_LITTLE_ENDIAN
+        );
+        let mut edid = [0u8; 2];
+        d.read_bar(MMIO_BAR, 0, &mut edid);
+        assert_eq!(edid, [0x00, 0xff]);
+        // Memory decoding is off until the guest enables it, without a boot mode.
+        assert_eq!(d.config().command() & 2, 0);
+    }
+
+    #[test]
+    fn a_mode_set_reaches_the_sink_once_enabled() {
+        let (mut d, r) = adapter(None);
+        set_mode(&mut d, 800, 600, 32);
+        assert_eq!(last(&r), Some(Scanout::packed32(800, 600)));
+        assert_eq!(read_reg(&mut d, XRES), 800);
+        assert_eq!(read_reg(&mut d, VIRT_HEIGHT), (VRAM / 3200) as u16);
+        // Panning (page flipping) moves the scanout.
+        write_reg(&mut d, Y_OFFSET, 600);
+        assert_eq!(
+            last(&r),
+            Some(Scanout {
+                offset: 600 * 3200,
+                ..Scanout::packed32(800, 600)
+            })
+        );
+        write_reg(&mut d, ENABLE, 0);
+        assert_eq!(last(&r), None);
+        // 16 bits per pixel.
+        set_mode(&mut d, 640, 480, 16);
+        assert_eq!(
+            last(&r),
+            Some(Scanout {
+                width: 640,
+                height: 480,
+                bpp: 16,
+                stride: 1280,
+                offset: 0
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_modes_are_refused_not_trusted() {
+        let (mut d, r) = adapter(Some(Scanout::packed32(1024, 768)));
+        assert_eq!(last(&r), Some(Scanout::packed32(1024, 768)));
+        // Larger than the video memory.
+        set_mode(&mut d, 16384, 16384, 32);
+        assert_eq!(last(&r), None);
+        // A depth the display cannot show.
+        set_mode(&mut d, 800, 600, 7);
+        assert_eq!(d.scanout(), None);
+        set_mode(&mut d, 800, 600, 8);
+        assert_eq!(d.scanout(), None);
+        // Zero and out-of-range sizes.
+        set_mode(&mut d, 0, 600, 32);
+        assert_eq!(d.scanout(), None);
+        set_mode(&mut d, 0xffff, 1, 32);
+        assert_eq!(d.scanout(), None);
+        // An offset that pushes the picture past the end of the video memory.
+        set_mode(&mut d, 1024, 768, 32);
+        assert!(d.scanout().is_some());
+        write_reg(&mut d, Y_OFFSET, 0xffff);
+        assert_eq!(d.scanout(), None);
+        assert_eq!(last(&r), None);
+        // The last rows of the video memory fit exactly; one pixel further does not.
+        write_reg(&mut d, Y_OFFSET, (VRAM / 4096 - 768) as u16);
+        assert!(d.scanout().is_some());
+        write_reg(&mut d, X_OFFSET, 1);
+        assert_eq!(d.scanout(), None);
+        // Every scanout the sink ever got fits in the video memory.
+        for s in r.scanouts.lock().unwrap().iter().flatten() {
+            let end = s.offset
+                + u64::from(s.height - 1) * u64::from(s.stride)
+                + u64::from(s.width * s.bpp / 8);
+            assert!(end <= VRAM, "{s:?}");
+        }
+        // Read-only and unknown registers stay as they are.
+        write_reg(&mut d, VIDEO_MEMORY_64K, 1);
+        assert_eq!(u64::from(read_reg(&mut d, VIDEO_MEMORY_64K)) * 65536, VRAM);
+        write_reg(&mut d, ID, 0x1234);
+        assert_eq!(read_reg(&mut d, ID), ID_LATEST);
+        let mut b = [0u8; 4];
+        d.read_bar(MMIO_BAR, 0xffe, &mut b[..2]);
+        d.read_bar(MMIO_BAR, 0x1000, &mut b);
+        d.write_bar(MMIO_BAR, 0x1000, &[1, 2, 3, 4]);
+        d.write_bar(5, 0, &[1]);
+    }
+
+    #[test]
+    fn caps_report_the_limits_and_odd_access_sizes_work() {
+        let (mut d, r) = adapter(None);
+        write_reg(&mut d, ENABLE, GET_CAPS);
+        assert_eq!(read_reg(&mut d, XRES), MAX_RES);
+        assert_eq!(read_reg(&mut d, BPP), MAX_BPP);
+        // One 32-bit write sets XRES and YRES together; byte writes build a register.
+        write_reg(&mut d, ENABLE, 0);
+        d.write_bar(
+            MMIO_BAR,
+            DISPI + 2 * XRES as u64,
+            &(640u32 | (480 << 16)).to_le_bytes(),
+        );
+        d.write_bar(MMIO_BAR, DISPI + 2 * BPP as u64, &[32]);
+        d.write_bar(MMIO_BAR, DISPI + 2 * BPP as u64 + 1, &[0]);
+        write_reg(&mut d, ENABLE, ENABLED | LFB_ENABLED);
+        assert_eq!(last(&r), Some(Scanout::packed32(640, 480)));
+    }
+
+    #[test]
+    fn a_boot_mode_starts_decoding_and_bar_moves_reach_the_sink() {
+        let (mut d, r) = adapter(Some(Scanout::packed32(1280, 800)));
+        assert_eq!(d.config().command() & 2, 2);
+        assert_eq!(read_reg(&mut d, ENABLE), ENABLED | LFB_ENABLED);
+        assert_eq!(read_reg(&mut d, XRES), 1280);
+        d.bar_moved(FRAMEBUFFER_BAR, Some(0xc000_0000), None);
+        d.bar_moved(MMIO_BAR, None, Some(0xc100_0000));
+        d.bar_moved(FRAMEBUFFER_BAR, None, Some(0xd000_0000));
+        assert_eq!(*r.moves.lock().unwrap(), vec![0xd000_0000]);
+        assert!(BochsDisplay::new(12345, (1024, 768), None, r).is_err());
+    }
+}
