@@ -138,9 +138,10 @@ impl VivariumApp {
         self.snapshot.vms.len()
     }
 
-    /// Texture uploads the Screen tab made (whole pictures and changed rows).
-    pub fn screen_uploads(&self) -> u64 {
-        self.screen.uploads
+    /// Texture uploads the Screen tab made: whole pictures, and bands of changed rows.
+    pub fn screen_uploads(&self) -> (u64, u64) {
+        let uploads = self.screen.uploads;
+        (uploads.whole, uploads.rows)
     }
 
     /// Whether the Screen tab has the keyboard and mouse.

@@ -44,6 +44,15 @@ pub enum ScreenAction {
     LeaveFullscreen,
 }
 
+/// How many times the Screen tab put the picture into its texture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uploads {
+    /// Whole pictures (the first, and after a mode or filter change).
+    pub whole: u64,
+    /// Bands of changed rows.
+    pub rows: u64,
+}
+
 /// The Screen tab's state for the VM it shows.
 #[derive(Default)]
 pub struct ScreenView {
@@ -53,8 +62,8 @@ pub struct ScreenView {
     pub scale: Scale,
     /// The keyboard and mouse grab.
     pub grab: Grab,
-    /// Texture uploads done (whole pictures and row ranges), for tests and the benchmark.
-    pub uploads: u64,
+    /// Texture uploads done, for tests and the benchmark.
+    pub uploads: Uploads,
 }
 
 impl ScreenView {
@@ -159,7 +168,7 @@ impl ScreenView {
                 None => self.texture = Some(ctx.load_texture("guest-screen", image, filter)),
             }
             self.filter = Some(filter);
-            self.uploads += 1;
+            self.uploads.whole += 1;
         } else if let Some(rows) = picture.changed.take() {
             let width = size[0];
             let pixels = picture.image.pixels
@@ -169,7 +178,7 @@ impl ScreenView {
             let rows_image = egui::ColorImage::new([width, rows.len()], pixels);
             if let Some(texture) = &mut self.texture {
                 texture.set_partial([0, rows.start as usize], rows_image, filter);
-                self.uploads += 1;
+                self.uploads.rows += 1;
             }
         }
         size
