@@ -1,7 +1,9 @@
 //! The app in a real window under Xvfb (a software X server, drawn with the software
 //! renderer) on a library of several VMs, one of them running (the hand-made guest on the
 //! host's /dev/kvm, when it can run): screenshots of the library view and of the console are
-//! saved to a folder the test prints, for people to look at.
+//! saved to a folder the test prints, for people to look at. A second running VM has a screen
+//! with a test pattern drawn into its display file (the hand-made guest does not draw): its
+//! Screen tab and sidebar thumbnail are screenshotted too, before and after a click grabs it.
 //!
 //! Needs `Xvfb`, `xdotool` and ImageMagick's `import` (`cargo xtask test` installs them);
 //! without them the test says so loudly and skips, unless `VIVARIUM_REQUIRE_RIG=1`.
@@ -12,7 +14,14 @@ use std::time::{Duration, Instant};
 
 use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::vivarium::{TempLibrary, binary};
-use vivarium_e2e::vm_process::{PowerOffOnDrop, create_handmade_vm, kvm_usable};
+use vivarium_core::control::display_path;
+use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
+use vivarium_e2e::vm_process::{
+    PowerOffOnDrop, core_library, create_handmade_vm, kvm_usable, wait_until,
+};
+
+/// The VM with a screen.
+const SCREEN_VM: &str = "Workstation";
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 800;
@@ -156,6 +165,39 @@ fn make_library(library: &TempLibrary) {
     std::fs::write(broken.join("vm.toml"), "format = 1\ncpus = \n").unwrap();
 }
 
+/// Draws a 640x480 test pattern into `display`: colour bars, a one-pixel checkerboard (which
+/// stays sharp only when shown 1:1 or at whole-number scale), and a white frame.
+fn draw_test_pattern(display: &SharedDisplay) {
+    let mode = DisplayMode::packed(640, 480, PixelFormat::Xrgb8888);
+    display.set_mode(Some(mode)).unwrap();
+    const BARS: [[u8; 3]; 8] = [
+        [255, 255, 255],
+        [255, 255, 0],
+        [0, 255, 255],
+        [0, 255, 0],
+        [255, 0, 255],
+        [255, 0, 0],
+        [0, 0, 255],
+        [0, 0, 0],
+    ];
+    let mut bytes = Vec::with_capacity(640 * 480 * 4);
+    for y in 0..480u32 {
+        for x in 0..640u32 {
+            let [r, g, b] = if x < 4 || y < 4 || x >= 636 || y >= 476 {
+                [255, 255, 255]
+            } else if y < 320 {
+                BARS[(x / 80) as usize]
+            } else if (x + y) % 2 == 0 {
+                [255, 255, 255]
+            } else {
+                [0, 0, 0]
+            };
+            bytes.extend_from_slice(&[b, g, r, 0]);
+        }
+    }
+    display.write_vram(0, &bytes).unwrap();
+}
+
 #[test]
 fn the_app_in_a_real_window_with_screenshots() {
     let tools = ["Xvfb", "xdotool", "import"];
@@ -176,8 +218,22 @@ fn the_app_in_a_real_window_with_screenshots() {
         create_handmade_vm(&library, "A tiny guest");
         PowerOffOnDrop::new(&library, "A tiny guest")
     });
+    let _screen_guard = running.then(|| {
+        create_handmade_vm(&library, SCREEN_VM);
+        library.ok(&["set", SCREEN_VM, "--display", "640x480"]);
+        PowerOffOnDrop::new(&library, SCREEN_VM)
+    });
+    let mut screen_display = None;
     if running {
         library.ok(&["start", "A tiny guest"]);
+        library.ok(&["start", SCREEN_VM]);
+        let path = display_path(&core_library(&library), SCREEN_VM);
+        wait_until("the display file", Duration::from_secs(30), || {
+            path.exists()
+        });
+        let display = SharedDisplay::open(&path).expect("the display file opens");
+        draw_test_pattern(&display);
+        screen_display = Some(display);
     }
     let home = library.home().to_path_buf();
     let (_xvfb, display) = start_xvfb();
@@ -226,7 +282,37 @@ fn the_app_in_a_real_window_with_screenshots() {
         let console_shot = dir.join("console.png");
         screenshot(&display, &console_shot);
         shots.push(console_shot);
+
+        // The VM with a screen: its row (rows in the library's order), which opens its
+        // Screen tab; then a click into the picture grabs the keyboard and mouse.
+        let names: Vec<String> = core_library(&library)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
+        let row = names.iter().position(|n| n == SCREEN_VM).unwrap();
+        let row_y = (146 + 50 * row).to_string();
+        xdotool(&display, &["mousemove", "120", &row_y, "click", "1"]);
+        std::thread::sleep(Duration::from_secs(3));
+        let screen_shot = dir.join("screen.png");
+        screenshot(&display, &screen_shot);
+        shots.push(screen_shot);
+        // 1:1 (the bar's buttons sit right-aligned under the picture), then back to Fit.
+        xdotool(&display, &["mousemove", "1022", "744", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let actual_shot = dir.join("screen-1to1.png");
+        screenshot(&display, &actual_shot);
+        shots.push(actual_shot);
+        xdotool(&display, &["mousemove", "978", "744", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(1));
+        xdotool(&display, &["mousemove", "780", "480", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let grabbed_shot = dir.join("screen-grabbed.png");
+        screenshot(&display, &grabbed_shot);
+        shots.push(grabbed_shot);
     }
+    drop(screen_display);
     for shot in &shots {
         let size = std::fs::metadata(shot).map(|m| m.len()).unwrap_or(0);
         assert!(size > 10_000, "{} is empty", shot.display());
