@@ -282,6 +282,20 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
         shown_size(h).as_deref() == Some("320x200")
     });
 
+    // Fullscreen: only the screen, no sidebar; Esc leaves.
+    harness
+        .get_by_role_and_label(Role::Button, "Fullscreen")
+        .click();
+    wait_until(&mut harness, "fullscreen", |h| {
+        h.state().is_fullscreen()
+            && !has_label(h, "kb, Running")
+            && shown_size(h).as_deref() == Some("320x200")
+    });
+    harness.key_press(egui::Key::Escape);
+    wait_until(&mut harness, "fullscreen left", |h| {
+        !h.state().is_fullscreen() && has_label(h, "kb, Running")
+    });
+
     // A click into the screen grabs the keyboard: keys go to the guest as set 1 scancodes,
     // Ctrl+N (New VM in the app) included, and the app does not react to them.
     assert!(has_label(
@@ -355,4 +369,28 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
         before,
         &[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d],
     );
+
+    // In fullscreen, the release combination also leaves fullscreen.
+    harness
+        .get_by_role_and_label(Role::Button, "Fullscreen")
+        .click();
+    wait_until(&mut harness, "fullscreen", |h| h.state().is_fullscreen());
+    harness
+        .get_by_role_and_label(Role::Image, "Screen of kb")
+        .click();
+    wait_until(&mut harness, "the grab", |h| h.state().screen_grabbed());
+    harness.key_press(egui::Key::Escape);
+    harness.run_steps(2);
+    assert!(
+        harness.state().is_fullscreen(),
+        "Esc is the guest's while grabbed"
+    );
+    harness.key_down(egui::Key::ControlLeft);
+    harness.key_down(egui::Key::AltLeft);
+    wait_until(&mut harness, "released and out of fullscreen", |h| {
+        !h.state().screen_grabbed() && !h.state().is_fullscreen()
+    });
+    harness.key_up(egui::Key::AltLeft);
+    harness.key_up(egui::Key::ControlLeft);
+    harness.run_steps(2);
 }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vivarium_e2e::guest_disk::loud;
-use vivarium_e2e::vivarium::{TempLibrary, binary};
 use vivarium_core::control::display_path;
 use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
+use vivarium_e2e::guest_disk::loud;
+use vivarium_e2e::vivarium::{TempLibrary, binary};
 use vivarium_e2e::vm_process::{
     PowerOffOnDrop, core_library, create_handmade_vm, kvm_usable, wait_until,
 };

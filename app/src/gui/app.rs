@@ -154,6 +154,12 @@ impl VivariumApp {
         self.fullscreen
     }
 
+    /// Shows the selected VM's screen in the whole window (as its Fullscreen button does),
+    /// or leaves that.
+    pub fn show_fullscreen(&mut self, ctx: &egui::Context, on: bool) {
+        self.set_fullscreen(ctx, on);
+    }
+
     /// The VMs whose sidebar row shows a live thumbnail.
     pub fn thumbnailed_vms(&self) -> Vec<String> {
         let mut names: Vec<String> = self.thumbnails.keys().cloned().collect();
@@ -181,14 +187,20 @@ impl VivariumApp {
         self.screens
             .retain(|name, screen| wanted.get(name) == Some(&screen.pid));
         for (name, pid) in wanted {
+            if self.screens.contains_key(&name) {
+                continue;
+            }
             let library = &self.env.library;
-            self.screens
-                .entry(name.clone())
-                .or_insert_with(|| LiveScreen {
-                    pid,
-                    feed: DisplayFeed::start(display_path(library, &name), &name, ctx.clone()),
-                    link: InputLink::start(library, &name, ctx),
-                });
+            let screen = LiveScreen {
+                pid,
+                feed: DisplayFeed::start(display_path(library, &name), &name, ctx.clone()),
+                link: InputLink::start(library, &name, ctx),
+            };
+            self.screens.insert(name.clone(), screen);
+            // The screen is the default tab of a running VM (the console stays if chosen).
+            if self.selected.as_deref() == Some(name.as_str()) && self.tab == Tab::Overview {
+                self.tab = Tab::Screen;
+            }
         }
         let screens = &self.screens;
         self.thumbnails.retain(|name, _| screens.contains_key(name));
@@ -689,8 +701,9 @@ impl VivariumApp {
             return;
         };
         let mut action = None;
+        // No fill: the screen paints every pixel of the window itself.
         egui::CentralPanel::default()
-            .frame(egui::Frame::new().fill(egui::Color32::BLACK))
+            .frame(egui::Frame::new())
             .show(ui, |ui| {
                 action = Self::screen_ui(
                     &mut self.screen,

@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Color32, ColorImage};
@@ -79,7 +78,6 @@ struct Shared {
 /// feed is dropped.
 pub struct DisplayFeed {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl DisplayFeed {
@@ -100,14 +98,14 @@ impl DisplayFeed {
             epoch: Instant::now(),
             stop: AtomicBool::new(false),
         });
-        let thread = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("display-{label}"))
-                .spawn(move || Follower::new(shared, path, ctx).run())
-                .ok()
-        };
-        DisplayFeed { shared, thread }
+        let for_thread = shared.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("display-{label}"))
+            .spawn(move || Follower::new(for_thread, path, ctx).run());
+        if let Err(e) = started {
+            *lock(&shared.status) = FeedStatus::Failed(format!("no thread to follow it: {e}"));
+        }
+        DisplayFeed { shared }
     }
 
     /// Where the feed is with the display file.
@@ -135,11 +133,9 @@ impl DisplayFeed {
 
 impl Drop for DisplayFeed {
     fn drop(&mut self) {
+        // Not joined: the thread notices within REOPEN_INTERVAL or THUMBNAIL_INTERVAL and
+        // ends (unmapping the file), and the UI thread does not wait for that.
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            // The thread sleeps at most REOPEN_INTERVAL or THUMBNAIL_INTERVAL between checks.
-            let _ = thread.join();
-        }
     }
 }
 

@@ -193,12 +193,13 @@ impl ScreenView {
         ppp: f32,
         label: &str,
     ) -> egui::Response {
-        ui.painter_at(area).rect_filled(area, 0, Color32::BLACK);
         let Some(texture) = &self.texture else {
+            ui.painter_at(area).rect_filled(area, 0, Color32::BLACK);
             return ui.allocate_rect(area, Sense::hover());
         };
         let factor = scale_factor(self.scale, size, area.size() * ppp);
         let shown = egui::vec2(size[0] as f32, size[1] as f32) * factor / ppp;
+        let fits = shown.x <= area.width() + 0.5 && shown.y <= area.height() + 0.5;
         let make = |ui: &mut egui::Ui, origin: egui::Pos2| {
             // On whole physical pixels, so nearest filtering maps guest pixels exactly.
             let min = egui::pos2(
@@ -215,10 +216,31 @@ impl ScreenView {
             );
             response
         };
-        let response = if shown.x <= area.width() + 0.5 && shown.y <= area.height() + 0.5 {
-            let origin = area.center() - shown / 2.0;
-            make(ui, origin)
+        let response = if fits {
+            let response = make(ui, area.center() - shown / 2.0);
+            // Black bars around the picture only: with a software renderer every pixel
+            // painted twice costs.
+            let painter = ui.painter_at(area);
+            let pic = response.rect;
+            for bar in [
+                egui::Rect::from_min_max(area.min, egui::pos2(area.max.x, pic.min.y)),
+                egui::Rect::from_min_max(egui::pos2(area.min.x, pic.max.y), area.max),
+                egui::Rect::from_min_max(
+                    egui::pos2(area.min.x, pic.min.y),
+                    egui::pos2(pic.min.x, pic.max.y),
+                ),
+                egui::Rect::from_min_max(
+                    egui::pos2(pic.max.x, pic.min.y),
+                    egui::pos2(area.max.x, pic.max.y),
+                ),
+            ] {
+                if bar.is_positive() {
+                    painter.rect_filled(bar, 0, Color32::BLACK);
+                }
+            }
+            response
         } else {
+            ui.painter_at(area).rect_filled(area, 0, Color32::BLACK);
             // 1:1 and larger than the pane: scroll.
             ui.scope_builder(egui::UiBuilder::new().max_rect(area), |ui| {
                 egui::ScrollArea::both()
