@@ -23,6 +23,16 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
 10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
 
+/// The help text after `vivarium mouse --help`: the actions.
+const MOUSE_ACTIONS: &str = "Actions:
+  move:DX,DY      move DX right and DY down (negative: left, up)
+  down:BUTTON     press BUTTON (left, right or middle) and hold it
+  up:BUTTON       release it
+  click:BUTTON    press and release it
+  wheel:N         turn the wheel N detents up (negative: down)
+
+Example: vivarium mouse web move:100,40 click:left";
+
 /// Vivarium: desktop virtual machines.
 #[derive(Debug, Parser)]
 #[command(name = "vivarium", version, about, after_help = EXIT_CODES)]
@@ -175,7 +185,7 @@ pub enum Command {
         #[arg(long = "key", value_name = "COMBO")]
         keys: Vec<String>,
         /// Milliseconds between key strokes.
-        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
         delay: u64,
     },
     /// Press key combinations on a running VM's keyboard, in order, e.g.
@@ -189,13 +199,32 @@ pub enum Command {
         #[arg(required = true, value_name = "COMBO")]
         combos: Vec<String>,
         /// Milliseconds between combinations.
-        #[arg(long, default_value_t = crate::typing::DEFAULT_DELAY_MS)]
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
+        delay: u64,
+    },
+    /// Move a running VM's mouse and press its buttons: actions in order, --delay apart.
+    #[command(after_help = MOUSE_ACTIONS)]
+    Mouse {
+        /// The VM.
+        name: String,
+        /// The actions.
+        #[arg(required = true, value_name = "ACTION", allow_hyphen_values = true)]
+        actions: Vec<String>,
+        /// Milliseconds between actions.
+        #[arg(long, default_value_t = crate::send_input::DEFAULT_DELAY_MS)]
         delay: u64,
     },
     /// Show whether a VM runs (and what it does), or how its last run ended.
     Status {
         /// The VM.
         name: String,
+    },
+    /// Save a running VM's screen as a PNG image.
+    Screenshot {
+        /// The VM.
+        name: String,
+        /// The PNG file to write (replaced if it exists).
+        file: PathBuf,
     },
     /// Attach this terminal to a running VM's serial console (recent output first). Ctrl-]
     /// detaches. When standard input is not a terminal, it is sent to the guest, and the
@@ -467,10 +496,10 @@ fn execute(cli: Cli) -> Result<(), Error> {
             text,
             keys,
             delay,
-        } => crate::typing::type_into(
+        } => crate::send_input::type_into(
             &library,
             &name,
-            &crate::typing::Typing {
+            &crate::send_input::Typing {
                 text,
                 combos: keys,
                 delay: std::time::Duration::from_millis(delay),
@@ -481,18 +510,30 @@ fn execute(cli: Cli) -> Result<(), Error> {
             name,
             combos,
             delay,
-        } => crate::typing::type_into(
+        } => crate::send_input::type_into(
             &library,
             &name,
-            &crate::typing::Typing {
+            &crate::send_input::Typing {
                 text: None,
                 combos,
                 delay: std::time::Duration::from_millis(delay),
             },
             json,
         ),
+        Command::Mouse {
+            name,
+            actions,
+            delay,
+        } => crate::send_input::move_mouse(
+            &library,
+            &name,
+            &actions,
+            std::time::Duration::from_millis(delay),
+            json,
+        ),
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
+        Command::Screenshot { name, file } => crate::screenshot::run(&library, &name, &file, json),
         Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),
         Command::Delete { name } => {
             library.delete(&name)?;

@@ -37,6 +37,7 @@ pub fn run_in_terminal(library: &Library, name: &str, json: bool) -> Result<(), 
     // Installed first, so that a signal that comes while the machine is being built is
     // not lost.
     install_signal_handlers(true);
+    crate::logging::log_to_stderr();
     let session = Session::start(library, name, Some(Box::new(Stdout)))?;
     watch_signals(session.machine(), true);
     let exit = session.wait();

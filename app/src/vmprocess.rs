@@ -130,6 +130,8 @@ pub fn spawn_with(exe: &std::path::Path, library: &Library, name: &str) -> Resul
 /// output) whether it runs, detaches its standard streams, and runs until the machine ends.
 /// Returns the process exit code.
 pub fn run_vm_process(name: &str) -> u8 {
+    // Until `detach_stdio`, standard error is the starter's; from then on it is `logs/vm.log`.
+    crate::logging::log_to_stderr();
     let started = Library::open_default().and_then(|library| Session::start(&library, name, None));
     let session = match started {
         Ok(session) => session,

@@ -25,6 +25,46 @@ const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 const LOADFLAG_CAN_USE_HEAP: u8 = 0x80;
 const KERNEL_ALIGNMENT: u32 = 0x0100_0000;
 
+/// `screen_info.orig_video_isVGA` of a VESA linear framebuffer (`VIDEO_TYPE_VLFB`).
+const VIDEO_TYPE_VLFB: u8 = 0x23;
+
+/// A linear framebuffer the kernel finds in its boot parameters (`screen_info`) and draws its
+/// console on with the built-in `vesafb`/`simplefb`/`simpledrm`, before any driver of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootFramebuffer {
+    /// Guest physical address (below 4 GiB).
+    pub base: u32,
+    /// Bytes of video memory.
+    pub size: u64,
+    /// Pixels per row.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+    /// Bytes from one row to the next.
+    pub stride: u16,
+}
+
+impl BootFramebuffer {
+    /// Fills `screen_info` for this framebuffer: 32 bits per pixel, bytes blue, green, red,
+    /// unused (x8r8g8b8), as VBE reports a VLFB mode (its size in 64 KiB units).
+    pub fn write_screen_info(&self, info: &mut linux_loader::loader::bootparam::screen_info) {
+        info.orig_video_isVGA = VIDEO_TYPE_VLFB;
+        info.lfb_base = self.base;
+        info.lfb_size = (self.size >> 16).min(u64::from(u32::MAX)) as u32;
+        info.lfb_width = self.width;
+        info.lfb_height = self.height;
+        info.lfb_depth = 32;
+        info.lfb_linelength = self.stride;
+        (info.red_size, info.red_pos) = (8, 16);
+        (info.green_size, info.green_pos) = (8, 8);
+        (info.blue_size, info.blue_pos) = (8, 0);
+        (info.rsvd_size, info.rsvd_pos) = (8, 24);
+        // One page of the size of the picture fits; more would let a driver pan.
+        info.pages = (self.size / (u64::from(self.stride) * u64::from(self.height)).max(1))
+            .min(u64::from(u16::MAX)) as u16;
+    }
+}
+
 /// Where the loaded kernel starts executing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelEntry {
@@ -41,6 +81,7 @@ pub fn load_linux(
     initrd: Option<&Path>,
     cmdline: &str,
     acpi_rsdp: Option<GuestAddress>,
+    framebuffer: Option<&BootFramebuffer>,
 ) -> Result<KernelEntry> {
     let mut file = File::open(kernel).map_err(|e| Error::Kernel {
         path: kernel.to_path_buf(),
@@ -99,6 +140,9 @@ pub fn load_linux(
     params.hdr.heap_end_ptr = 0xfe00;
     if let Some(rsdp) = acpi_rsdp {
         params.acpi_rsdp_addr = rsdp.raw_value();
+    }
+    if let Some(framebuffer) = framebuffer {
+        framebuffer.write_screen_info(&mut params.screen_info);
     }
 
     let mut line = Cmdline::new(layout::CMDLINE_MAX_SIZE)
@@ -214,17 +258,50 @@ mod tests {
     }
 
     #[test]
+    fn the_framebuffer_is_announced_as_a_32_bit_vesa_lfb() {
+        let mut info = linux_loader::loader::bootparam::screen_info::default();
+        BootFramebuffer {
+            base: 0xc000_0000,
+            size: 16 << 20,
+            width: 1024,
+            height: 768,
+            stride: 4096,
+        }
+        .write_screen_info(&mut info);
+        let (kind, base, size) = (info.orig_video_isVGA, info.lfb_base, info.lfb_size);
+        assert_eq!((kind, base, size), (0x23, 0xc000_0000, 256));
+        let (w, h, d, l) = (
+            info.lfb_width,
+            info.lfb_height,
+            info.lfb_depth,
+            info.lfb_linelength,
+        );
+        assert_eq!((w, h, d, l), (1024, 768, 32, 4096));
+        assert_eq!((info.red_pos, info.green_pos, info.blue_pos), (16, 8, 0));
+        let pages = info.pages;
+        assert_eq!(pages, 5);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_kernel_is_refused_clearly() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("vmlinuz");
         std::fs::write(&fake, vec![0x42u8; 8192]).unwrap();
-        let err = load_linux(&mem, 64 << 20, &fake, None, "", None).unwrap_err();
+        let err = load_linux(&mem, 64 << 20, &fake, None, "", None, None).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("neither a Linux bzImage"), "{text}");
-        let err = load_linux(&mem, 64 << 20, &dir.path().join("missing"), None, "", None)
-            .unwrap_err()
-            .to_string();
+        let err = load_linux(
+            &mem,
+            64 << 20,
+            &dir.path().join("missing"),
+            None,
+            "",
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("cannot be opened"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
+use vivarium_devices::display::bochs::{BochsDisplay, Scanout};
 use vivarium_devices::i8042::{I8042, Ps2Input, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::rtc::CmosRtc;
@@ -25,6 +26,7 @@ use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 use vivarium_devices::virtio::scsi::{EVENT_QUEUE, VirtioScsi};
 
+use crate::display::KvmScreen;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::machine::IrqfdLine;
@@ -140,6 +142,19 @@ pub struct PciDevices<'a> {
     pub network: Option<&'a NetworkSpec>,
     /// The CD-ROM drive.
     pub cdrom: Option<&'a CdromControl>,
+    /// The screen: a bochs display over this video memory, starting in (and preferring) a
+    /// 32-bit mode of `width` x `height`.
+    pub screen: Option<ScreenDevice>,
+}
+
+/// The bochs display of a machine with a screen.
+pub struct ScreenDevice {
+    /// The video memory and where the guest's mode goes.
+    pub screen: Arc<KvmScreen>,
+    /// Width of the boot (and preferred) mode.
+    pub width: u32,
+    /// Height of the boot (and preferred) mode.
+    pub height: u32,
 }
 
 /// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff and ECAM), and
@@ -156,6 +171,7 @@ pub fn attach_pci(
         disks,
         network,
         cdrom,
+        screen,
     } = devices;
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
@@ -176,6 +192,9 @@ pub fn attach_pci(
     )
     .map_err(bus_error("PCI ECAM window"))?;
 
+    if let Some(screen) = screen {
+        attach_display(&root, screen)?;
+    }
     let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(KvmMsi { vm: vm.clone() });
     let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
         let pci = VirtioPciDevice::new(device, memory.clone(), msi.clone())
@@ -231,6 +250,38 @@ pub fn attach_pci(
         .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;
     add(Box::new(rng), "random number generator")?;
     Ok(())
+}
+
+/// The bochs display, plugged in before any other device so that its framebuffer BAR, the
+/// largest, gets the start of the 32-bit window (`layout::FRAMEBUFFER_START`). It starts in the
+/// boot mode with decoding on, as firmware leaves a display; the screen maps the video memory
+/// at BAR 0 as the root assigns it.
+fn attach_display(root: &Arc<Mutex<PciRoot>>, device: ScreenDevice) -> Result<()> {
+    let ScreenDevice {
+        screen,
+        width,
+        height,
+    } = device;
+    let vram = screen.display().vram_size();
+    let bochs = BochsDisplay::new(
+        vram,
+        (width, height),
+        Some(Scanout::packed32(width, height)),
+        screen.clone(),
+    )
+    .map_err(|e| Error::Setup(format!("could not create the display adapter: {e}")))?;
+    root.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add_device(Arc::new(Mutex::new(bochs)))
+        .map_err(|e| Error::Setup(format!("could not plug in the display adapter: {e}")))?;
+    match screen.address() {
+        Some(layout::FRAMEBUFFER_START) => Ok(()),
+        other => Err(Error::Setup(format!(
+            "the display's video memory is at {other:x?}, not at {:#x} where the boot \
+             protocol announces it",
+            layout::FRAMEBUFFER_START
+        ))),
+    }
 }
 
 /// The drive of a [`CdromSpec`], kept by the machine across resets so that the medium the

@@ -186,6 +186,81 @@ pub fn deliver(ps2: &Ps2Input, events: &[InputEvent]) {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::sync::Arc;
+    use vivarium_core::input::keys_for_text;
+    use vivarium_devices::IrqLine;
+    use vivarium_devices::bus::BusDevice;
+    use vivarium_devices::i8042::{I8042, ResetLine};
+
+    struct Unwired;
+
+    impl ResetLine for Unwired {
+        fn reset(&self) {}
+    }
+
+    impl IrqLine for Unwired {
+        fn trigger(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Everything the guest can read from port 0x60 now.
+    fn drain(controller: &mut I8042) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        loop {
+            let mut status = [0u8];
+            controller.read(0x60, 4, &mut status);
+            if status[0] & 1 == 0 {
+                return bytes;
+            }
+            let mut data = [0u8];
+            controller.read(0x60, 0, &mut data);
+            bytes.push(data[0]);
+        }
+    }
+
+    #[test]
+    fn input_the_guest_cannot_take_is_dropped_without_blocking() {
+        let unwired = Arc::new(Unwired);
+        let mut controller = I8042::new(unwired.clone(), unwired.clone(), unwired);
+        let ps2 = controller.input();
+        // No driver has enabled the keyboard yet: the keys are dropped, nothing waits.
+        deliver(&ps2, &keys_for_text("lost").unwrap());
+        assert!(
+            drain(&mut controller).is_empty(),
+            "nothing before the driver"
+        );
+        // The driver enables scanning (F4, acknowledged with FA).
+        controller.write(0x60, 0, &[0xf4]);
+        assert_eq!(drain(&mut controller), [0xfa]);
+        deliver(&ps2, &keys_for_text("a").unwrap());
+        assert_eq!(drain(&mut controller), [0x1e, 0x9e], "set 1, translated");
+        // Far more than the keyboard holds, sent while the guest reads nothing: delivered
+        // at once, the rest dropped; the guest sees the first keys whole, then the overrun
+        // code (FF in set 1), and later keys work again.
+        let flood = keys_for_text(&"x".repeat(1000)).unwrap();
+        let started = std::time::Instant::now();
+        deliver(&ps2, &flood);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let read = drain(&mut controller);
+        assert!(read.len() < 400, "bounded: {} bytes", read.len());
+        let (&last, keys) = read.split_last().unwrap();
+        assert_eq!(last, 0xff, "the overrun code");
+        assert!(keys.chunks(2).all(|k| k == [0x2d, 0xad]), "{keys:02x?}");
+        deliver(&ps2, &keys_for_text("a").unwrap());
+        assert_eq!(drain(&mut controller), [0x1e, 0x9e]);
+        // The mouse is off until its driver turns reporting on: motion is dropped.
+        deliver(
+            &ps2,
+            &[InputEvent::PointerMotion {
+                dx: 1,
+                dy: 1,
+                wheel: 0,
+                buttons: Default::default(),
+            }],
+        );
+        assert!(drain(&mut controller).is_empty(), "no mouse driver yet");
+    }
 
     #[test]
     fn every_key_code_is_a_distinct_ps2_key_of_the_same_name() {

@@ -11,6 +11,8 @@
 //!   0x000e_0000                ACPI tables (RSDP found by the kernel's scan of 0xe0000)
 //! 0x0010_0000 .. RAM top       RAM (kernel at 1 MiB, initrd at the top)
 //! 0xc000_0000 .. 0xe000_0000   32-bit PCI MMIO window (BARs)
+//!   0xc000_0000                the display's video memory (bochs display BAR 0, the first BAR
+//!                              assigned; `screen_info` announces it at boot), up to 64 MiB
 //! 0xe000_0000 .. 0xf000_0000   PCI ECAM (MCFG), 256 buses
 //! 0xfec0_0000                  IOAPIC
 //! 0xfee0_0000                  local APIC
@@ -27,6 +29,10 @@ pub const PCI_HOLE_END: u64 = 1 << 32;
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 /// Size of the 32-bit MMIO window.
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// Where the display's video memory (the bochs display's BAR 0) is at boot: the start of the
+/// 32-bit window, which the first BAR assigned gets. A guest may move the BAR; the memory
+/// follows it.
+pub const FRAMEBUFFER_START: u64 = PCI_MMIO32_START;
 /// PCI Express enhanced configuration space (ECAM).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// The last PCI bus number the machine declares (MCFG and the host bridge's `_CRS`). Every

@@ -11,10 +11,12 @@ pub mod acpi;
 mod boot;
 mod cpu;
 mod devices;
+mod display;
 pub mod error;
 mod input;
 pub mod layout;
 mod machine;
+mod memory;
 pub mod probe;
 
 use vivarium_core::backend::{Backend, BackendError, HostSupport, MachineSpec, RunningMachine};

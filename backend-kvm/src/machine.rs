@@ -25,6 +25,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::memory::GuestRam;
 use crate::{boot, cpu, layout};
 
 /// Why a machine stops.
@@ -157,6 +158,8 @@ struct MachinePlan {
     network: Option<vivarium_core::backend::NetworkSpec>,
     /// The CD-ROM drive (with its medium) outlives each build of the machine.
     cdrom: Option<vivarium_devices::scsi::cdrom::CdromControl>,
+    /// The screen; its display file (and video memory) outlives each build.
+    display: Option<vivarium_core::backend::DisplaySpec>,
     serial: SharedOutput,
 }
 
@@ -232,6 +235,7 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
         boot: spec.boot,
         disks: spec.disks,
         network: spec.network,
+        display: spec.display,
         cdrom: spec
             .cdrom
             .as_ref()
@@ -443,9 +447,14 @@ impl Drop for KvmMachine {
 struct Vm {
     _vm: Arc<VmFd>,
     _memory: Arc<GuestMemoryMmap>,
+    /// The screen's refresh thread (dirty log to display file).
+    screen: Option<crate::display::RefreshThread>,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// Owns the RAM mappings behind `_memory`; last, so it is dropped after everything that
+    /// uses them.
+    ram: GuestRam,
 }
 
 fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -473,15 +482,15 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_error("creating the PIT"))?;
 
-        let memory = GuestMemoryMmap::from_ranges(&layout::ram_regions(plan.memory_size))
-            .map_err(|e| Error::InvalidMachine(format!("could not allocate guest memory: {e}")))?;
+        let ram = GuestRam::allocate(&layout::ram_regions(plan.memory_size))?;
+        let memory = Arc::clone(ram.memory());
         for (slot, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
                 .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
-            // Guest RAM is deliberately not advised for transparent huge pages yet: with
-            // MADV_HUGEPAGE the nested test rig's kernel stalled now and then after a VM ended
-            // (docs/BENCHMARKS.md); to be revisited with a measurement on real hardware.
+            // Guest RAM is not advised with MADV_HUGEPAGE (the nested test rig's kernel stalled
+            // now and then after a VM ended with it); it is 2 MiB-aligned, so hosts whose
+            // transparent huge pages are on for all memory back it with huge pages.
             let region_info = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -514,7 +523,31 @@ impl Vm {
         let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
-        let memory = Arc::new(memory);
+        let screen = plan
+            .display
+            .as_ref()
+            .map(|d| -> Result<_> {
+                let slot = memory.num_regions() as u32;
+                let screen =
+                    crate::display::KvmScreen::new(Arc::clone(&vm), Arc::clone(&d.shared), slot)?;
+                Ok(crate::devices::ScreenDevice {
+                    screen,
+                    width: d.width,
+                    height: d.height,
+                })
+            })
+            .transpose()?;
+        let boot_framebuffer = screen.as_ref().map(|s| boot::BootFramebuffer {
+            base: layout::FRAMEBUFFER_START as u32,
+            size: s.screen.display().vram_size(),
+            width: s.width as u16,
+            height: s.height as u16,
+            stride: (s.width * 4) as u16,
+        });
+        let refresh = screen
+            .as_ref()
+            .map(|s| crate::display::RefreshThread::start(Arc::clone(&s.screen)))
+            .transpose()?;
         crate::devices::attach_pci(
             &vm,
             &pio,
@@ -525,6 +558,7 @@ impl Vm {
                 disks: &plan.disks,
                 network: plan.network.as_ref(),
                 cdrom: plan.cdrom.as_ref(),
+                screen,
             },
         )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
@@ -559,6 +593,7 @@ impl Vm {
                     initrd.as_deref(),
                     cmdline,
                     Some(rsdp),
+                    boot_framebuffer.as_ref(),
                 )?;
                 cpu::setup_long_mode(&memory, &vcpus[0], entry.entry)?;
             }
@@ -574,6 +609,8 @@ impl Vm {
         Ok(Vm {
             _vm: vm,
             _memory: memory,
+            screen: refresh,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -585,6 +622,8 @@ impl Vm {
         let Vm {
             _vm: vm,
             _memory: memory,
+            screen,
+            ram,
             vcpus,
             pio,
             mmio,
@@ -620,8 +659,12 @@ impl Vm {
         for thread in threads {
             let _ = thread.join();
         }
+        drop(screen);
         drop(vm);
         drop(memory);
+        drop(pio);
+        drop(mmio);
+        drop(ram);
         control.lock().stop.clone().unwrap_or(Stop::PowerOff)
     }
 }

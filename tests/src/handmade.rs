@@ -83,9 +83,155 @@ const CODE: [u8; 236] = [
     0x52, 0x45, 0x41, 0x44, 0x59, 0x0d, 0x0a, 0x00,
 ];
 
+/// Where the display guest's drawing code starts (offset from [`LOAD_ADDRESS`]), past the IDT.
+const DISPLAY_CODE_OFFSET: u64 = 0x500;
+/// Rows the display guest paints white after its first picture (see [`display_elf_image`]).
+pub const DISPLAY_BAND: std::ops::Range<u32> = 100..110;
+
+/// The drawing code of the display guest, assembled once from the listing below (GNU as,
+/// `.code64`, Intel syntax, linked at 0x100500). It reads the framebuffer from the boot
+/// parameters' `screen_info` (rsi points at them), maps the GiB holding it with 2 MiB pages (a
+/// page directory at 2 MiB put in the boot page tables' PDPT at 0xa000), draws, spins for
+/// 6e9 TSC ticks (about two seconds), paints [`DISPLAY_BAND`] white, and jumps to the serial
+/// guest's first instruction (0x100080), which prints [`BANNER`] and echoes.
+///
+/// ```text
+///        movzx r8d,word [rsi+0x12]; movzx r9d,word [rsi+0x14]   ; width, height
+///        movzx r10d,word [rsi+0x24]; mov r11d,[rsi+0x18]        ; stride, base
+///        test r11d,r11d; jz done
+///        mov rax,r11; shr rax,30; mov rbx,rax; shl rbx,30       ; PDPT index, its GiB
+///        mov edi,0x200000; mov ecx,512; mov rdx,rbx; or rdx,0x83
+/// fillpd: mov [rdi],rdx; add rdi,8; add rdx,0x200000; dec ecx; jnz fillpd
+///        mov edx,0x200003; mov [0xa000+rax*8],rdx; mov rax,cr3; mov cr3,rax
+///        xor r12d,r12d                                          ; y
+/// row:   cmp r12d,r9d; jae drawn; mov rdi,r12; imul rdi,r10; add rdi,r11; xor r13d,r13d
+/// col:   cmp r13d,r8d; jae nextrow
+///        ; pixel = (x & 0xff) << 16 | (y & 0xff) << 8 | (x + y) & 0xff
+///        mov eax,r13d; and eax,0xff; shl eax,16; mov edx,r12d; and edx,0xff; shl edx,8
+///        or eax,edx; lea edx,[r13+r12]; and edx,0xff; or eax,edx
+///        mov [rdi+r13*4],eax; inc r13d; jmp col
+/// nextrow: inc r12d; jmp row
+/// drawn: rdtsc; shl rdx,32; or rax,rdx; mov rbx,rax; mov rcx,6000000000; add rbx,rcx
+/// wait:  pause; rdtsc; shl rdx,32; or rax,rdx; cmp rax,rbx; jb wait
+///        mov r12d,100
+/// band:  cmp r12d,110; jae done; cmp r12d,r9d; jae done
+///        mov rdi,r12; imul rdi,r10; add rdi,r11; xor r13d,r13d
+/// bandcol: cmp r13d,r8d; jae bandnext; mov dword [rdi+r13*4],0xffffff; inc r13d; jmp bandcol
+/// bandnext: inc r12d; jmp band
+/// done:  mov eax,0x100080; jmp rax
+/// ```
+const DISPLAY_CODE: [u8; 278] = [
+    0x44, 0x0f, 0xb7, 0x46, 0x12, 0x44, 0x0f, 0xb7, 0x4e, 0x14, 0x44, 0x0f, //
+    0xb7, 0x56, 0x24, 0x44, 0x8b, 0x5e, 0x18, 0x45, 0x85, 0xdb, 0x0f, 0x84, //
+    0xf3, 0x00, 0x00, 0x00, 0x4c, 0x89, 0xd8, 0x48, 0xc1, 0xe8, 0x1e, 0x48, //
+    0x89, 0xc3, 0x48, 0xc1, 0xe3, 0x1e, 0xbf, 0x00, 0x00, 0x20, 0x00, 0xb9, //
+    0x00, 0x02, 0x00, 0x00, 0x48, 0x89, 0xda, 0x48, 0x81, 0xca, 0x83, 0x00, //
+    0x00, 0x00, 0x48, 0x89, 0x17, 0x48, 0x83, 0xc7, 0x08, 0x48, 0x81, 0xc2, //
+    0x00, 0x00, 0x20, 0x00, 0xff, 0xc9, 0x75, 0xee, 0xba, 0x03, 0x00, 0x20, //
+    0x00, 0x48, 0x89, 0x14, 0xc5, 0x00, 0xa0, 0x00, 0x00, 0x0f, 0x20, 0xd8, //
+    0x0f, 0x22, 0xd8, 0x45, 0x31, 0xe4, 0x45, 0x39, 0xcc, 0x73, 0x46, 0x4c, //
+    0x89, 0xe7, 0x49, 0x0f, 0xaf, 0xfa, 0x4c, 0x01, 0xdf, 0x45, 0x31, 0xed, //
+    0x45, 0x39, 0xc5, 0x73, 0x2f, 0x44, 0x89, 0xe8, 0x25, 0xff, 0x00, 0x00, //
+    0x00, 0xc1, 0xe0, 0x10, 0x44, 0x89, 0xe2, 0x81, 0xe2, 0xff, 0x00, 0x00, //
+    0x00, 0xc1, 0xe2, 0x08, 0x09, 0xd0, 0x43, 0x8d, 0x54, 0x25, 0x00, 0x81, //
+    0xe2, 0xff, 0x00, 0x00, 0x00, 0x09, 0xd0, 0x42, 0x89, 0x04, 0xaf, 0x41, //
+    0xff, 0xc5, 0xeb, 0xcc, 0x41, 0xff, 0xc4, 0xeb, 0xb5, 0x0f, 0x31, 0x48, //
+    0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x89, 0xc3, 0x48, 0xb9, 0x00, //
+    0xbc, 0xa0, 0x65, 0x01, 0x00, 0x00, 0x00, 0x48, 0x01, 0xcb, 0xf3, 0x90, //
+    0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x39, 0xd8, //
+    0x72, 0xf0, 0x41, 0xbc, 0x64, 0x00, 0x00, 0x00, 0x41, 0x83, 0xfc, 0x6e, //
+    0x73, 0x29, 0x45, 0x39, 0xcc, 0x73, 0x24, 0x4c, 0x89, 0xe7, 0x49, 0x0f, //
+    0xaf, 0xfa, 0x4c, 0x01, 0xdf, 0x45, 0x31, 0xed, 0x45, 0x39, 0xc5, 0x73, //
+    0x0d, 0x42, 0xc7, 0x04, 0xaf, 0xff, 0xff, 0xff, 0x00, 0x41, 0xff, 0xc5, //
+    0xeb, 0xee, 0x41, 0xff, 0xc4, 0xeb, 0xd1, 0xb8, 0x80, 0x00, 0x10, 0x00, //
+    0xff, 0xe0, //
+];
+
+/// The animating guest's code (GNU as, `.code64`, Intel syntax, linked at 0x100500): like the
+/// display guest it finds and maps the framebuffer, then fills the whole picture with one
+/// grey after another, forever (each frame a step brighter, wrapping), never idling.
+///
+/// ```text
+///        (the first 0x61 bytes: read screen_info and map its GiB, as DISPLAY_CODE;
+///         no framebuffer: jump to stop)
+///        xor ebx,ebx                                            ; colour
+/// frame: xor r12d,r12d
+/// row:   cmp r12d,r9d; jae next; mov rdi,r12; imul rdi,r10; add rdi,r11; xor r13d,r13d
+/// col:   cmp r13d,r8d; jae nextrow; mov [rdi+r13*4],ebx; inc r13d; jmp col
+/// nextrow: inc r12d; jmp row
+/// next:  add ebx,0x010101; and ebx,0xffffff; jmp frame
+/// stop:  cli; hlt; jmp stop
+/// ```
+const ANIMATION_CODE: [u8; 155] = [
+    0x44, 0x0f, 0xb7, 0x46, 0x12, 0x44, 0x0f, 0xb7, 0x4e, 0x14, 0x44, 0x0f, //
+    0xb7, 0x56, 0x24, 0x44, 0x8b, 0x5e, 0x18, 0x45, 0x85, 0xdb, 0x74, 0x7f, //
+    0x4c, 0x89, 0xd8, 0x48, 0xc1, 0xe8, 0x1e, 0x48, 0x89, 0xc3, 0x48, 0xc1, //
+    0xe3, 0x1e, 0xbf, 0x00, 0x00, 0x20, 0x00, 0xb9, 0x00, 0x02, 0x00, 0x00, //
+    0x48, 0x89, 0xda, 0x48, 0x81, 0xca, 0x83, 0x00, 0x00, 0x00, 0x48, 0x89, //
+    0x17, 0x48, 0x83, 0xc7, 0x08, 0x48, 0x81, 0xc2, 0x00, 0x00, 0x20, 0x00, //
+    0xff, 0xc9, 0x75, 0xee, 0xba, 0x03, 0x00, 0x20, 0x00, 0x48, 0x89, 0x14, //
+    0xc5, 0x00, 0xa0, 0x00, 0x00, 0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0x31, //
+    0xdb, 0x45, 0x31, 0xe4, 0x45, 0x39, 0xcc, 0x73, 0x20, 0x4c, 0x89, 0xe7, //
+    0x49, 0x0f, 0xaf, 0xfa, 0x4c, 0x01, 0xdf, 0x45, 0x31, 0xed, 0x45, 0x39, //
+    0xc5, 0x73, 0x09, 0x42, 0x89, 0x1c, 0xaf, 0x41, 0xff, 0xc5, 0xeb, 0xf2, //
+    0x41, 0xff, 0xc4, 0xeb, 0xdb, 0x81, 0xc3, 0x01, 0x01, 0x01, 0x00, 0x81, //
+    0xe3, 0xff, 0xff, 0xff, 0x00, 0xeb, 0xca, 0xfa, 0xf4, 0xeb, 0xfc, //
+];
+
+/// A guest that redraws its whole screen as fast as its vCPU can, forever (a changing screen
+/// for benchmarks of the display path). It prints nothing and ignores the serial port; stop
+/// it with `vivarium stop --force`.
+pub fn animation_elf_image() -> Vec<u8> {
+    image_with_entry(&ANIMATION_CODE)
+}
+
 /// The ELF file of the guest.
 pub fn elf_image() -> Vec<u8> {
     elf_with(&CODE, IDT_END_OFFSET)
+}
+
+/// A guest that draws a known picture on the screen the boot parameters announce (Vivarium's
+/// direct Linux boot fills `screen_info` for a VM with a display), then behaves like
+/// [`elf_image`]: prints [`BANNER`] once the picture is complete, echoes serial input and
+/// powers off on `q`. The picture is [`display_picture`]; [`DISPLAY_BAND`] is painted a couple
+/// of seconds after the rest, so a viewer that followed the dirty bits sees only those rows
+/// change last.
+pub fn display_elf_image() -> Vec<u8> {
+    image_with_entry(&DISPLAY_CODE)
+}
+
+/// Writes the display guest's ELF file to `path`.
+pub fn write_display_kernel(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, display_elf_image())
+}
+
+/// The picture the display guest leaves on a `width` x `height` screen, as RGBA rows: pixel
+/// (x, y) is red `x`, green `y`, blue `x + y` (each modulo 256), rows of [`DISPLAY_BAND`]
+/// white.
+pub fn display_picture(width: u32, height: u32) -> Vec<u8> {
+    let mut rgba = Vec::with_capacity(width as usize * height as usize * 4);
+    for y in 0..height {
+        for x in 0..width {
+            if DISPLAY_BAND.contains(&y) {
+                rgba.extend_from_slice(&[255, 255, 255, 255]);
+            } else {
+                rgba.extend_from_slice(&[x as u8, y as u8, x.wrapping_add(y) as u8, 255]);
+            }
+        }
+    }
+    rgba
+}
+
+/// The ELF file of the serial guest with `extra` code at offset [`DISPLAY_CODE_OFFSET`] (past
+/// the IDT, which stays zeros in the file) and the entry point there.
+fn image_with_entry(extra: &[u8]) -> Vec<u8> {
+    let mut code = CODE.to_vec();
+    code.resize((DISPLAY_CODE_OFFSET - CODE_OFFSET) as usize, 0);
+    code.extend_from_slice(extra);
+    let file_size = CODE_OFFSET + code.len() as u64;
+    let mut elf = elf_with(&code, IDT_END_OFFSET.max(file_size));
+    elf[24..32].copy_from_slice(&(LOAD_ADDRESS + DISPLAY_CODE_OFFSET).to_le_bytes()); // e_entry
+    elf
 }
 
 /// An ELF executable of `code` linked at `LOAD_ADDRESS + CODE_OFFSET`, in one segment of
@@ -251,6 +397,29 @@ mod tests {
         assert!(banner.starts_with(BANNER.as_bytes()));
         let memsz = u64::from_le_bytes(elf[64 + 40..64 + 48].try_into().unwrap());
         assert!(memsz >= elf.len() as u64);
+    }
+
+    #[test]
+    fn the_display_guest_enters_its_drawing_code_and_keeps_the_serial_guest() {
+        let elf = display_elf_image();
+        let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+        assert_eq!(entry, LOAD_ADDRESS + DISPLAY_CODE_OFFSET);
+        assert_eq!(&elf[DISPLAY_CODE_OFFSET as usize..], &DISPLAY_CODE);
+        assert_eq!(
+            &elf[..CODE_OFFSET as usize + CODE.len()][CODE_OFFSET as usize..],
+            &CODE
+        );
+        // The IDT the serial guest fills is zeros in the file.
+        assert!(elf[0x170..0x470].iter().all(|b| *b == 0));
+        let memsz = u64::from_le_bytes(elf[64 + 40..64 + 48].try_into().unwrap());
+        assert_eq!(memsz, elf.len() as u64);
+        let animation = animation_elf_image();
+        assert_eq!(&animation[DISPLAY_CODE_OFFSET as usize..], &ANIMATION_CODE);
+        // Both read and map the framebuffer with the same code.
+        assert_eq!(&ANIMATION_CODE[..0x16], &DISPLAY_CODE[..0x16]);
+        let picture = display_picture(4, 120);
+        assert_eq!(&picture[(5 * 4 + 3) * 4..][..4], &[3, 5, 8, 255]);
+        assert_eq!(&picture[(100 * 4) * 4..][..4], &[255, 255, 255, 255]);
     }
 
     #[test]

@@ -67,6 +67,32 @@ fn create_vm_booting(library: &TempLibrary, name: &str, kernel: &Path) {
     ]);
 }
 
+/// Creates VM `name` in `library` that boots the hand-made display guest
+/// ([`crate::handmade::display_elf_image`]: it draws [`crate::handmade::display_picture`] on a
+/// `display` screen, e.g. `1024x768`, then prints the banner; 1 CPU, 32 MiB, no disk, no
+/// network).
+pub fn create_display_vm(library: &TempLibrary, name: &str, display: &str) {
+    let kernel = library.scratch().join("handmade-display.elf");
+    if !kernel.exists() {
+        crate::handmade::write_display_kernel(&kernel).expect("write the display guest");
+    }
+    library.ok(&[
+        "create",
+        name,
+        "--kernel",
+        kernel.to_str().expect("a UTF-8 path"),
+        "--no-disk",
+        "--network",
+        "none",
+        "--display",
+        display,
+        "--memory",
+        "32M",
+        "--cpus",
+        "1",
+    ]);
+}
+
 /// Powers the VM off when dropped (a failing test must not leave VM processes behind).
 pub struct PowerOffOnDrop<'a> {
     library: &'a TempLibrary,

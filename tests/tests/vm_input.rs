@@ -150,6 +150,28 @@ fn typed_text_keys_and_mouse_reach_the_guests_i8042_and_a_stopped_vm_says_so() {
         0x3a, 0xfe, 0xfc, // right, X and Y negative: -2, -4
     ]));
     expect_reports(&library, "kb", &expected);
+    // And through `vivarium mouse`: a middle click, a move with the left button held, and the
+    // wheel (which sends a plain packet: this guest did not turn the wheel on).
+    library.ok(&[
+        "mouse",
+        "kb",
+        "click:middle",
+        "down:left",
+        "move:-1,1",
+        "up:left",
+        "wheel:1",
+    ]);
+    expected.extend(mouse(&[
+        0x0c, 0x00, 0x00, // middle down
+        0x08, 0x00, 0x00, // and up
+        0x09, 0x00, 0x00, // left down
+        0x39, 0xff, 0xff, // left held, 1 left and 1 down
+        0x08, 0x00, 0x00, // left up
+        0x08, 0x00, 0x00, // the wheel, unseen
+    ]));
+    expect_reports(&library, "kb", &expected);
+    let refused = library.fails(5, &["mouse", "kb", "click:thumb"]);
+    assert!(refused.contains("no button is called `thumb`"), "{refused}");
 
     // A bad event is a bad message: nothing reaches the guest and the connection stays.
     let socket = vivarium_core::control::socket_path(&core_library(&library), "kb");

@@ -92,7 +92,19 @@ fn a_vm_with_a_network_gets_its_own_passt_which_ends_with_it() {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
 
+    // A reset builds the machine again: the old network card lets go of passt's connection
+    // (and, with every other device, of the guest memory) so the new one can connect.
+    library.ok(&["reset", "net"]);
+    wait_until("the machine to reset", WAIT, || {
+        read_text(&library.bundle("net").join("logs/vm.log")).contains("the machine resets")
+    });
+
     library.ok(&["stop", "--force", "net"]);
+    let vm_log = read_text(&library.bundle("net").join("logs/vm.log"));
+    assert!(
+        !vm_log.contains("still in use") && !vm_log.contains("ERROR"),
+        "the machine did not release its devices and memory at reset:\n{vm_log}"
+    );
     wait_until("passt to end with the VM", WAIT, || {
         !process_alive(passt[0])
     });

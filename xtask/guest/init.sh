@@ -34,10 +34,17 @@
 #                  every connection with "VIVARIUM-GUEST-SERVED <what it read>" (for forwards)
 #     cdrom-sha256 cdrom_sha256=<sha256 of the first cd_len bytes of /dev/sr0>
 #     input        input_devices=<names of the input devices, comma separated, spaces as _>
+#     input-echo   listens on the PS/2 mouse's /dev/input/event*, prints
+#                  VIVARIUM-GUEST-INPUT-READY, reads one line from tty1 (the console the
+#                  keyboard types on), then reports input_typed=<hex of the line> and
+#                  input_mouse=<hex of the input_event records the mouse sent meanwhile>
 #     fb           fb=<name of /dev/fb0's driver or none>
 #     rtc          rtc_epoch=<seconds since the epoch by /dev/rtc0, or none>
 #                  rtc_driver=<the driver of rtc0, or none>
 #     virtio       virtio_ids=<virtio device ids present, comma separated, or none>
+#     dmesg-blk    dmesg_bytes=<size>: writes the kernel log to /dev/<blk_dev> (for comparing
+#                  boots; add `initcall_debug log_buf_len=4M` to the command line for initcall
+#                  times; the serial console is too slow for that much text)
 #     an unknown check gives <check>=unknown-check
 #   vivarium.blk_dev=vda    block device of blk-sha256, blk-size and blk-write
 #   vivarium.blk_len=N      bytes hashed by blk-sha256 (default 1048576)
@@ -155,6 +162,34 @@ check_input() {
     result input_devices "$(list_or_none "$names")"
 }
 
+check_input_echo() {
+    mouse=""
+    tries=0
+    while [ -z "$mouse" ] && [ "$tries" -lt 50 ]; do
+        for dev in /sys/class/input/event*; do
+            case "$(cat "$dev/device/name" 2>/dev/null)" in
+            *Mouse*) mouse="/dev/input/${dev##*/}" ;;
+            esac
+        done
+        [ -z "$mouse" ] && usleep 100000
+        tries=$((tries + 1))
+    done
+    wait_dev "$mouse"
+    cat "$mouse" >/tmp/mouse-events 2>/dev/null &
+    reader=$!
+    # Announce only once the reader listens, so that no early event is lost.
+    tries=0
+    while ! ls -l "/proc/$reader/fd" 2>/dev/null | grep -q /dev/input/event && [ "$tries" -lt 50 ]; do
+        usleep 100000
+        tries=$((tries + 1))
+    done
+    echo VIVARIUM-GUEST-INPUT-READY
+    IFS= read -r line </dev/tty1
+    kill "$reader" 2>/dev/null
+    result input_typed "$(printf '%s' "$line" | od -An -v -tx1 | tr -d ' \n')"
+    result input_mouse "$(od -An -v -tx1 /tmp/mouse-events | tr -d ' \n')"
+}
+
 check_virtio() {
     ids=""
     for id in /sys/bus/virtio/devices/*/device; do
@@ -244,8 +279,16 @@ run_check() {
         result cdrom_sha256 "${sum%% *}"
         ;;
     input) check_input ;;
+    input-echo) check_input_echo ;;
     fb) result fb "$(cat /sys/class/graphics/fb0/name 2>/dev/null || echo none)" ;;
     virtio) check_virtio ;;
+    dmesg-blk)
+        dev="/dev/$(param blk_dev vda)"
+        wait_dev "$dev"
+        dmesg > /tmp/dmesg
+        dd if=/tmp/dmesg of="$dev" conv=fsync 2>/dev/null
+        result dmesg_bytes "$(wc -c < /tmp/dmesg)"
+        ;;
     rtc)
         result rtc_epoch "$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null || echo none)"
         result rtc_driver "$(basename "$(readlink /sys/class/rtc/rtc0/device/driver 2>/dev/null)" 2>/dev/null || echo none)"

@@ -24,7 +24,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("clone") => clone_bench(),
         Some("boot") => crate::bench_boot::run(),
         Some("app") => crate::bench_app::run(),
-        _ => Err("usage: cargo xtask bench clone|boot|app".into()),
+        Some("display") => crate::bench_display::run(),
+        _ => Err("usage: cargo xtask bench clone|boot|app|display".into()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `run`: build and run Vivarium.
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
+//! - `bench display`: the VM side's screen refresh cost.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache.
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 mod bench;
 mod bench_app;
 mod bench_boot;
+mod bench_display;
 mod fixtures;
 mod rig;
 mod run;
@@ -27,6 +29,7 @@ fn usage() -> &'static str {
      \x20 bench clone    benchmark linked and full clones against cp (writes docs/BENCHMARKS.md)\n\
      \x20 bench app      frame time with 200 VMs and idle CPU of the app (docs/BENCHMARKS.md)\n\
      \x20 bench boot     boot Vivarium and QEMU side by side in the nested rig (docs/BENCHMARKS.md)\n\
+     \x20 bench display  CPU cost of the VM's screen refresh, still and changing (docs/BENCHMARKS.md)\n\
      \x20 fixtures       build the guest fixtures (kernel, initramfs) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }

@@ -117,6 +117,9 @@ pub struct BochsDisplay {
     sink: Arc<dyn ScanoutSink>,
     /// The scanout last given to the sink.
     shown: Option<Scanout>,
+    /// Whether a refused mode was already logged as a warning (later ones are debug events, so
+    /// a guest cannot flood the log).
+    warned: bool,
 }
 
 impl std::fmt::Debug for BochsDisplay {
@@ -183,6 +186,7 @@ impl BochsDisplay {
             edid: edid_for(preferred.0, preferred.1),
             sink,
             shown: None,
+            warned: false,
         };
         if let Some(mode) = boot_mode {
             let as_reg = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
@@ -236,10 +240,16 @@ impl BochsDisplay {
             return;
         }
         if now.is_none() && self.regs[ENABLE] & ENABLED != 0 {
-            tracing::warn!(
-                regs = ?self.regs,
-                "bochs display: the guest asked for a mode the display cannot show; it is off"
-            );
+            if self.warned {
+                tracing::debug!(regs = ?self.regs, "bochs display: mode refused");
+            } else {
+                self.warned = true;
+                tracing::warn!(
+                    regs = ?self.regs,
+                    "bochs display: the guest asked for a mode the display cannot show; it is \
+                     off (further refusals are debug events)"
+                );
+            }
         }
         self.shown = now;
         self.sink.set_scanout(now);

@@ -10,11 +10,17 @@
 //! typed before a driver exists would pile up in the queue, and Linux's i8042 probe
 //! declares the controller absent when it has more than 16 bytes to flush.
 //!
+//! Host keys are pressed and released as keys, not bytes: while the host holds a key whose
+//! make code the keyboard queued, room for its break code stays free in the queue, so a key
+//! the guest saw go down always comes up, however far behind the guest is (otherwise a
+//! dropped break would leave the key held and the guest's auto-repeat typing it for ever).
+//!
 //! Typematic repeat is the host's job: the keyboard stores the rate and delay the guest
 //! sets with `F3` (see [`Keyboard::typematic`]) but does not repeat a held key by itself;
 //! the host sends the key's make code again (another [`super::Ps2Input::press`]) for each
 //! repeat, as a real keyboard would.
 
+use super::keys::Key;
 use super::queue::ByteQueue;
 
 /// Acknowledge.
@@ -84,6 +90,9 @@ pub struct Keyboard {
     typematic: u8,
     /// The last byte sent, for the resend command.
     last_sent: u8,
+    /// Keys the host holds whose make code was queued and break code not yet: the queue
+    /// keeps room for their break codes.
+    held: Vec<Key>,
 }
 
 impl Default for Keyboard {
@@ -96,6 +105,7 @@ impl Default for Keyboard {
             leds: KeyboardLeds::default(),
             typematic: DEFAULT_TYPEMATIC,
             last_sent: ACK,
+            held: Vec::new(),
         }
     }
 }
@@ -128,16 +138,60 @@ impl Keyboard {
         self.scanning
     }
 
-    /// Queues a key's scancodes. Returns false, and queues the overrun code instead when
-    /// there is room for it, if they do not fit.
-    pub fn send_scancodes(&mut self, bytes: &[u8]) -> bool {
-        self.queue.push_or_overrun(bytes, OVERRUN)
+    /// Queue room kept for the break codes of the keys the host holds.
+    fn reserved(&self) -> usize {
+        self.held
+            .iter()
+            .map(|key| key.break_code().as_slice().len())
+            .sum()
+    }
+
+    /// The host pressed `key` (or repeats it while it is held): queues its make code if it
+    /// fits with room left for the break codes of every held key, this one included, and
+    /// for the overrun code. Returns false, and queues the overrun code instead when there
+    /// is room for it, if not.
+    pub fn press(&mut self, key: Key) -> bool {
+        let held = self.held.contains(&key);
+        let own_break = key.break_code().as_slice().len();
+        let queued = self.queue.push_or_overrun(
+            key.make().as_slice(),
+            OVERRUN,
+            self.reserved(),
+            if held { 0 } else { own_break },
+        );
+        if queued && !held && own_break > 0 {
+            self.held.push(key);
+        }
+        queued
+    }
+
+    /// The host released `key`: queues its break code, which always fits when the key's
+    /// press was queued. The break of a key whose press was not queued (the queue was full,
+    /// or the guest cleared it since) is queued only if it fits, as for a press.
+    pub fn release(&mut self, key: Key) -> bool {
+        let bytes = key.break_code();
+        if let Some(at) = self.held.iter().position(|&k| k == key) {
+            self.held.swap_remove(at);
+            // The room was kept for it.
+            let queued = self.queue.push_all(bytes.as_slice());
+            debug_assert!(queued, "the break code of a held key always fits");
+            return queued;
+        }
+        self.queue
+            .push_or_overrun(bytes.as_slice(), OVERRUN, self.reserved(), 0)
+    }
+
+    /// Drops every queued byte (and so the room kept for break codes: a key released
+    /// later sends its break if it fits).
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.held.clear();
     }
 
     fn reply(&mut self, bytes: &[u8]) {
-        // A reply that does not fit (a guest that sends commands and never reads) is
-        // dropped; the keyboard queue stays bounded.
-        if !self.queue.push_all(bytes) {
+        // A reply that does not fit beside the room kept for break codes (a guest that
+        // sends commands and never reads) is dropped; the keyboard queue stays bounded.
+        if self.queue.room() < bytes.len() + self.reserved() || !self.queue.push_all(bytes) {
             tracing::debug!("ps/2 keyboard: reply {bytes:02x?} dropped, queue full");
         }
     }
@@ -195,18 +249,18 @@ impl Keyboard {
                 self.reply(&[ACK]);
             }
             CMD_ENABLE => {
-                self.queue.clear();
+                self.clear();
                 self.scanning = true;
                 self.reply(&[ACK]);
             }
             CMD_DISABLE => {
-                self.queue.clear();
+                self.clear();
                 self.set_defaults();
                 self.scanning = false;
                 self.reply(&[ACK]);
             }
             CMD_DEFAULTS => {
-                self.queue.clear();
+                self.clear();
                 self.set_defaults();
                 self.scanning = true;
                 self.reply(&[ACK]);
@@ -216,7 +270,7 @@ impl Keyboard {
                 self.reply(&[last]);
             }
             CMD_RESET => {
-                self.queue.clear();
+                self.clear();
                 self.set_defaults();
                 self.leds = KeyboardLeds::default();
                 self.scanning = true;
@@ -286,10 +340,14 @@ mod tests {
         let mut k = Keyboard::default();
         assert!(!k.scanning(), "no scanning before a driver enables it");
         assert_eq!(send(&mut k, &[0xf4]), [ACK]);
-        assert!(k.send_scancodes(&[0x1c, 0xf0, 0x1c]));
+        assert!(k.press(Key::KeyA) && k.release(Key::KeyA));
         assert_eq!(send(&mut k, &[0xf5]), [ACK]);
-        assert!(k.send_scancodes(&[0x1c]));
+        assert!(k.press(Key::KeyA));
         assert_eq!(send(&mut k, &[0xff]), [ACK, 0xaa]);
+        // The reset dropped the make, and the room kept for the break: the release still
+        // sends it.
+        assert!(k.release(Key::KeyA));
+        assert_eq!(drain(&mut k), [0xf0, 0x1c]);
     }
 
     #[test]
@@ -298,7 +356,7 @@ mod tests {
         send(&mut k, &[0xf4]);
         let mut accepted = 0;
         for _ in 0..QUEUE_BYTES {
-            if k.send_scancodes(&[0x1c, 0xf0, 0x1c]) {
+            if k.press(Key::KeyA) && k.release(Key::KeyA) {
                 accepted += 1;
             }
         }
@@ -307,5 +365,42 @@ mod tests {
         let bytes = drain(&mut k);
         assert_eq!(bytes.last(), Some(&OVERRUN));
         assert_eq!(bytes.iter().filter(|&&b| b == OVERRUN).count(), 1);
+    }
+
+    #[test]
+    fn a_key_the_guest_saw_go_down_always_comes_up() {
+        let mut k = Keyboard::default();
+        send(&mut k, &[0xf4]);
+        // Shift and the arrow keys go down, then far more keys than fit are typed while
+        // the guest reads nothing.
+        assert!(k.press(Key::ShiftLeft));
+        assert!(k.press(Key::ArrowUp));
+        let mut refused = 0;
+        for _ in 0..QUEUE_BYTES {
+            let pressed = k.press(Key::KeyX);
+            let released = k.release(Key::KeyX);
+            assert_eq!(pressed, released, "an X that went down came up");
+            refused += usize::from(!pressed);
+        }
+        assert!(refused > 0);
+        // A guest command's reply fits beside the kept room.
+        k.write(0xee);
+        // The held keys come up: their break codes fit.
+        assert!(k.release(Key::ArrowUp));
+        assert!(k.release(Key::ShiftLeft));
+        let bytes = drain(&mut k);
+        assert!(bytes.len() <= QUEUE_BYTES);
+        assert!(
+            bytes.ends_with(&[0xe0, 0xf0, 0x75, 0xf0, 0x12]),
+            "{bytes:02x?}"
+        );
+        assert_eq!(bytes.iter().filter(|&&b| b == OVERRUN).count(), 1);
+        // Shift and Up first, then whole X strokes (every make has its break), the
+        // overrun code, the echo, and the held keys' breaks.
+        assert_eq!(bytes[..3], [0x12, 0xe0, 0x75]);
+        let strokes = &bytes[3..bytes.len() - 7];
+        assert!(!strokes.is_empty() && strokes.len().is_multiple_of(3));
+        assert!(strokes.chunks(3).all(|c| c == [0x22, 0xf0, 0x22]));
+        assert_eq!(bytes[bytes.len() - 7..bytes.len() - 5], [OVERRUN, 0xee]);
     }
 }

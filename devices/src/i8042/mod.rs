@@ -368,11 +368,16 @@ impl Controller {
         }
     }
 
-    fn key_bytes(&mut self, bytes: &[u8], fx: &mut Effects) -> Result<()> {
+    /// A host key press (`down`) or release, through the keyboard.
+    fn host_key(&mut self, key: Key, down: bool, fx: &mut Effects) -> Result<()> {
         if !self.keyboard.scanning() {
             return Err(Error::InputDisabled("keyboard"));
         }
-        let queued = self.keyboard.send_scancodes(bytes);
+        let queued = if down {
+            self.keyboard.press(key)
+        } else {
+            self.keyboard.release(key)
+        };
         // An overrun code may have been queued even when the key was not.
         self.refill(fx);
         if queued {
@@ -490,17 +495,17 @@ impl Ps2Input {
     /// and with [`Error::InputQueueFull`] when the guest has not read earlier keys yet
     /// (the key is not sent; the guest sees an overrun code): wait and send it again.
     pub fn press(&self, key: Key) -> Result<()> {
-        self.shared
-            .with(|c, fx| c.key_bytes(key.make().as_slice(), fx))
+        self.shared.with(|c, fx| c.host_key(key, true, fx))
     }
 
-    /// The key came up. Errors as for [`Ps2Input::press`].
+    /// The key came up. Its break code always gets through when its press did (the
+    /// keyboard keeps room for the break codes of held keys, so the guest never sees a key
+    /// stuck down); otherwise errors as for [`Ps2Input::press`].
     pub fn release(&self, key: Key) -> Result<()> {
-        let bytes = key.break_code();
-        if bytes.as_slice().is_empty() {
+        if key.break_code().as_slice().is_empty() {
             return Ok(());
         }
-        self.shared.with(|c, fx| c.key_bytes(bytes.as_slice(), fx))
+        self.shared.with(|c, fx| c.host_key(key, false, fx))
     }
 
     /// The mouse moved by `dx` counts right and `dy` counts down (screen directions), its

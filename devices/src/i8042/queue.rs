@@ -28,15 +28,24 @@ impl ByteQueue {
         true
     }
 
-    /// Appends `bytes` if they fit while leaving one byte free; otherwise appends
-    /// `overrun` (once: not after another `overrun`) in that last byte. Returns whether
-    /// `bytes` were queued. This is how a PS/2 keyboard reports a full buffer.
-    pub fn push_or_overrun(&mut self, bytes: &[u8], overrun: u8) -> bool {
-        if self.room() > bytes.len() {
+    /// Appends `bytes` if they fit while leaving one byte free besides the last `keep`
+    /// bytes of room, which are spoken for, and `also_keep` more; otherwise appends
+    /// `overrun` (once: not after another `overrun`) if a byte besides the kept room is
+    /// free. Returns whether `bytes` were queued. This is how a PS/2 keyboard reports a
+    /// full buffer.
+    pub fn push_or_overrun(
+        &mut self,
+        bytes: &[u8],
+        overrun: u8,
+        keep: usize,
+        also_keep: usize,
+    ) -> bool {
+        let room = self.room().saturating_sub(keep);
+        if room > bytes.len() + also_keep {
             self.bytes.extend(bytes);
             return true;
         }
-        if self.room() > 0 && self.bytes.back() != Some(&overrun) {
+        if room > 0 && self.bytes.back() != Some(&overrun) {
             self.bytes.push_back(overrun);
         }
         false
@@ -70,14 +79,30 @@ mod tests {
     #[test]
     fn bounded_with_one_overrun_marker() {
         let mut q = ByteQueue::new(4);
-        assert!(q.push_or_overrun(&[1, 2], 0));
-        assert!(!q.push_or_overrun(&[3, 4], 0), "would leave no room");
-        assert!(!q.push_or_overrun(&[5], 0));
+        assert!(q.push_or_overrun(&[1, 2], 0, 0, 0));
+        assert!(!q.push_or_overrun(&[3, 4], 0, 0, 0), "would leave no room");
+        assert!(!q.push_or_overrun(&[5], 0, 0, 0));
         assert_eq!(q.len(), 3);
         assert!(q.push_all(&[9]));
         assert!(!q.push_all(&[9]));
         let drained: Vec<u8> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(drained, [1, 2, 0, 9]);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn kept_room_is_left_alone() {
+        let mut q = ByteQueue::new(6);
+        assert!(q.push_or_overrun(&[1, 2], 0, 2, 0));
+        assert!(
+            !q.push_or_overrun(&[3], 0, 2, 1),
+            "3 and one more byte do not fit beside the kept room: the overrun does"
+        );
+        assert!(!q.push_or_overrun(&[4], 0, 2, 0), "one overrun only");
+        assert!(!q.push_or_overrun(&[5], 0, 3, 0), "nothing takes kept room");
+        assert_eq!(q.room(), 3);
+        assert!(q.push_all(&[7, 8]), "the kept room is there");
+        let drained: Vec<u8> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(drained, [1, 2, 0, 7, 8]);
     }
 }

@@ -21,7 +21,7 @@ mod msix;
 pub use config::*;
 pub use msix::*;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::bus::{Bus, BusDevice};
 use crate::{Error, Result, lock};
@@ -217,8 +217,11 @@ struct Slot {
 /// Bus 0 of a PCI hierarchy: the host bridge in slot 0 and up to 31 devices.
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
-    mmio_bus: Arc<Bus>,
-    pio_bus: Arc<Bus>,
+    // Weak: the buses hold the root (through the configuration-space devices), so strong
+    // references here would keep every device, and the guest memory they hold, alive forever
+    // after the machine ends.
+    mmio_bus: Weak<Bus>,
+    pio_bus: Weak<Bus>,
     mem32: AddressAllocator,
     mem64: AddressAllocator,
     io: AddressAllocator,
@@ -245,8 +248,8 @@ impl PciRoot {
         });
         PciRoot {
             slots,
-            mmio_bus,
-            pio_bus,
+            mmio_bus: Arc::downgrade(&mmio_bus),
+            pio_bus: Arc::downgrade(&pio_bus),
             mem32: AddressAllocator::new("32-bit MMIO", windows.mem32.0, windows.mem32.1),
             mem64: AddressAllocator::new("64-bit MMIO", windows.mem64.0, windows.mem64.1),
             io: AddressAllocator::new("I/O", windows.io.0, windows.io.1),
@@ -352,9 +355,13 @@ impl PciRoot {
                 (Some(m), _) | (None, Some(m)) => m,
                 (None, None) => continue,
             };
-            let bus = match def.kind {
+            let Some(bus) = (match def.kind {
                 BarKind::Io => &self.pio_bus,
                 _ => &self.mmio_bus,
+            })
+            .upgrade() else {
+                // The machine is being torn down; there is nothing left to map on.
+                continue;
             };
             if let Some(h) = have {
                 if let Err(e) = bus.remove(h.addr) {

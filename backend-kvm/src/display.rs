@@ -1,0 +1,253 @@
+//! The machine's screen on KVM: the display file's video memory as a KVM memory slot (the
+//! bochs display's BAR 0) with dirty logging, and a refresh thread that turns KVM's dirty log
+//! into the display file's dirty bits, about 60 times a second while a viewer looks and a few
+//! times a second otherwise (so thumbnails and screenshots stay current).
+//!
+//! The guest writes pixels straight into the shared file: nothing is copied on the VM side.
+
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
+use kvm_ioctls::VmFd;
+use vivarium_core::display::{DisplayMode, HEADER_SIZE, PixelFormat, SharedDisplay};
+use vivarium_devices::display::bochs::{Scanout, ScanoutSink};
+
+use crate::error::{Error, Result};
+
+/// How often the dirty log is read while a viewer looks (about 60 Hz).
+pub const ACTIVE_INTERVAL: Duration = Duration::from_millis(16);
+/// How often it is read when nobody looks.
+pub const IDLE_INTERVAL: Duration = Duration::from_millis(250);
+/// A viewer that touched the display within this long counts as looking.
+const VIEWER_WINDOW: Duration = Duration::from_secs(1);
+
+/// The display file's video memory mapped into this process, to be given to KVM.
+struct VideoMemory {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory that this process never reads or writes through
+// the pointer; it is only handed to KVM as a memory slot's backing.
+unsafe impl Send for VideoMemory {}
+// SAFETY: as above.
+unsafe impl Sync for VideoMemory {}
+
+impl VideoMemory {
+    fn map(display: &SharedDisplay) -> Result<VideoMemory> {
+        let len = usize::try_from(display.vram_size())
+            .map_err(|_| Error::Setup("the video memory is too large to map".into()))?;
+        // SAFETY: a new shared mapping of `len` bytes of the display file from the page-aligned
+        // offset HEADER_SIZE, which the file has (SharedDisplay checked its size); the kernel
+        // chooses the address; the result is checked and unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                display.file().as_raw_fd(),
+                HEADER_SIZE as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::Setup(format!(
+                "could not map the display's video memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(VideoMemory {
+            base: NonNull::new(base.cast()).expect("mmap does not return null on success"),
+            len,
+        })
+    }
+}
+
+impl Drop for VideoMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`. KVM no longer uses it: the slot is
+        // owned (through an Arc) by the screen, which lives as long as the VM's devices, and
+        // those outlive every vCPU.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The screen of one boot of the machine: the display file, the KVM slot of its video memory
+/// (which follows BAR 0), and the mode the guest shows.
+pub struct KvmScreen {
+    display: Arc<SharedDisplay>,
+    vm: Arc<VmFd>,
+    slot: u32,
+    memory: VideoMemory,
+    /// Where the slot is mapped now (`None`: not yet).
+    address: Mutex<Option<u64>>,
+    /// Whether KVM refused to give the dirty log (then every refresh marks everything).
+    no_dirty_log: std::sync::atomic::AtomicBool,
+}
+
+impl KvmScreen {
+    /// A screen over `display` whose video memory becomes KVM memory slot `slot` once the
+    /// bochs display's BAR 0 gets an address.
+    pub fn new(vm: Arc<VmFd>, display: Arc<SharedDisplay>, slot: u32) -> Result<Arc<KvmScreen>> {
+        let memory = VideoMemory::map(&display)?;
+        Ok(Arc::new(KvmScreen {
+            display,
+            vm,
+            slot,
+            memory,
+            address: Mutex::new(None),
+            no_dirty_log: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The display file.
+    pub fn display(&self) -> &Arc<SharedDisplay> {
+        &self.display
+    }
+
+    /// Where the video memory is mapped in the guest, once it is.
+    pub fn address(&self) -> Option<u64> {
+        *self.address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn region(&self, address: u64, size: u64) -> kvm_userspace_memory_region {
+        kvm_userspace_memory_region {
+            slot: self.slot,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: address,
+            memory_size: size,
+            userspace_addr: self.memory.base.as_ptr() as u64,
+        }
+    }
+
+    fn map_at(&self, address: u64) -> std::result::Result<(), kvm_ioctls::Error> {
+        let mut current = self.address.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == Some(address) {
+            return Ok(());
+        }
+        if let Some(old) = *current {
+            // A slot moves by deleting it (size 0) and creating it again.
+            // SAFETY: deleting a slot of this VM; no memory is handed to KVM.
+            unsafe { self.vm.set_user_memory_region(self.region(old, 0)) }?;
+            *current = None;
+        }
+        // SAFETY: the backing mapping lives as long as `self`, and KVM uses it only while the
+        // VM runs, which ends before `self` is dropped (the devices that own it go after the
+        // vCPUs). The address range is BAR 0's, inside the PCI hole, where no RAM slot is.
+        unsafe {
+            self.vm
+                .set_user_memory_region(self.region(address, self.memory.len as u64))
+        }?;
+        *current = Some(address);
+        // A new slot starts with an empty dirty log: whatever was there is news to viewers.
+        self.display.mark_dirty(0..self.display.vram_size());
+        Ok(())
+    }
+
+    /// Reads KVM's dirty log of the video memory into the display's dirty bits. Without a
+    /// dirty log (a KVM that refuses it) marks everything, so viewers still follow.
+    pub fn refresh(&self) {
+        let current = self.address.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            return;
+        }
+        use std::sync::atomic::Ordering;
+        if self.no_dirty_log.load(Ordering::Relaxed) {
+            self.display.mark_dirty(0..self.display.vram_size());
+            return;
+        }
+        match self.vm.get_dirty_log(self.slot, self.memory.len) {
+            Ok(bitmap) => {
+                self.display.mark_dirty_pages(&bitmap);
+            }
+            Err(e) => {
+                // Said once; the VM process's tracing events go to its `logs/vm.log`.
+                tracing::warn!(
+                    "KVM gives no dirty log for the video memory ({e}): the screen is \
+                     refreshed whole at every tick instead"
+                );
+                self.no_dirty_log.store(true, Ordering::Relaxed);
+                self.display.mark_dirty(0..self.display.vram_size());
+            }
+        }
+    }
+}
+
+impl ScanoutSink for KvmScreen {
+    fn set_scanout(&self, scanout: Option<Scanout>) {
+        let mode = scanout.and_then(|s| {
+            let format = PixelFormat::from_bpp(s.bpp)?;
+            Some(DisplayMode {
+                width: s.width,
+                height: s.height,
+                stride: s.stride,
+                offset: s.offset,
+                format,
+            })
+        });
+        if let Err(e) = self.display.set_mode(mode) {
+            tracing::warn!("the guest's display mode is not shown: {e}");
+            let _ = self.display.set_mode(None);
+        }
+    }
+
+    fn framebuffer_moved(&self, address: u64) {
+        if let Err(e) = self.map_at(address) {
+            tracing::error!(
+                "could not map the video memory at {address:#x}: {e}; the guest's screen \
+                 stays blank"
+            );
+        }
+    }
+}
+
+/// The thread that refreshes a screen's dirty bits; stopped and joined when dropped.
+pub struct RefreshThread {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RefreshThread {
+    /// Starts refreshing `screen`.
+    pub fn start(screen: Arc<KvmScreen>) -> Result<RefreshThread> {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("display-refresh".into())
+            .spawn(move || refresh_loop(&screen, &stopped))
+            .map_err(|e| Error::Setup(format!("could not start the display thread: {e}")))?;
+        Ok(RefreshThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+fn refresh_loop(screen: &KvmScreen, stopped: &Receiver<()>) {
+    loop {
+        let interval = if screen.display.viewer_active(VIEWER_WINDOW) {
+            ACTIVE_INTERVAL
+        } else {
+            IDLE_INTERVAL
+        };
+        match stopped.recv_timeout(interval) {
+            Err(RecvTimeoutError::Timeout) => screen.refresh(),
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl Drop for RefreshThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
