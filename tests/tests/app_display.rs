@@ -199,20 +199,16 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
         .build_eframe(move |cc| VivariumApp::new(cc, env));
     harness.run_steps(2);
 
-    // Selecting a running VM with a screen opens its Screen tab. The hand-made guest never
-    // turns its display on.
+    // Selecting a running VM with a screen opens its Screen tab. (The input guest never
+    // draws; the boot protocol announced its screen, so the display is on.)
     wait_until(&mut harness, "kb running in the sidebar", |h| {
         has_label(h, "kb, Running")
     });
     harness.get_by_label("kb, Running").click();
-    assert_eq!(display.mode().0, None, "the hand-made guest draws nothing");
-    wait_until(&mut harness, "the display-off placeholder", |h| {
-        has_label(h, "The guest has not turned on its display")
+    wait_until(&mut harness, "the Screen tab", |h| {
+        h.query_by_role_and_label(Role::Image, "Screen of kb")
+            .is_some()
     });
-    assert!(
-        harness.state().thumbnailed_vms().is_empty(),
-        "no thumbnail while the display is off: the OS icon stays"
-    );
 
     // A picture in four colours: the tab shows it (fit: doubled, sharp).
     let small = DisplayMode::packed(320, 200, PixelFormat::Xrgb8888);
@@ -274,8 +270,12 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
     expect_color(&mut harness, 0.5, 0.5, YELLOW);
     // The display turns off, then on again.
     display.set_mode(None).unwrap();
-    wait_until(&mut harness, "the placeholder again", |h| {
+    wait_until(&mut harness, "the display-off placeholder", |h| {
         has_label(h, "The guest has not turned on its display")
+    });
+    // With the display off, the sidebar shows the OS icon again.
+    wait_until(&mut harness, "the thumbnail gone", |h| {
+        h.state().thumbnailed_vms().is_empty()
     });
     draw(&display, small, |_, _| BLUE);
     wait_until(&mut harness, "the picture again", |h| {
@@ -393,4 +393,80 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
     harness.key_up(egui::Key::AltLeft);
     harness.key_up(egui::Key::ControlLeft);
     harness.run_steps(2);
+}
+
+/// The hand-made display guest draws its picture through the real path (guest writes to the
+/// framebuffer, the VM process's dirty log, the display file): the Screen tab shows exactly
+/// that picture, one guest pixel per pixel.
+#[test]
+fn a_guests_own_picture_reaches_the_screen_tab_pixel_for_pixel() {
+    if !kvm_usable("app_display::a_guests_own_picture_reaches_the_screen_tab_pixel_for_pixel") {
+        return;
+    }
+    let library = TempLibrary::new();
+    vivarium_e2e::vm_process::create_display_vm(&library, "kb", "640x480");
+    let _guard = PowerOffOnDrop::new(&library, "kb");
+    library.ok(&["start", "kb"]);
+    let serial = library.bundle("kb").join("logs/serial.log");
+    // The banner comes once the whole picture is drawn.
+    vivarium_e2e::vm_process::wait_until(
+        "the display guest's banner",
+        Duration::from_secs(60),
+        || read_text(&serial).contains(vivarium_e2e::handmade::BANNER),
+    );
+    let env = AppEnv {
+        library: core_library(&library),
+        prefs_path: None,
+        vm_exe: Some(binary()),
+    };
+    let mut harness = Harness::builder()
+        .with_size([1200.0, 1000.0])
+        .build_eframe(move |cc| VivariumApp::new(cc, env));
+    wait_until(&mut harness, "kb running in the sidebar", |h| {
+        has_label(h, "kb, Running")
+    });
+    harness.get_by_label("kb, Running").click();
+    wait_until(&mut harness, "the guest's 640x480 picture", |h| {
+        shown_size(h).as_deref() == Some("640x480")
+    });
+    let expected = vivarium_e2e::handmade::display_picture(640, 480);
+    let rect = harness
+        .get_by_role_and_label(Role::Image, "Screen of kb")
+        .rect();
+    assert_eq!(
+        (rect.width(), rect.height()),
+        (640.0, 480.0),
+        "1:1 in this pane"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let image = harness.render().expect("the harness renders");
+        let mismatches: Vec<(u32, u32)> = [
+            (0, 0),
+            (100, 37),
+            (255, 200),
+            (639, 479),
+            (320, 240),
+            (17, 400),
+        ]
+        .into_iter()
+        .filter(|&(x, y)| {
+            let at = ((y * 640 + x) * 4) as usize;
+            let want = [expected[at], expected[at + 1], expected[at + 2]];
+            let seen = image
+                .get_pixel(rect.left() as u32 + x, rect.top() as u32 + y)
+                .0;
+            !close([seen[0], seen[1], seen[2]], want)
+        })
+        .collect();
+        if mismatches.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the screen differs from the guest's picture at {mismatches:?}"
+        );
+        harness.run_steps(1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

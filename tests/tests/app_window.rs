@@ -1,9 +1,10 @@
 //! The app in a real window under Xvfb (a software X server, drawn with the software
 //! renderer) on a library of several VMs, one of them running (the hand-made guest on the
 //! host's /dev/kvm, when it can run): screenshots of the library view and of the console are
-//! saved to a folder the test prints, for people to look at. A second running VM has a screen
-//! with a test pattern drawn into its display file (the hand-made guest does not draw): its
-//! Screen tab and sidebar thumbnail are screenshotted too, before and after a click grabs it.
+//! saved to a folder the test prints, for people to look at. A second running VM is the
+//! hand-made display guest, which draws its picture through the real path (framebuffer, the
+//! VM process's dirty log, the display file): its Screen tab (Fit and 1:1) and sidebar
+//! thumbnail are screenshotted too, before and after a click grabs it.
 //!
 //! Needs `Xvfb`, `xdotool` and ImageMagick's `import` (`cargo xtask test` installs them);
 //! without them the test says so loudly and skips, unless `VIVARIUM_REQUIRE_RIG=1`.
@@ -12,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vivarium_core::control::display_path;
-use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
 use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::vivarium::{TempLibrary, binary};
 use vivarium_e2e::vm_process::{
-    PowerOffOnDrop, core_library, create_handmade_vm, kvm_usable, wait_until,
+    PowerOffOnDrop, core_library, create_display_vm, create_handmade_vm, kvm_usable, read_text,
+    wait_until,
 };
 
 /// The VM with a screen.
@@ -165,39 +165,6 @@ fn make_library(library: &TempLibrary) {
     std::fs::write(broken.join("vm.toml"), "format = 1\ncpus = \n").unwrap();
 }
 
-/// Draws a 640x480 test pattern into `display`: colour bars, a one-pixel checkerboard (which
-/// stays sharp only when shown 1:1 or at whole-number scale), and a white frame.
-fn draw_test_pattern(display: &SharedDisplay) {
-    let mode = DisplayMode::packed(640, 480, PixelFormat::Xrgb8888);
-    display.set_mode(Some(mode)).unwrap();
-    const BARS: [[u8; 3]; 8] = [
-        [255, 255, 255],
-        [255, 255, 0],
-        [0, 255, 255],
-        [0, 255, 0],
-        [255, 0, 255],
-        [255, 0, 0],
-        [0, 0, 255],
-        [0, 0, 0],
-    ];
-    let mut bytes = Vec::with_capacity(640 * 480 * 4);
-    for y in 0..480u32 {
-        for x in 0..640u32 {
-            let [r, g, b] = if x < 4 || y < 4 || x >= 636 || y >= 476 {
-                [255, 255, 255]
-            } else if y < 320 {
-                BARS[(x / 80) as usize]
-            } else if (x + y) % 2 == 0 {
-                [255, 255, 255]
-            } else {
-                [0, 0, 0]
-            };
-            bytes.extend_from_slice(&[b, g, r, 0]);
-        }
-    }
-    display.write_vram(0, &bytes).unwrap();
-}
-
 #[test]
 fn the_app_in_a_real_window_with_screenshots() {
     let tools = ["Xvfb", "xdotool", "import"];
@@ -219,21 +186,19 @@ fn the_app_in_a_real_window_with_screenshots() {
         PowerOffOnDrop::new(&library, "A tiny guest")
     });
     let _screen_guard = running.then(|| {
-        create_handmade_vm(&library, SCREEN_VM);
-        library.ok(&["set", SCREEN_VM, "--display", "640x480"]);
+        create_display_vm(&library, SCREEN_VM, "640x480");
         PowerOffOnDrop::new(&library, SCREEN_VM)
     });
-    let mut screen_display = None;
     if running {
         library.ok(&["start", "A tiny guest"]);
         library.ok(&["start", SCREEN_VM]);
-        let path = display_path(&core_library(&library), SCREEN_VM);
-        wait_until("the display file", Duration::from_secs(30), || {
-            path.exists()
-        });
-        let display = SharedDisplay::open(&path).expect("the display file opens");
-        draw_test_pattern(&display);
-        screen_display = Some(display);
+        // The display guest prints its banner once its picture is complete.
+        let serial = library.bundle(SCREEN_VM).join("logs/serial.log");
+        wait_until(
+            "the display guest's picture",
+            Duration::from_secs(60),
+            || read_text(&serial).contains(vivarium_e2e::handmade::BANNER),
+        );
     }
     let home = library.home().to_path_buf();
     let (_xvfb, display) = start_xvfb();
@@ -312,7 +277,6 @@ fn the_app_in_a_real_window_with_screenshots() {
         screenshot(&display, &grabbed_shot);
         shots.push(grabbed_shot);
     }
-    drop(screen_display);
     for shot in &shots {
         let size = std::fs::metadata(shot).map(|m| m.len()).unwrap_or(0);
         assert!(size > 10_000, "{} is empty", shot.display());

@@ -245,6 +245,7 @@ impl Follower {
                 self.mirrored = Some((generation, frame));
                 self.ctx.request_repaint();
             }
+            self.update_thumbnail();
             return;
         };
         let refill = self.mirrored.is_none_or(|(g, _)| g != generation);
