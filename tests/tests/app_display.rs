@@ -3,7 +3,8 @@
 //! given a screen): the tab shows what is in the VM's display file (checked in the rendered
 //! pixels), follows mode changes, says so when the display is off, puts a live thumbnail in
 //! the sidebar, and while it has the grab every key goes to the guest (as exact set 1
-//! scancodes) and no app shortcut fires; Ctrl+Alt gives the keyboard back.
+//! scancodes) and no app shortcut fires, the mouse too (as PS/2 packets); Ctrl+Alt gives them
+//! back. A second test has the hand-made display guest draw its own picture.
 //!
 //! The hand-made guest does not draw, so the test draws into the VM's display file as a
 //! guest's writes to video memory would land there.
@@ -149,7 +150,16 @@ fn expect_keys(
     before: usize,
     expected: &[u8],
 ) {
-    let expected = keyboard(expected);
+    expect_reports(harness, library, before, &keyboard(expected));
+}
+
+/// As [`expect_keys`], for keyboard (`k`) and mouse (`m`) bytes.
+fn expect_reports(
+    harness: &mut Harness<'_, VivariumApp>,
+    library: &TempLibrary,
+    before: usize,
+    expected: &[(char, u8)],
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while reports(library).len() < before + expected.len() && Instant::now() < deadline {
         harness.run_steps(1);
@@ -165,7 +175,7 @@ fn expect_keys(
     };
     assert_eq!(
         hex(&reports(library)[before..]),
-        hex(&expected),
+        hex(expected),
         "the guest's i8042 bytes (k = keyboard, m = mouse)"
     );
 }
@@ -333,6 +343,32 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
         !has_label(&harness, "New virtual machine"),
         "Ctrl+N went to the guest, not to the app"
     );
+
+    // The mouse, relative: raw motion, then a left click, as PS/2 packets (buttons and sign
+    // bits with bit 3 set, X, Y with up positive).
+    let before = reports(&library).len();
+    harness.event(egui::Event::MouseMoved(egui::vec2(5.0, -3.0)));
+    harness.run_steps(1);
+    let center = harness
+        .get_by_role_and_label(Role::Image, "Screen of kb")
+        .rect()
+        .center();
+    for pressed in [true, false] {
+        harness.event(egui::Event::PointerButton {
+            pos: center,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+        harness.run_steps(1);
+    }
+    expect_reports(
+        &mut harness,
+        &library,
+        before,
+        &[0x08, 0x05, 0x03, 0x09, 0x00, 0x00, 0x08, 0x00, 0x00].map(|b| ('m', b)),
+    );
+    assert!(harness.state().screen_grabbed(), "a click keeps the grab");
 
     // Ctrl+Alt releases: the guest sees both come down and, at the release, go up.
     let before = reports(&library).len();
