@@ -246,7 +246,9 @@ impl ScreenView {
                 egui::ScrollArea::both()
                     .auto_shrink([false, false])
                     .show(ui, |ui| {
-                        let origin = ui.cursor().min;
+                        // Centred along the side that fits.
+                        let spare = (area.size() - shown).max(egui::Vec2::ZERO) / 2.0;
+                        let origin = ui.cursor().min + spare;
                         make(ui, origin)
                     })
                     .inner
