@@ -429,6 +429,21 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
     harness.key_up(egui::Key::AltLeft);
     harness.key_up(egui::Key::ControlLeft);
     harness.run_steps(2);
+
+    // The Machine menu presses Ctrl+Alt+Del too.
+    let before = reports(&library).len();
+    harness.get_by_label("Machine").click();
+    harness.run_steps(2);
+    harness
+        .get_by_role_and_label(Role::Button, "Press Ctrl+Alt+Del")
+        .click();
+    harness.run_steps(1);
+    expect_keys(
+        &mut harness,
+        &library,
+        before,
+        &[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d],
+    );
 }
 
 /// The hand-made display guest draws its picture through the real path (guest writes to the

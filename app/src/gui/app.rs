@@ -510,6 +510,24 @@ impl VivariumApp {
             });
     }
 
+    /// Presses Ctrl+Alt+Del in VM `name` (the keys the grab cannot pass on: Ctrl+Alt releases
+    /// it), off the UI thread.
+    fn send_ctrl_alt_del(&mut self, name: String) {
+        let library = self.env.library.clone();
+        self.jobs.spawn(
+            format!("Sending Ctrl+Alt+Del to {name}"),
+            Some(name.clone()),
+            move |_| {
+                let mut client = ControlClient::connect(&library, &name)?;
+                client.send_input(&super::grab::CTRL_ALT_DEL)?;
+                Ok(Done::Controlled {
+                    name,
+                    what: "Ctrl+Alt+Del was pressed",
+                })
+            },
+        );
+    }
+
     fn menu_bar(&mut self, ui: &mut egui::Ui) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
@@ -522,6 +540,22 @@ impl VivariumApp {
                 ui.separator();
                 if ui.button("Quit").clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            let running = self.selected.clone().filter(|name| {
+                self.snapshot
+                    .find(name)
+                    .is_some_and(|vm| vm.state.is_live())
+            });
+            ui.menu_button("Machine", |ui| {
+                let send = ui
+                    .add_enabled(running.is_some(), egui::Button::new("Press Ctrl+Alt+Del"))
+                    .on_disabled_hover_text("Select a running VM");
+                if send.clicked()
+                    && let Some(name) = running
+                {
+                    self.send_ctrl_alt_del(name);
+                    ui.close();
                 }
             });
             ui.menu_button("View", |ui| {
