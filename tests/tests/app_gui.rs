@@ -490,7 +490,12 @@ fn start_console_and_power_off_through_a_real_vm_process() {
     wait_until(&mut harness, "the VM running", |h| {
         has_label(h, "hm, Running")
     });
-    // Starting from the app opens the console, which shows the guest's banner.
+    // A VM without a display has no Screen tab; starting it from the app opens the console,
+    // which shows the guest's banner.
+    assert!(
+        has_label(&harness, "Console") && harness.query_by_label("Screen").is_none(),
+        "the tabs are there, with no Screen tab without a display"
+    );
     let banner = BANNER.trim();
     wait_until(&mut harness, "the guest's banner in the console", |h| {
         console_text(h, "hm").contains(banner)

@@ -1,7 +1,10 @@
 //! The app in a real window under Xvfb (a software X server, drawn with the software
 //! renderer) on a library of several VMs, one of them running (the hand-made guest on the
 //! host's /dev/kvm, when it can run): screenshots of the library view and of the console are
-//! saved to a folder the test prints, for people to look at.
+//! saved to a folder the test prints, for people to look at. A second running VM is the
+//! hand-made display guest, which draws its picture through the real path (framebuffer, the
+//! VM process's dirty log, the display file): its Screen tab (Fit and 1:1) and sidebar
+//! thumbnail are screenshotted too, before and after a click grabs it.
 //!
 //! Needs `Xvfb`, `xdotool` and ImageMagick's `import` (`cargo xtask test` installs them);
 //! without them the test says so loudly and skips, unless `VIVARIUM_REQUIRE_RIG=1`.
@@ -12,7 +15,13 @@ use std::time::{Duration, Instant};
 
 use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::vivarium::{TempLibrary, binary};
-use vivarium_e2e::vm_process::{PowerOffOnDrop, create_handmade_vm, kvm_usable};
+use vivarium_e2e::vm_process::{
+    PowerOffOnDrop, core_library, create_display_vm, create_handmade_vm, kvm_usable, read_text,
+    wait_until,
+};
+
+/// The VM with a screen.
+const SCREEN_VM: &str = "Workstation";
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 800;
@@ -176,8 +185,20 @@ fn the_app_in_a_real_window_with_screenshots() {
         create_handmade_vm(&library, "A tiny guest");
         PowerOffOnDrop::new(&library, "A tiny guest")
     });
+    let _screen_guard = running.then(|| {
+        create_display_vm(&library, SCREEN_VM, "640x480");
+        PowerOffOnDrop::new(&library, SCREEN_VM)
+    });
     if running {
         library.ok(&["start", "A tiny guest"]);
+        library.ok(&["start", SCREEN_VM]);
+        // The display guest prints its banner once its picture is complete.
+        let serial = library.bundle(SCREEN_VM).join("logs/serial.log");
+        wait_until(
+            "the display guest's picture",
+            Duration::from_secs(60),
+            || read_text(&serial).contains(vivarium_e2e::handmade::BANNER),
+        );
     }
     let home = library.home().to_path_buf();
     let (_xvfb, display) = start_xvfb();
@@ -226,6 +247,35 @@ fn the_app_in_a_real_window_with_screenshots() {
         let console_shot = dir.join("console.png");
         screenshot(&display, &console_shot);
         shots.push(console_shot);
+
+        // The VM with a screen: its row (rows in the library's order), which opens its
+        // Screen tab; then a click into the picture grabs the keyboard and mouse.
+        let names: Vec<String> = core_library(&library)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
+        let row = names.iter().position(|n| n == SCREEN_VM).unwrap();
+        let row_y = (146 + 50 * row).to_string();
+        xdotool(&display, &["mousemove", "120", &row_y, "click", "1"]);
+        std::thread::sleep(Duration::from_secs(3));
+        let screen_shot = dir.join("screen.png");
+        screenshot(&display, &screen_shot);
+        shots.push(screen_shot);
+        // 1:1 (the bar's buttons sit right-aligned under the picture), then back to Fit.
+        xdotool(&display, &["mousemove", "1022", "744", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let actual_shot = dir.join("screen-1to1.png");
+        screenshot(&display, &actual_shot);
+        shots.push(actual_shot);
+        xdotool(&display, &["mousemove", "978", "744", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(1));
+        xdotool(&display, &["mousemove", "780", "480", "click", "1"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let grabbed_shot = dir.join("screen-grabbed.png");
+        screenshot(&display, &grabbed_shot);
+        shots.push(grabbed_shot);
     }
     for shot in &shots {
         let size = std::fs::metadata(shot).map(|m| m.len()).unwrap_or(0);

@@ -5,7 +5,8 @@ use vivarium_core::Library;
 
 use std::collections::HashMap;
 
-use vivarium_core::control::ControlClient;
+use vivarium_core::config::DisplayConfig;
+use vivarium_core::control::{ControlClient, LiveState, display_path};
 
 use super::console::{Console, Link};
 use super::details::{self, DetailsAction, DetailsContext, NotesEditor, Tab};
@@ -13,12 +14,16 @@ use super::dialogs::{
     Dialog, DialogEnv, DialogOutcome, FilePick, clone::CloneDialog, delete::DeleteDialog,
     new_vm::NewVmDialog, settings::SettingsDialog,
 };
+use super::display_feed::DisplayFeed;
 use super::drop::{self, DroppedSource};
+use super::grab::Grab;
 use super::host::HostProbe;
 use super::icons::Icons;
+use super::input_link::InputLink;
 use super::jobs::{Done, Finished, Jobs};
 use super::model::{Refresher, Snapshot};
 use super::prefs::{self, Prefs};
+use super::screen::{ScreenAction, ScreenView};
 use super::sidebar::{self, SidebarAction};
 use super::toasts::{Level, Toasts};
 use super::{AppEnv, style};
@@ -53,6 +58,25 @@ pub struct VivariumApp {
     consoles: HashMap<String, Console>,
     /// The file dialog choosing a disc for a running VM's CD-ROM drive, and the VM.
     cd_pick: Option<(String, FilePick<()>)>,
+    /// The screens of running VMs that have one (for the Screen tab and the thumbnails).
+    screens: HashMap<String, LiveScreen>,
+    /// The Screen tab's view, and the VM run it shows.
+    screen: ScreenView,
+    screen_of: Option<(String, u32)>,
+    /// Whether the window shows only the selected VM's screen.
+    fullscreen: bool,
+    /// Events taken for the guest before egui saw them (while the screen has the grab).
+    stolen: Vec<egui::Event>,
+    /// Sidebar thumbnails: the feed's serial they show, and the texture.
+    thumbnails: HashMap<String, (u64, egui::TextureHandle)>,
+}
+
+/// A running VM's screen: its display feed and the way its input goes.
+struct LiveScreen {
+    /// The VM process (a new run gets a new display file).
+    pid: u32,
+    feed: DisplayFeed,
+    link: InputLink,
 }
 
 impl VivariumApp {
@@ -87,6 +111,12 @@ impl VivariumApp {
             tab: Tab::Overview,
             consoles: HashMap::new(),
             cd_pick: None,
+            screens: HashMap::new(),
+            screen: ScreenView::default(),
+            screen_of: None,
+            fullscreen: false,
+            stolen: Vec::new(),
+            thumbnails: HashMap::new(),
             env,
         }
     }
@@ -111,10 +141,184 @@ impl VivariumApp {
         self.snapshot.vms.len()
     }
 
+    /// Texture uploads the Screen tab made: whole pictures, and bands of changed rows.
+    pub fn screen_uploads(&self) -> (u64, u64) {
+        let uploads = self.screen.uploads;
+        (uploads.whole, uploads.rows)
+    }
+
+    /// Whether the Screen tab has the keyboard and mouse.
+    pub fn screen_grabbed(&self) -> bool {
+        self.screen.grab.is_active()
+    }
+
+    /// Whether the window shows only a VM's screen.
+    pub fn is_fullscreen(&self) -> bool {
+        self.fullscreen
+    }
+
+    /// Shows the selected VM's screen in the whole window (as its Fullscreen button does),
+    /// or leaves that.
+    pub fn show_fullscreen(&mut self, ctx: &egui::Context, on: bool) {
+        self.set_fullscreen(ctx, on);
+    }
+
+    /// The VMs whose sidebar row shows a live thumbnail.
+    pub fn thumbnailed_vms(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.thumbnails.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Follows the screens of the running VMs that have one: a feed per VM process.
+    fn sync_screens(&mut self, ctx: &egui::Context) {
+        let wanted: HashMap<String, u32> = self
+            .snapshot
+            .vms
+            .iter()
+            .filter_map(|vm| {
+                let config = vm.entry.config.as_ref().ok()?;
+                let has_display = config.display != DisplayConfig::None;
+                match &vm.live {
+                    Some(LiveState::Running(status)) if has_display && vm.state.is_live() => {
+                        Some((vm.name().to_string(), status.pid))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        self.screens
+            .retain(|name, screen| wanted.get(name) == Some(&screen.pid));
+        for (name, pid) in wanted {
+            if self.screens.contains_key(&name) {
+                continue;
+            }
+            let library = &self.env.library;
+            let screen = LiveScreen {
+                pid,
+                feed: DisplayFeed::start(display_path(library, &name), &name, ctx.clone()),
+                link: InputLink::start(library, &name, ctx),
+            };
+            self.screens.insert(name.clone(), screen);
+            // The screen is the default tab of a running VM (the console stays if chosen).
+            if self.selected.as_deref() == Some(name.as_str()) && self.tab == Tab::Overview {
+                self.tab = Tab::Screen;
+            }
+        }
+        let screens = &self.screens;
+        self.thumbnails.retain(|name, _| screens.contains_key(name));
+        let shown_gone = self
+            .screen_of
+            .as_ref()
+            .is_some_and(|(name, pid)| screens.get(name).is_none_or(|s| s.pid != *pid));
+        if shown_gone {
+            self.forget_screen(ctx);
+        }
+    }
+
+    /// The Screen tab no longer shows the VM run it showed: the grab ends, fullscreen too.
+    fn forget_screen(&mut self, ctx: &egui::Context) {
+        let link = self
+            .screen_of
+            .as_ref()
+            .and_then(|(name, _)| self.screens.get(name))
+            .map(|s| &s.link);
+        self.screen.release(ctx, link);
+        self.screen.forget();
+        self.screen_of = None;
+        self.set_fullscreen(ctx, false);
+    }
+
+    fn set_fullscreen(&mut self, ctx: &egui::Context, on: bool) {
+        if self.fullscreen != on {
+            self.fullscreen = on;
+            ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(on));
+        }
+    }
+
+    /// Whether VM `name` runs with a screen the app follows.
+    fn has_screen(&self, name: &str) -> bool {
+        self.screens.contains_key(name)
+    }
+
+    /// While the screen has the grab: sends this frame's input to the guest.
+    fn forward_grabbed_input(&mut self, ctx: &egui::Context) {
+        if !self.screen.grab.is_active() {
+            self.stolen.clear();
+            return;
+        }
+        let mut events = std::mem::take(&mut self.stolen);
+        // Events the raw input hook did not see (test harnesses do not call it).
+        events.extend(ctx.input_mut(|i| Grab::steal(&mut i.events)));
+        let Some(screen) = self
+            .screen_of
+            .as_ref()
+            .and_then(|(name, _)| self.screens.get(name))
+        else {
+            self.screen.release(ctx, None);
+            return;
+        };
+        if self.screen.forward(ctx, &events, &screen.link) && self.fullscreen {
+            self.set_fullscreen(ctx, false);
+        }
+    }
+
+    /// Draws the selected VM's screen (the Screen tab, or the whole window in fullscreen).
+    fn screen_ui(
+        screen_view: &mut ScreenView,
+        screen_of: &mut Option<(String, u32)>,
+        screens: &HashMap<String, LiveScreen>,
+        name: &str,
+        ui: &mut egui::Ui,
+        fullscreen: bool,
+    ) -> Option<ScreenAction> {
+        let live = screens.get(name)?;
+        let key = (name.to_string(), live.pid);
+        if screen_of.as_ref() != Some(&key) {
+            screen_view.release(ui.ctx(), None);
+            screen_view.forget();
+            *screen_of = Some(key);
+        }
+        screen_view.ui(
+            ui,
+            &live.feed,
+            &live.link,
+            &format!("Screen of {name}"),
+            fullscreen,
+        )
+    }
+
+    /// New thumbnails from the feeds into the sidebar's textures.
+    fn update_thumbnails(&mut self, ctx: &egui::Context) {
+        for (name, screen) in &self.screens {
+            let Some(thumbnail) = screen.feed.thumbnail() else {
+                self.thumbnails.remove(name);
+                continue;
+            };
+            match self.thumbnails.get_mut(name) {
+                Some((serial, _)) if *serial == thumbnail.serial => {}
+                Some((serial, texture)) => {
+                    texture.set(thumbnail.image, egui::TextureOptions::LINEAR);
+                    *serial = thumbnail.serial;
+                }
+                None => {
+                    let texture = ctx.load_texture(
+                        format!("thumbnail-{name}"),
+                        thumbnail.image,
+                        egui::TextureOptions::LINEAR,
+                    );
+                    self.thumbnails
+                        .insert(name.clone(), (thumbnail.serial, texture));
+                }
+            }
+        }
+    }
+
     /// Takes in what the background threads produced: a new listing, finished jobs.
-    fn poll(&mut self) {
+    fn poll(&mut self, ctx: &egui::Context) {
         if let Some(snapshot) = self.refresher.take_latest() {
             self.snapshot = snapshot;
+            self.sync_screens(ctx);
             // A console whose VM stopped, or whose connection ended, goes; the next look at a
             // running VM's console attaches again (and gets the backlog).
             let snapshot = &self.snapshot;
@@ -230,7 +434,17 @@ impl VivariumApp {
                 self.toasts
                     .info(format!("Started {name} (VM process {pid})."));
                 if self.selected.as_deref() == Some(&name) {
-                    self.tab = Tab::Console;
+                    // The screen when the VM has one (its feed starts with the next listing).
+                    let has_display = self
+                        .snapshot
+                        .find(&name)
+                        .and_then(|vm| vm.entry.config.as_ref().ok())
+                        .is_some_and(|config| config.display != DisplayConfig::None);
+                    self.tab = if has_display {
+                        Tab::Screen
+                    } else {
+                        Tab::Console
+                    };
                 }
             }
             Ok(Done::Controlled { name, what }) => {
@@ -368,6 +582,24 @@ impl VivariumApp {
             });
     }
 
+    /// Presses Ctrl+Alt+Del in VM `name` (the keys the grab cannot pass on: Ctrl+Alt releases
+    /// it), off the UI thread.
+    fn send_ctrl_alt_del(&mut self, name: String) {
+        let library = self.env.library.clone();
+        self.jobs.spawn(
+            format!("Sending Ctrl+Alt+Del to {name}"),
+            Some(name.clone()),
+            move |_| {
+                let mut client = ControlClient::connect(&library, &name)?;
+                client.send_input(&super::grab::CTRL_ALT_DEL)?;
+                Ok(Done::Controlled {
+                    name,
+                    what: "Ctrl+Alt+Del was pressed",
+                })
+            },
+        );
+    }
+
     fn menu_bar(&mut self, ui: &mut egui::Ui) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
@@ -380,6 +612,22 @@ impl VivariumApp {
                 ui.separator();
                 if ui.button("Quit").clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            let running = self.selected.clone().filter(|name| {
+                self.snapshot
+                    .find(name)
+                    .is_some_and(|vm| vm.state.is_live())
+            });
+            ui.menu_button("Machine", |ui| {
+                let send = ui
+                    .add_enabled(running.is_some(), egui::Button::new("Press Ctrl+Alt+Del"))
+                    .on_disabled_hover_text("Select a running VM");
+                if send.clicked()
+                    && let Some(name) = running
+                {
+                    self.send_ctrl_alt_del(name);
+                    ui.close();
                 }
             });
             ui.menu_button("View", |ui| {
@@ -485,7 +733,29 @@ impl VivariumApp {
             self.consoles.insert(vm.name().to_string(), console);
         }
         let console = self.consoles.get_mut(vm.name());
-        let action = details::ui(ui, &vm, &mut self.notes, &cx, &mut self.tab, console);
+        let (screen_view, screen_of, screens) =
+            (&mut self.screen, &mut self.screen_of, &self.screens);
+        let mut screen_action = None;
+        let mut draw_screen = |ui: &mut egui::Ui| {
+            screen_action = Self::screen_ui(screen_view, screen_of, screens, vm.name(), ui, false);
+        };
+        let screen: Option<&mut dyn FnMut(&mut egui::Ui)> = if screens.contains_key(vm.name()) {
+            Some(&mut draw_screen)
+        } else {
+            None
+        };
+        let action = details::ui(
+            ui,
+            &vm,
+            &mut self.notes,
+            &cx,
+            &mut self.tab,
+            console,
+            screen,
+        );
+        if let Some(ScreenAction::ToggleFullscreen) = screen_action {
+            self.set_fullscreen(ui.ctx(), true);
+        }
         match action {
             Some(DetailsAction::Start) => self.start_vm(vm.name()),
             Some(
@@ -523,6 +793,54 @@ impl VivariumApp {
         }
     }
 
+    /// The grab ends when its screen is no longer on show (another VM or tab was chosen).
+    fn release_grab_if_hidden(&mut self, ctx: &egui::Context) {
+        if !self.screen.grab.is_active() {
+            return;
+        }
+        let shown = self.tab == Tab::Screen
+            && self.selected.as_ref().is_some_and(|name| {
+                self.screen_of.as_ref().is_some_and(|(of, _)| of == name)
+                    && self
+                        .snapshot
+                        .find(name)
+                        .is_some_and(|vm| vm.state.is_live())
+            });
+        if !shown {
+            self.forget_screen(ctx);
+        }
+    }
+
+    /// The whole window is the selected VM's screen.
+    fn fullscreen_ui(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        let Some(name) = self.selected.clone().filter(|name| self.has_screen(name)) else {
+            self.set_fullscreen(&ctx, false);
+            return;
+        };
+        let mut action = None;
+        // No fill: the screen paints every pixel of the window itself.
+        egui::CentralPanel::default()
+            .frame(egui::Frame::new())
+            .show(ui, |ui| {
+                action = Self::screen_ui(
+                    &mut self.screen,
+                    &mut self.screen_of,
+                    &self.screens,
+                    &name,
+                    ui,
+                    true,
+                );
+            });
+        if matches!(
+            action,
+            Some(ScreenAction::LeaveFullscreen | ScreenAction::ToggleFullscreen)
+        ) {
+            self.set_fullscreen(&ctx, false);
+        }
+        self.release_grab_if_hidden(&ctx);
+    }
+
     fn save_prefs_if_changed(&mut self) {
         if self.prefs == self.saved_prefs {
             return;
@@ -542,9 +860,23 @@ impl VivariumApp {
 }
 
 impl eframe::App for VivariumApp {
+    fn raw_input_hook(&mut self, _ctx: &egui::Context, raw_input: &mut egui::RawInput) {
+        if self.screen.grab.is_active() {
+            // Before egui sees them: no widget and no shortcut reacts to the guest's input.
+            let stolen = Grab::steal(&mut raw_input.events);
+            self.stolen.extend(stolen);
+        }
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
-        self.poll();
+        self.poll(&ctx);
+        self.forward_grabbed_input(&ctx);
+        self.update_thumbnails(&ctx);
+        if self.fullscreen {
+            self.fullscreen_ui(ui);
+            return;
+        }
         self.handle_drops(&ctx);
         if ctx.input_mut(|i| {
             i.consume_shortcut(&egui::KeyboardShortcut::new(
@@ -566,12 +898,18 @@ impl eframe::App for VivariumApp {
             .min_size(200.0)
             .frame(sidebar_frame)
             .show(ui, |ui| {
+                let thumbnails: HashMap<&str, &egui::TextureHandle> = self
+                    .thumbnails
+                    .iter()
+                    .map(|(name, (_, texture))| (name.as_str(), texture))
+                    .collect();
                 sidebar::ui(
                     ui,
                     &self.snapshot,
                     &mut self.filter,
                     self.selected.as_deref(),
                     &self.icons,
+                    &thumbnails,
                 )
             })
             .inner;
@@ -579,6 +917,9 @@ impl eframe::App for VivariumApp {
             Some(SidebarAction::Select(name)) => {
                 if self.notes.dirty() {
                     self.save_notes();
+                }
+                if self.has_screen(&name) {
+                    self.tab = Tab::Screen;
                 }
                 self.selected = Some(name);
             }
@@ -602,6 +943,7 @@ impl eframe::App for VivariumApp {
         drop::hover_overlay(&ctx);
         // Relative times ("5 min ago") stay true without repainting more than this.
         ctx.request_repaint_after(std::time::Duration::from_secs(30));
+        self.release_grab_if_hidden(&ctx);
         self.save_prefs_if_changed();
     }
 

@@ -18,6 +18,8 @@ pub enum Tab {
     /// What the VM is made of.
     #[default]
     Overview,
+    /// The guest's screen (running VMs with a display).
+    Screen,
     /// The serial console (running VMs).
     Console,
 }
@@ -91,7 +93,7 @@ pub struct DetailsContext<'a> {
     pub cannot_start: Option<&'a str>,
 }
 
-/// Draws the pane for `vm`.
+/// Draws the pane for `vm`; `screen` draws its Screen tab (running VMs with a display).
 pub fn ui(
     ui: &mut egui::Ui,
     vm: &VmRow,
@@ -99,6 +101,7 @@ pub fn ui(
     cx: &DetailsContext<'_>,
     tab: &mut Tab,
     console: Option<&mut Console>,
+    screen: Option<&mut dyn FnMut(&mut egui::Ui)>,
 ) -> Option<DetailsAction> {
     let mut action = None;
     header(ui, vm, cx);
@@ -108,12 +111,22 @@ pub fn ui(
     if vm.state.is_live() {
         ui.horizontal(|ui| {
             ui.selectable_value(tab, Tab::Overview, "Overview");
+            if screen.is_some() {
+                ui.selectable_value(tab, Tab::Screen, "Screen");
+            }
             ui.selectable_value(tab, Tab::Console, "Console");
         });
         ui.separator();
     } else {
         // The tab stays as chosen (a VM just started may not be listed as running yet).
         ui.add_space(4.0);
+    }
+    if *tab == Tab::Screen
+        && vm.state.is_live()
+        && let Some(screen) = screen
+    {
+        screen(ui);
+        return action;
     }
     if *tab == Tab::Console && vm.state.is_live() {
         console_tab(ui, vm, console);

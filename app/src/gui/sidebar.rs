@@ -2,6 +2,8 @@
 //! button. Rows are laid out only for the visible part of the list, so a library of hundreds
 //! of VMs costs no more per frame than a dozen.
 
+use std::collections::HashMap;
+
 use eframe::egui::{self, Color32, FontId, RichText, Sense, text::LayoutJob};
 
 use super::icons::Icons;
@@ -12,6 +14,8 @@ use super::style::state_color;
 const ROW_HEIGHT: f32 = 50.0;
 /// Size of the OS icon in a row.
 const ICON: f32 = 32.0;
+/// The slot for the icon or, for a running VM with a screen, its live thumbnail.
+const THUMBNAIL: egui::Vec2 = egui::vec2(44.0, 33.0);
 
 /// What the user did in the sidebar.
 pub enum SidebarAction {
@@ -33,6 +37,7 @@ pub fn ui(
     filter: &mut String,
     selected: Option<&str>,
     icons: &Icons,
+    thumbnails: &HashMap<&str, &egui::TextureHandle>,
 ) -> Option<SidebarAction> {
     let mut action = None;
     ui.add_space(10.0);
@@ -73,7 +78,8 @@ pub fn ui(
         .show_rows(ui, ROW_HEIGHT, visible.len(), |ui, range| {
             ui.spacing_mut().item_spacing.y = 0.0;
             for vm in &visible[range] {
-                if row(ui, vm, selected == Some(vm.name()), icons) {
+                let thumbnail = thumbnails.get(vm.name()).copied();
+                if row(ui, vm, selected == Some(vm.name()), icons, thumbnail) {
                     action = Some(SidebarAction::Select(vm.name().to_string()));
                 }
             }
@@ -82,7 +88,13 @@ pub fn ui(
 }
 
 /// One row; returns whether it was clicked.
-fn row(ui: &mut egui::Ui, vm: &VmRow, selected: bool, icons: &Icons) -> bool {
+fn row(
+    ui: &mut egui::Ui,
+    vm: &VmRow,
+    selected: bool,
+    icons: &Icons,
+    thumbnail: Option<&egui::TextureHandle>,
+) -> bool {
     let width = ui.available_width();
     let (rect, response) = ui.allocate_exact_size(egui::vec2(width, ROW_HEIGHT), Sense::click());
     let label = row_label(vm);
@@ -98,11 +110,25 @@ fn row(ui: &mut egui::Ui, vm: &VmRow, selected: bool, icons: &Icons) -> bool {
     } else if response.hovered() {
         painter.rect_filled(card, 8, visuals.widgets.hovered.weak_bg_fill);
     }
-    let icon_rect = egui::Rect::from_center_size(
-        egui::pos2(card.left() + 8.0 + ICON / 2.0, card.center().y),
-        egui::vec2(ICON, ICON),
+    let slot = egui::Rect::from_center_size(
+        egui::pos2(card.left() + 8.0 + THUMBNAIL.x / 2.0, card.center().y),
+        THUMBNAIL,
     );
-    if let Some(texture) = icons.os(vm.os) {
+    let icon_rect = egui::Rect::from_center_size(slot.center(), egui::vec2(ICON, ICON));
+    let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+    if let Some(texture) = thumbnail {
+        let [w, h] = texture.size();
+        let scale = (THUMBNAIL.x / w as f32).min(THUMBNAIL.y / h as f32);
+        let shown =
+            egui::Rect::from_center_size(slot.center(), egui::vec2(w as f32, h as f32) * scale);
+        painter.image(texture.id(), shown, uv, Color32::WHITE);
+        painter.rect_stroke(
+            shown,
+            2,
+            visuals.widgets.noninteractive.bg_stroke,
+            egui::StrokeKind::Outside,
+        );
+    } else if let Some(texture) = icons.os(vm.os) {
         painter.image(
             texture.id(),
             icon_rect,
@@ -110,7 +136,7 @@ fn row(ui: &mut egui::Ui, vm: &VmRow, selected: bool, icons: &Icons) -> bool {
             Color32::WHITE,
         );
     }
-    let text_left = icon_rect.right() + 10.0;
+    let text_left = slot.right() + 10.0;
     let text_width = (card.right() - 8.0 - text_left).max(10.0);
     let strong = if selected {
         visuals
