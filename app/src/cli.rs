@@ -395,6 +395,9 @@ fn cancel_on_interrupt() {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
+    if matches!(cli.command, Command::VmProcess { .. } | Command::Run { .. }) {
+        crate::vmprocess::limit_thread_stacks();
+    }
     if let Command::VmProcess { name } = &cli.command {
         return crate::vmprocess::run_vm_process(name);
     }
