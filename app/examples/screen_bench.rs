@@ -219,9 +219,22 @@ impl Bench {
             }
             _ => {}
         }
-        // Phase changes are checked on the app's own frames, plus a slow timer so a static
-        // screen still ends its phase.
-        ctx.request_repaint_after(Duration::from_millis(500));
+        // Phase changes are checked on the app's own frames, plus one timed repaint when the
+        // phase is due to end, so a static screen still ends its phase without the bench
+        // adding frames to what it measures.
+        let due = match self.phase {
+            Phase::Starting => Some(Duration::from_millis(500)),
+            Phase::Settling(since) | Phase::Warming(since) => {
+                Some((since + SETTLE).saturating_duration_since(now))
+            }
+            Phase::Static(start) | Phase::Changing(start) => {
+                Some((start.at + self.seconds).saturating_duration_since(now))
+            }
+            Phase::Done => None,
+        };
+        if let Some(due) = due {
+            ctx.request_repaint_after(due);
+        }
     }
 }
 
