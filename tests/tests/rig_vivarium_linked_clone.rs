@@ -1,0 +1,185 @@
+//! A linked clone boots: a real Debian kernel under Vivarium's KVM backend, inside the nested
+//! rig, reads and writes a disk that is a qcow2 overlay over the parent's base image.
+//!
+//! One rig run, driven through the `vivarium` command line:
+//! 1. import a pattern disk as `parent`, make `child` with `vivarium clone --linked`;
+//! 2. boot `child`: the guest hashes its whole disk (the parent's data, read through the
+//!    overlay from the base) and writes a pattern into the middle of a cluster (copy-on-write);
+//!    the guest powers off without a flush;
+//! 3. boot `child` again: the guest hashes its whole disk, which must be the parent's data
+//!    with the pattern (the write survived the restart);
+//! 4. the base image and the parent's own overlay are unchanged, byte for byte;
+//! 5. the clone's overlay is carried out of the rig and checked on the host by QEMU's own
+//!    qcow2 implementation: `qemu-img check` passes and `qemu-img convert` of the overlay over
+//!    the base gives exactly the expected disk.
+//!
+//! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use vivarium_e2e::guest_disk::{host_sha256, loud, write_pattern_disk};
+use vivarium_e2e::rig::{self, Rig};
+
+const DISK_BYTES: usize = 2 << 20;
+/// Inside the overlay's 17th 64 KiB cluster, not at its start: the write needs copy-on-write
+/// of the rest of the cluster from the base.
+const WRITE_OFFSET: usize = (1 << 20) + 4096;
+const GUEST_CPUS: u32 = 2;
+const GUEST_MIB: u64 = 256;
+
+fn rig_script(vivarium: &Path) -> String {
+    let v = vivarium.display();
+    let carry = rig::CARRY_SH;
+    format!(
+        r#"export VIVARIUM_HOME=/tmp/vivarium-library
+V={v}
+{carry}
+cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
+base="console=ttyS0 quiet panic=-1"
+$V import parent disk.img --kernel "$VIVARIUM_GUEST_KERNEL" --initrd "$VIVARIUM_GUEST_INITRD" \
+    --cmdline "$base" --cpus {GUEST_CPUS} --memory {GUEST_MIB} --network none --display none || exit 10
+$V clone parent child --linked || exit 11
+B=$(ls "$VIVARIUM_HOME"/bases/*.vivbase/disks/*)
+P=$(ls "$VIVARIUM_HOME"/vms/parent.vivm/disks/*.qcow2)
+C="$VIVARIUM_HOME/vms/child.vivm/disks/disk0.qcow2"
+ls -l "$B" "$P" "$C"
+echo "VIVARIUM-RESULT base_sha256=$(sha256sum "$B" | cut -d' ' -f1)"
+parent_before=$(sha256sum "$P" | cut -d' ' -f1)
+
+$V set child --cmdline "$base vivarium.checks=blk-size,blk-sha256,blk-write vivarium.blk_len={DISK_BYTES} vivarium.blk_write_off={WRITE_OFFSET} vivarium.then=poweroff" || exit 12
+echo "VIVARIUM-RIG-MARK clone-boot1-start"
+$V run child > boot1.log 2>&1
+echo "VIVARIUM-RESULT boot1_exit=$?"
+grep "VIVARIUM-RESULT" boot1.log | sed 's/VIVARIUM-RESULT /VIVARIUM-RESULT boot1_/'
+tail -n 5 boot1.log
+
+$V set child --cmdline "$base vivarium.checks=blk-sha256 vivarium.blk_len={DISK_BYTES} vivarium.then=poweroff" || exit 13
+echo "VIVARIUM-RIG-MARK clone-boot2-start"
+$V run child > boot2.log 2>&1
+echo "VIVARIUM-RESULT boot2_exit=$?"
+grep "VIVARIUM-RESULT" boot2.log | sed 's/VIVARIUM-RESULT /VIVARIUM-RESULT boot2_/'
+tail -n 5 boot2.log
+
+echo "VIVARIUM-RESULT base_after_sha256=$(sha256sum "$B" | cut -d' ' -f1)"
+[ "$parent_before" = "$(sha256sum "$P" | cut -d' ' -f1)" ] \
+    && echo "VIVARIUM-RESULT parent_unchanged=yes" || echo "VIVARIUM-RESULT parent_unchanged=no"
+carry child.qcow2 "$C"
+$V list
+exit 0
+"#
+    )
+}
+
+/// The 512 bytes the guest fixture's `blk-write` check writes at `offset`.
+fn guest_pattern(offset: usize) -> Vec<u8> {
+    let mut line = format!("VIVARIUM-PATTERN {offset}").into_bytes();
+    line.resize(511, b'.');
+    line.push(b'\n');
+    line
+}
+
+fn sha256_of(bytes: &[u8], scratch: &Path) -> String {
+    let path = scratch.join("expected.img");
+    fs::write(&path, bytes).expect("write the expected disk");
+    host_sha256(&path, bytes.len())
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed (Debian package qemu-utils; cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
+    let Some(fixtures) = rig::fixtures_or_skip("rig_vivarium_linked_clone", None) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("a temporary folder");
+    let disk = scratch.path().join("disk.img");
+    write_pattern_disk(&disk, DISK_BYTES, 0x5851_f42d_4c95_7f2d);
+    let parent_data = fs::read(&disk).expect("read the pattern disk");
+    let parent_sha256 = host_sha256(&disk, DISK_BYTES);
+    let mut written = parent_data.clone();
+    written[WRITE_OFFSET..WRITE_OFFSET + 512].copy_from_slice(&guest_pattern(WRITE_OFFSET));
+    let written_sha256 = sha256_of(&written, scratch.path());
+    let vivarium = rig::small_vivarium(scratch.path());
+
+    let run = Rig::new(&fixtures, &rig_script(&vivarium))
+        .binary(&vivarium)
+        .file(&disk, "disk.img")
+        .timeout(std::time::Duration::from_secs(600))
+        .run()
+        .expect("the rig starts");
+    loud(&format!(
+        "RIG vivarium linked clone: whole rig run {:.1} s",
+        run.elapsed.as_secs_f64()
+    ));
+    assert_eq!(
+        run.kvm,
+        Some(true),
+        "no /dev/kvm in the rig\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.succeeded(),
+        "the rig script failed\n{}",
+        run.transcript()
+    );
+    // The base is the parent's disk as imported.
+    run.expect("base_sha256", &parent_sha256);
+    // Boot 1: the clone sees the parent's data through its overlay, and its write reads back.
+    run.expect("boot1_exit", "0");
+    run.expect("boot1_blk_bytes", &DISK_BYTES.to_string());
+    run.expect("boot1_blk_sha256", &parent_sha256);
+    run.expect("boot1_blk_write", "ok");
+    // Boot 2: after a restart of the clone, its write is still there.
+    run.expect("boot2_exit", "0");
+    run.expect("boot2_blk_sha256", &written_sha256);
+    // The parent's disk (base and its own overlay) did not change.
+    run.expect("base_after_sha256", &parent_sha256);
+    run.expect("parent_unchanged", "yes");
+
+    // QEMU's qcow2 code agrees: the overlay is consistent and holds the clone's disk.
+    let files = run.carried();
+    let overlay_bytes = files
+        .get("child.qcow2")
+        .unwrap_or_else(|| panic!("the clone's overlay was not carried\n{}", run.transcript()));
+    let library = scratch.path().join("library");
+    let overlay_dir = library.join("vms/child.vivm/disks");
+    fs::create_dir_all(&overlay_dir).expect("make the overlay's folder");
+    let overlay = overlay_dir.join("disk0.qcow2");
+    fs::write(&overlay, overlay_bytes).expect("write the overlay");
+    let backing = vivarium_core::disk::backing_file(&overlay)
+        .expect("read the overlay's header")
+        .expect("the overlay names its base");
+    let base = overlay_dir.join(&backing);
+    fs::create_dir_all(base.parent().expect("the base's folder")).expect("make the base's folder");
+    fs::write(&base, &parent_data).expect("write the base");
+    let overlay_arg = overlay.to_str().expect("a UTF-8 path");
+    let check = qemu_img(&["check", overlay_arg]);
+    assert!(check.contains("No errors"), "qemu-img check: {check}");
+    let flat = scratch.path().join("flat.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        overlay_arg,
+        flat.to_str().expect("a UTF-8 path"),
+    ]);
+    let flat = fs::read(&flat).expect("read the converted disk");
+    assert!(
+        flat == written,
+        "QEMU reads the clone's disk differently from what the guest wrote"
+    );
+}
