@@ -3,15 +3,17 @@
 //!
 //! One rig run, driven through the `vivarium` command line:
 //! 1. import a pattern disk as `parent`, make `child` with `vivarium clone --linked`;
-//! 2. boot `child`: the guest hashes its whole disk (the parent's data, read through the
-//!    overlay from the base) and writes a pattern into the middle of a cluster (copy-on-write);
-//!    the guest powers off without a flush;
-//! 3. boot `child` again: the guest hashes its whole disk, which must be the parent's data
-//!    with the pattern (the write survived the restart);
+//! 2. boot `child` (2 vCPUs): the guest hashes its whole disk (the parent's data, read through
+//!    the overlay from the base), writes its kernel log at the start of the disk through the
+//!    page cache and `fsync` (a write over several sectors, then a FLUSH request), then
+//!    writes a pattern with `O_DIRECT` into the middle of a cluster (copy-on-write from the
+//!    base) and powers off at once, with no flush after it;
+//! 3. boot `child` again: the guest hashes its whole disk;
 //! 4. the base image and the parent's own overlay are unchanged, byte for byte;
 //! 5. the clone's overlay is carried out of the rig and checked on the host by QEMU's own
-//!    qcow2 implementation: `qemu-img check` passes and `qemu-img convert` of the overlay over
-//!    the base gives exactly the expected disk.
+//!    qcow2 implementation: `qemu-img check` passes; `qemu-img convert` of the overlay over
+//!    the base gives the parent's data with the pattern, a kernel log where the guest wrote
+//!    it, and the very disk the guest hashed in its second boot (the writes survived the restart).
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
@@ -48,7 +50,7 @@ ls -l "$B" "$P" "$C"
 echo "VIVARIUM-RESULT base_sha256=$(sha256sum "$B" | cut -d' ' -f1)"
 parent_before=$(sha256sum "$P" | cut -d' ' -f1)
 
-$V set child --cmdline "$base vivarium.checks=blk-size,blk-sha256,blk-write vivarium.blk_len={DISK_BYTES} vivarium.blk_write_off={WRITE_OFFSET} vivarium.then=poweroff" || exit 12
+$V set child --cmdline "$base vivarium.checks=blk-size,blk-sha256,dmesg-blk,blk-write vivarium.blk_len={DISK_BYTES} vivarium.blk_write_off={WRITE_OFFSET} vivarium.then=poweroff" || exit 12
 echo "VIVARIUM-RIG-MARK clone-boot1-start"
 $V run child > boot1.log 2>&1
 echo "VIVARIUM-RESULT boot1_exit=$?"
@@ -80,12 +82,6 @@ fn guest_pattern(offset: usize) -> Vec<u8> {
     line
 }
 
-fn sha256_of(bytes: &[u8], scratch: &Path) -> String {
-    let path = scratch.join("expected.img");
-    fs::write(&path, bytes).expect("write the expected disk");
-    host_sha256(&path, bytes.len())
-}
-
 fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img")
         .args(args)
@@ -112,7 +108,6 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
     let parent_sha256 = host_sha256(&disk, DISK_BYTES);
     let mut written = parent_data.clone();
     written[WRITE_OFFSET..WRITE_OFFSET + 512].copy_from_slice(&guest_pattern(WRITE_OFFSET));
-    let written_sha256 = sha256_of(&written, scratch.path());
     let vivarium = rig::small_vivarium(scratch.path());
 
     let run = Rig::new(&fixtures, &rig_script(&vivarium))
@@ -143,9 +138,15 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
     run.expect("boot1_blk_bytes", &DISK_BYTES.to_string());
     run.expect("boot1_blk_sha256", &parent_sha256);
     run.expect("boot1_blk_write", "ok");
-    // Boot 2: after a restart of the clone, its write is still there.
+    let log_bytes: usize = run
+        .result("boot1_dmesg_bytes")
+        .and_then(|v| v.parse().ok())
+        .expect("the guest reports the size of the kernel log it wrote");
+    assert!(
+        log_bytes > 0 && log_bytes < WRITE_OFFSET,
+        "a kernel log of {log_bytes} bytes"
+    );
     run.expect("boot2_exit", "0");
-    run.expect("boot2_blk_sha256", &written_sha256);
     // The parent's disk (base and its own overlay) did not change.
     run.expect("base_after_sha256", &parent_sha256);
     run.expect("parent_unchanged", "yes");
@@ -177,9 +178,19 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
         overlay_arg,
         flat.to_str().expect("a UTF-8 path"),
     ]);
-    let flat = fs::read(&flat).expect("read the converted disk");
+    let flat_bytes = fs::read(&flat).expect("read the converted disk");
+    assert_eq!(flat_bytes.len(), DISK_BYTES, "the clone's disk size");
     assert!(
-        flat == written,
-        "QEMU reads the clone's disk differently from what the guest wrote"
+        flat_bytes[log_bytes..] == written[log_bytes..],
+        "QEMU reads the clone's disk past the kernel log differently from the parent's data \
+         with the guest's pattern"
     );
+    let log = String::from_utf8_lossy(&flat_bytes[..log_bytes]);
+    assert!(
+        log.contains("Linux version"),
+        "QEMU does not find the guest's kernel log at the start of the clone's disk: {:?}",
+        &log[..log.len().min(200)]
+    );
+    // The second boot read, after the restart, exactly what QEMU reads from the overlay.
+    run.expect("boot2_blk_sha256", &host_sha256(&flat, DISK_BYTES));
 }
