@@ -8,12 +8,15 @@
 //!    page cache and `fsync` (a write over several sectors, then a FLUSH request), then
 //!    writes a pattern with `O_DIRECT` into the middle of a cluster (copy-on-write from the
 //!    base) and powers off at once, with no flush after it;
-//! 3. boot `child` again: the guest hashes its whole disk;
+//! 3. boot `child` again: the guest hashes its whole disk (the first boot's writes survived
+//!    the restart), writes another pattern with `O_DIRECT` and reboots at once; after the
+//!    machine's reset it hashes the disk again (the write survived the reset, where the disk
+//!    is closed and opened again);
 //! 4. the base image and the parent's own overlay are unchanged, byte for byte;
 //! 5. the clone's overlay is carried out of the rig and checked on the host by QEMU's own
 //!    qcow2 implementation: `qemu-img check` passes; `qemu-img convert` of the overlay over
 //!    the base gives the parent's data with the pattern, a kernel log where the guest wrote
-//!    it, and the very disk the guest hashed in its second boot (the writes survived the restart).
+//!    it, and the very disk the guest hashed after the reset.
 //!
 //! Prerequisites and skipping work as in `rig_qemu_baseline.rs`.
 
@@ -28,6 +31,8 @@ const DISK_BYTES: usize = 2 << 20;
 /// Inside the overlay's 17th 64 KiB cluster, not at its start: the write needs copy-on-write
 /// of the rest of the cluster from the base.
 const WRITE_OFFSET: usize = (1 << 20) + 4096;
+/// The second boot's write, in another cluster, made before the guest reboots.
+const RESET_WRITE_OFFSET: usize = (1536 << 10) + 9 * 512;
 const GUEST_CPUS: u32 = 2;
 const GUEST_MIB: u64 = 256;
 
@@ -40,6 +45,25 @@ V={v}
 {carry}
 cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 base="console=ttyS0 quiet panic=-1"
+wait_for() {{ # FILE TEXT COUNT: wait up to 120 s for COUNT lines containing TEXT
+    n=0
+    while [ $n -lt 120 ]; do
+        c=$(grep -c "$2" "$1" 2>/dev/null)
+        [ "${{c:-0}}" -ge "$3" ] && return 0
+        sleep 1; n=$((n+1))
+    done
+    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
+}}
+stop_vm() {{ # PID SIGNAL: send SIGNAL, give the VM 60 s to stop; returns its exit code
+    kill -"$2" "$1"
+    n=0
+    while kill -0 "$1" 2>/dev/null && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done
+    if kill -0 "$1" 2>/dev/null; then
+        echo "VIVARIUM-RIG-MARK vivarium did not stop on SIG$2"
+        kill -9 "$1"
+    fi
+    wait "$1"
+}}
 $V import parent disk.img --kernel "$VIVARIUM_GUEST_KERNEL" --initrd "$VIVARIUM_GUEST_INITRD" \
     --cmdline "$base" --cpus {GUEST_CPUS} --memory {GUEST_MIB} --network none --display none || exit 10
 $V clone parent child --linked || exit 11
@@ -57,11 +81,16 @@ echo "VIVARIUM-RESULT boot1_exit=$?"
 grep "VIVARIUM-RESULT" boot1.log | sed 's/VIVARIUM-RESULT /VIVARIUM-RESULT boot1_/'
 tail -n 5 boot1.log
 
-$V set child --cmdline "$base vivarium.checks=blk-sha256 vivarium.blk_len={DISK_BYTES} vivarium.then=poweroff" || exit 13
+$V set child --cmdline "$base vivarium.checks=blk-sha256,blk-write vivarium.blk_len={DISK_BYTES} vivarium.blk_write_off={RESET_WRITE_OFFSET} vivarium.then=reboot" || exit 13
 echo "VIVARIUM-RIG-MARK clone-boot2-start"
-$V run child > boot2.log 2>&1
+$V run child > boot2.log 2>&1 &
+pid=$!
+wait_for boot2.log VIVARIUM-GUEST-DONE 2
+stop_vm $pid INT
 echo "VIVARIUM-RESULT boot2_exit=$?"
-grep "VIVARIUM-RESULT" boot2.log | sed 's/VIVARIUM-RESULT /VIVARIUM-RESULT boot2_/'
+echo "VIVARIUM-RESULT boot2_boots=$(grep -c VIVARIUM-GUEST-READY boot2.log)"
+echo "VIVARIUM-RESULT boot2_writes=$(grep -o 'blk_write=[a-z]*' boot2.log | cut -d= -f2 | head -n 2 | tr '\n' / | sed 's#/$##')"
+echo "VIVARIUM-RESULT boot2_sha256=$(grep -o 'blk_sha256=[0-9a-f]*' boot2.log | cut -d= -f2 | head -n 2 | tr '\n' / | sed 's#/$##')"
 tail -n 5 boot2.log
 
 echo "VIVARIUM-RESULT base_after_sha256=$(sha256sum "$B" | cut -d' ' -f1)"
@@ -108,6 +137,9 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
     let parent_sha256 = host_sha256(&disk, DISK_BYTES);
     let mut written = parent_data.clone();
     written[WRITE_OFFSET..WRITE_OFFSET + 512].copy_from_slice(&guest_pattern(WRITE_OFFSET));
+    let mut after_reset = written.clone();
+    after_reset[RESET_WRITE_OFFSET..RESET_WRITE_OFFSET + 512]
+        .copy_from_slice(&guest_pattern(RESET_WRITE_OFFSET));
     let vivarium = rig::small_vivarium(scratch.path());
 
     let run = Rig::new(&fixtures, &rig_script(&vivarium))
@@ -147,6 +179,16 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
         "a kernel log of {log_bytes} bytes"
     );
     run.expect("boot2_exit", "0");
+    let boots: u32 = run
+        .result("boot2_boots")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        boots >= 2,
+        "the clone did not boot again after its reboot\n{}",
+        run.transcript()
+    );
+    run.expect("boot2_writes", "ok/ok");
     // The parent's disk (base and its own overlay) did not change.
     run.expect("base_after_sha256", &parent_sha256);
     run.expect("parent_unchanged", "yes");
@@ -181,9 +223,9 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
     let flat_bytes = fs::read(&flat).expect("read the converted disk");
     assert_eq!(flat_bytes.len(), DISK_BYTES, "the clone's disk size");
     assert!(
-        flat_bytes[log_bytes..] == written[log_bytes..],
+        flat_bytes[log_bytes..] == after_reset[log_bytes..],
         "QEMU reads the clone's disk past the kernel log differently from the parent's data \
-         with the guest's pattern"
+         with the guest's two patterns"
     );
     let log = String::from_utf8_lossy(&flat_bytes[..log_bytes]);
     assert!(
@@ -191,6 +233,19 @@ fn a_linked_clone_boots_reads_its_base_and_keeps_its_writes() {
         "QEMU does not find the guest's kernel log at the start of the clone's disk: {:?}",
         &log[..log.len().min(200)]
     );
-    // The second boot read, after the restart, exactly what QEMU reads from the overlay.
-    run.expect("boot2_blk_sha256", &host_sha256(&flat, DISK_BYTES));
+    // The second boot read the first boot's writes after the restart, and after its reset
+    // exactly what QEMU reads from the overlay.
+    let mut before_reset = flat_bytes.clone();
+    before_reset[RESET_WRITE_OFFSET..RESET_WRITE_OFFSET + 512]
+        .copy_from_slice(&written[RESET_WRITE_OFFSET..RESET_WRITE_OFFSET + 512]);
+    let before_reset_path = scratch.path().join("before-reset.img");
+    fs::write(&before_reset_path, &before_reset).expect("write the disk before the reset");
+    run.expect(
+        "boot2_sha256",
+        &format!(
+            "{}/{}",
+            host_sha256(&before_reset_path, DISK_BYTES),
+            host_sha256(&flat, DISK_BYTES)
+        ),
+    );
 }
