@@ -215,16 +215,12 @@ pub fn attach_pci(
                     }
                 })?)
             }
-            // The imago-backed qcow2 path (`Qcow2Backend`) reads and writes correctly in unit
-            // tests but hung a real guest's boot in the rig; until that is understood, say so
-            // instead of hanging.
-            DiskFormat::Qcow2 => {
-                return Err(Error::InvalidMachine(format!(
-                    "the disk `{}` is qcow2 (a linked clone); this VMM boots raw disks only so \
-                     far: make a full clone to boot it",
-                    disk.path.display()
-                )));
-            }
+            DiskFormat::Qcow2 => Box::new(Qcow2Backend(
+                Qcow2Disk::open(&disk.path, disk.read_only).map_err(|e| Error::Disk {
+                    path: disk.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+            )),
         };
         let id = format!("vivarium-disk{index}");
         add(
@@ -322,9 +318,8 @@ fn attach_cdrom(
     Ok(())
 }
 
-/// A qcow2 disk (a linked clone's overlay over its base) as virtio-blk's storage. Not wired
-/// yet: see `attach_pci`.
-#[allow(dead_code)]
+/// A qcow2 disk (a linked clone's overlay over its base) as virtio-blk's storage. Dropping it
+/// (when the machine stops or resets) writes imago's cached metadata back to the file.
 struct Qcow2Backend(Qcow2Disk);
 
 impl BlockBackend for Qcow2Backend {

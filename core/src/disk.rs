@@ -704,8 +704,11 @@ impl Qcow2Disk {
         self.access.write(buf, offset)
     }
 
-    /// Makes written data and metadata durable.
+    /// Makes written data and metadata durable (nothing to do for a read-only disk).
     pub fn flush(&self) -> std::io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.access.flush()?;
         self.access.sync()
     }
@@ -744,5 +747,191 @@ mod qcow2_disk_tests {
             b"base",
             "the base is untouched"
         );
+    }
+}
+
+/// Stress tests of [`Qcow2Disk`] as a VMM drives it: random reads and writes of the sizes a
+/// guest sends, compared with a model of the disk, from one thread and from several.
+#[cfg(test)]
+mod qcow2_stress_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const SIZE: usize = 8 << 20;
+
+    /// xorshift64*: reproducible random numbers without a dependency.
+    struct Rand(u64);
+    impl Rand {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Runs `f` on a thread and fails the test if it does not finish within `limit`: a
+    /// deadlock shows as a failure that names the test, not as a CI run that never ends.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .expect("the qcow2 disk hung (no answer within the limit)")
+    }
+
+    fn base_with_pattern(dir: &Path, format: DiskFormat) -> (std::path::PathBuf, Vec<u8>) {
+        let mut rand = Rand(0x9e37_79b9_7f4a_7c15);
+        let data: Vec<u8> = (0..SIZE).map(|_| rand.next() as u8).collect();
+        let raw = dir.join("base.raw");
+        fs::write(&raw, &data).unwrap();
+        match format {
+            DiskFormat::Raw => (raw, data),
+            DiskFormat::Qcow2 => {
+                let base = dir.join("base.qcow2");
+                create(&base, DiskFormat::Qcow2, SIZE as u64).unwrap();
+                let disk = Qcow2Disk::open(&base, false).unwrap();
+                // Leave some clusters unallocated (they read as zeroes).
+                for (i, chunk) in data.chunks(64 << 10).enumerate() {
+                    if i % 3 != 1 {
+                        disk.write_at(chunk, (i * (64 << 10)) as u64).unwrap();
+                    }
+                }
+                disk.flush().unwrap();
+                let mut model = data;
+                for (i, chunk) in model.chunks_mut(64 << 10).enumerate() {
+                    if i % 3 == 1 {
+                        chunk.fill(0);
+                    }
+                }
+                (base, model)
+            }
+        }
+    }
+
+    /// One guest-like request: a sector-aligned range of up to 256 KiB, often crossing
+    /// cluster boundaries, often a partial cluster (copy-on-write from the base).
+    fn request(rand: &mut Rand, start: usize, len: usize) -> (usize, usize) {
+        let sectors = 1 + rand.below(512) as usize;
+        let bytes = (sectors * 512).min(len);
+        let at = start + (rand.below(((len - bytes) / 512 + 1) as u64) as usize) * 512;
+        (at, bytes)
+    }
+
+    fn single_thread(base_format: DiskFormat) {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, mut model) = base_with_pattern(dir.path(), base_format);
+        let top = dir.path().join("top.qcow2");
+        let name = base.file_name().unwrap().to_str().unwrap();
+        create_overlay(&top, name, base_format, SIZE as u64).unwrap();
+        let base_before = fs::read(&base).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        let mut rand = Rand(7);
+        for step in 0..3000 {
+            let (at, len) = request(&mut rand, 0, SIZE);
+            if rand.below(2) == 0 {
+                let buf: Vec<u8> = (0..len).map(|_| rand.next() as u8).collect();
+                disk.write_at(&buf, at as u64).unwrap();
+                model[at..at + len].copy_from_slice(&buf);
+            } else {
+                let mut buf = vec![0u8; len];
+                disk.read_at(&mut buf, at as u64).unwrap();
+                assert!(
+                    buf == model[at..at + len],
+                    "step {step}: read of {len} bytes at {at} differs"
+                );
+            }
+            if step % 100 == 99 {
+                disk.flush().unwrap();
+            }
+        }
+        disk.flush().unwrap();
+        drop(disk);
+        let disk = Qcow2Disk::open(&top, true).unwrap();
+        let mut all = vec![0u8; SIZE];
+        disk.read_at(&mut all, 0).unwrap();
+        assert!(all == model, "after reopening, the disk differs");
+        assert!(fs::read(&base).unwrap() == base_before, "the base changed");
+    }
+
+    #[test]
+    fn random_io_over_a_raw_base_matches_a_model() {
+        within(Duration::from_secs(300), || single_thread(DiskFormat::Raw));
+    }
+
+    #[test]
+    fn random_io_over_a_qcow2_base_matches_a_model() {
+        within(Duration::from_secs(300), || {
+            single_thread(DiskFormat::Qcow2)
+        });
+    }
+
+    /// Threads write their own stripes (so a model is exact) and read everywhere, through one
+    /// shared disk, as a VMM with several queues or an I/O thread beside the vCPUs would.
+    #[test]
+    fn threads_sharing_one_overlay_see_their_writes() {
+        within(Duration::from_secs(300), || {
+            const THREADS: usize = 4;
+            let dir = tempfile::tempdir().unwrap();
+            let (base, model) = base_with_pattern(dir.path(), DiskFormat::Raw);
+            let top = dir.path().join("top.qcow2");
+            create_overlay(&top, "base.raw", DiskFormat::Raw, SIZE as u64).unwrap();
+            let _ = base;
+            let disk = Arc::new(Qcow2Disk::open(&top, false).unwrap());
+            let stripe = SIZE / THREADS;
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let disk = disk.clone();
+                    let mut mine = model[t * stripe..(t + 1) * stripe].to_vec();
+                    std::thread::spawn(move || {
+                        let mut rand = Rand(100 + t as u64);
+                        for _ in 0..800 {
+                            match rand.below(3) {
+                                0 => {
+                                    let (at, len) = request(&mut rand, 0, stripe);
+                                    let buf: Vec<u8> =
+                                        (0..len).map(|_| rand.next() as u8).collect();
+                                    disk.write_at(&buf, (t * stripe + at) as u64).unwrap();
+                                    mine[at..at + len].copy_from_slice(&buf);
+                                }
+                                1 => {
+                                    let (at, len) = request(&mut rand, 0, stripe);
+                                    let mut buf = vec![0u8; len];
+                                    disk.read_at(&mut buf, (t * stripe + at) as u64).unwrap();
+                                    assert!(buf == mine[at..at + len], "thread {t} read");
+                                }
+                                _ => {
+                                    // Anywhere: only that it answers.
+                                    let (at, len) = request(&mut rand, 0, SIZE);
+                                    let mut buf = vec![0u8; len];
+                                    disk.read_at(&mut buf, at as u64).unwrap();
+                                    if rand.below(20) == 0 {
+                                        disk.flush().unwrap();
+                                    }
+                                }
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            let mut expect = Vec::with_capacity(SIZE);
+            for w in workers {
+                expect.extend(w.join().unwrap());
+            }
+            disk.flush().unwrap();
+            let mut all = vec![0u8; SIZE];
+            disk.read_at(&mut all, 0).unwrap();
+            assert!(
+                all == expect,
+                "the disk differs from what the threads wrote"
+            );
+        });
     }
 }
