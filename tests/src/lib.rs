@@ -8,4 +8,5 @@ pub mod fixtures;
 pub mod handmade;
 pub mod installer_iso;
 pub mod rig;
+pub mod screen;
 pub mod vm_process;
