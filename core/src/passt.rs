@@ -132,7 +132,9 @@ impl Passt {
         }
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if socket.exists() {
+            // The file appears at bind(), a moment before passt listens: a connection in
+            // between would be refused.
+            if socket.exists() && is_listening(socket) {
                 return Ok(Passt {
                     child,
                     socket: socket.to_path_buf(),
@@ -197,6 +199,27 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Whether a socket bound at `path` is listening, from the kernel's table of Unix sockets
+/// (`/proc/net/unix`: the flags column has `__SO_ACCEPTCON`, 0x10000, for a listening socket).
+/// Where that table cannot be read, a bound socket counts as listening.
+fn is_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return true;
+    };
+    listening_in_table(&table, &path.to_string_lossy())
+}
+
+/// [`is_listening`] on the text of `/proc/net/unix`.
+fn listening_in_table(table: &str, path: &str) -> bool {
+    const ACCEPTING: u32 = 0x1_0000;
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8
+            && fields[7] == path
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|flags| flags & ACCEPTING != 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +233,17 @@ mod tests {
         assert_eq!(port_spec(&forwards, Protocol::Tcp), "8080:80,2222:22");
         assert_eq!(port_spec(&forwards, Protocol::Udp), "5353:53");
         assert_eq!(port_spec(&[], Protocol::Tcp), "");
+    }
+
+    #[test]
+    fn a_socket_counts_as_listening_only_with_the_accepting_flag() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                     0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/v/net.sock\n\
+                     0000000000000000: 00000002 00000000 00000000 0001 01 4243 /run/v/other.sock\n\
+                     0000000000000000: 00000003 00000000 00000000 0001 03 4244\n";
+        assert!(listening_in_table(table, "/run/v/net.sock"));
+        assert!(!listening_in_table(table, "/run/v/other.sock"));
+        assert!(!listening_in_table(table, "/run/v/missing.sock"));
     }
 
     #[test]

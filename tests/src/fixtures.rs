@@ -406,7 +406,7 @@ fn collect_modules(modules_root: &Path, out: &Path) -> Result<(), String> {
 }
 
 /// Module name (with `_`, as the kernel names them) → file, for every module under `root`.
-fn index_modules(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+pub(crate) fn index_modules(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut index = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -438,7 +438,7 @@ fn normalize(name: &str) -> String {
 }
 
 /// A module's contents, decompressed when the distribution compresses modules.
-fn read_module(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>, String> {
     let name = file_name(path);
     let tool = if name.ends_with(".xz") {
         Some("xz")
@@ -466,7 +466,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The `depends=` field of a module's `.modinfo` section (normalized names).
-fn module_depends(module: &[u8]) -> Vec<String> {
+pub(crate) fn module_depends(module: &[u8]) -> Vec<String> {
     const KEY: &[u8] = b"\0depends=";
     let Some(start) = module.windows(KEY.len()).position(|w| w == KEY) else {
         return Vec::new();
@@ -482,7 +482,7 @@ fn module_depends(module: &[u8]) -> Vec<String> {
 
 /// A dependency-first order of `names` and everything they depend on. `deps` gives a module's
 /// direct dependencies, or `None` when there is no such module.
-fn load_order(
+pub(crate) fn load_order(
     names: &[&str],
     mut deps: impl FnMut(&str) -> Option<Vec<String>>,
 ) -> Result<Vec<String>, String> {

@@ -4,13 +4,15 @@
 //! isolinux for BIOS (`isolinux/` with `isolinux.cfg` including `menu.cfg`, `txt.cfg` and
 //! `gtk.cfg`; one entry runs the installer on the serial console), GRUB for UEFI (Debian's
 //! monolithic CD image `gcdx64.efi` from `grub-efi-amd64-bin` in a FAT image that is the El
-//! Torito UEFI entry, reading `boot/grub/grub.cfg`), and `.disk/info`.
+//! Torito UEFI entry, reading `boot/grub/grub.cfg`), and `.disk/info`. Both initrds gain the
+//! CD-ROM modules Debian's netinst CD has and netboot lacks
+//! ([`crate::installer_cd_modules`]), so the installer finds the disc it booted from.
 //!
-//! It is its own cache entry, `installer-iso/` inside the fixture cache
+//! It is its own cache entry, `installer-iso-N/` (N its format version) inside the fixture cache
 //! ([`crate::fixtures::default_dir`]), keyed by its own inputs, so the tests that do not use it
 //! never pay for its 130 MB download: `cargo xtask fixtures --installer-iso` (and `cargo xtask
 //! test`) builds it, tests only [`InstallerIso::locate`] it. Needs `apt-get`, `dpkg`,
-//! `xorriso` and `mtools` (`mformat`, `mmd`, `mcopy`).
+//! `xorriso`, `mtools` (`mformat`, `mmd`, `mcopy`) and `kmod` (`depmod`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,10 +23,13 @@ use crate::fixtures::{
 };
 
 /// Bumped when the layout changes without a change of the packages or the configurations.
-const FORMAT_VERSION: u32 = 1;
+/// The installer kernel's own package (for the CD-ROM modules) is not in the key: it is named by
+/// the kernel release inside the installer package, whose version is.
+const FORMAT_VERSION: u32 = 3;
 
-/// The folder of the cache entry inside the fixture cache.
-const ENTRY: &str = "installer-iso";
+/// The folder of the cache entry inside the fixture cache. It ends with the format version, so
+/// that checkouts of different formats sharing one cache do not rebuild each other's ISO.
+const ENTRY: &str = "installer-iso-3";
 
 /// The ISO's file name in the cache entry.
 const ISO_FILE: &str = "debian-12-installer-amd64.iso";
@@ -206,10 +211,10 @@ pub fn build(fixtures_dir: &Path) -> Result<InstallerIso, String> {
         drop(lock);
         return Ok(iso);
     }
-    for tool in ["xorriso", "mformat"] {
+    for tool in ["xorriso", "mformat", "depmod"] {
         if crate::rig::find_program(tool).is_none() {
             return Err(format!(
-                "`{tool}` is missing: install the Debian packages xorriso and mtools"
+                "`{tool}` is missing: install the Debian packages xorriso, mtools and kmod"
             ));
         }
     }
@@ -269,7 +274,7 @@ fn build_in(dir: &Path, work: &Path, packages: &[Package], key: &str) -> Result<
     }
     let tree = work.join("tree");
     let installer_version = &packages[0].version;
-    stage_tree(&root, &tree, installer_version)?;
+    stage_tree(&root, &tree, installer_version, work)?;
     let iso = work.join(ISO_FILE);
     eprintln!("fixtures: writing {ISO_FILE}");
     run(Command::new("xorriso")
@@ -297,7 +302,12 @@ fn build_in(dir: &Path, work: &Path, packages: &[Package], key: &str) -> Result<
 }
 
 /// Lays out the ISO's files in `tree` from the unpacked packages in `root`.
-fn stage_tree(root: &Path, tree: &Path, installer_version: &str) -> Result<(), String> {
+fn stage_tree(
+    root: &Path,
+    tree: &Path,
+    installer_version: &str,
+    work: &Path,
+) -> Result<(), String> {
     let images = root.join(INSTALLER_IMAGES);
     let mkdir = |path: &Path| {
         fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
@@ -312,10 +322,20 @@ fn stage_tree(root: &Path, tree: &Path, installer_version: &str) -> Result<(), S
     )?;
     for (flavour, target) in [("text", ""), ("gtk", "gtk/")] {
         let from = images.join(flavour).join("debian-installer/amd64");
-        // Hard links: the staging tree is thrown away, and the files are large.
-        for name in ["linux", "initrd.gz"] {
-            link_or_copy(&from.join(name), &tree.join(format!("{target}{name}")))?;
-        }
+        // A hard link: the staging tree is thrown away, and the file is large.
+        link_or_copy(&from.join("linux"), &tree.join(format!("{target}linux")))?;
+        let scratch = work.join(format!("cd-modules-{flavour}"));
+        let added = crate::installer_cd_modules::add_cd_modules(
+            &from.join("initrd.gz"),
+            &scratch,
+            &work.join("kernel-debs"),
+            &tree.join(format!("{target}initrd.gz")),
+        )?;
+        let _ = fs::remove_dir_all(&scratch);
+        eprintln!(
+            "fixtures: the {flavour} initrd gains the CD-ROM modules {}",
+            added.join(", ")
+        );
     }
     let isolinux = tree.join("isolinux");
     copy(
@@ -410,6 +430,11 @@ mod tests {
         };
         assert_ne!(cache_key(&packages("1")), cache_key(&packages("2")));
         assert!(cache_key(&packages("1")).contains(INSTALLER_PACKAGE));
+    }
+
+    #[test]
+    fn the_cache_folder_names_the_format() {
+        assert!(ENTRY.ends_with(&format!("-{FORMAT_VERSION}")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod vivarium;
 
 pub mod fixtures;
 pub mod handmade;
+pub mod installer_cd_modules;
 pub mod installer_iso;
 pub mod rig;
 pub mod screen;

@@ -5,11 +5,20 @@
 //! One rig run, one boot: the script starts the VM and takes a screenshot every few seconds
 //! until the screen holds a picture (not the blank or scrolling boot console) that stays the
 //! same: the installer's first screen, "Select a language". It presses Enter with `vivarium
-//! key`, which chooses the highlighted language, and waits for the next, different screen.
+//! type --key enter`, which chooses the highlighted language, and waits for the next, different screen.
 //! Both screenshots come out of the rig; the test checks each is the installer's text
 //! interface (newt's light grey dialog filling most of the screen inside a blue border)
 //! and that Enter changed the dialog, and keeps them in `target/test-screenshots/` to be
 //! looked at.
+//!
+//! Then the installer finds the disc it booted from: the netboot installer has no CD step, so
+//! the fixture's initrds carry the CD-ROM modules Debian's netinst initrd has
+//! (`vivarium_e2e::installer_cd_modules`). On the installer's shell on tty2 (Alt+F2, Enter,
+//! both through `vivarium key`), a command typed with `vivarium type` asks the installer's own
+//! `list-devices cd` (what its CD detection uses: udev's `cdrom_id` answers from the drive's
+//! MMC replies) for the CD-ROM drives, mounts `/dev/sr0` and reads the disc's `.disk/info`,
+//! writing both to the serial port, where the script reads them. The shell's screen is kept
+//! too.
 //!
 //! Needs the installer ISO (`cargo xtask fixtures --installer-iso`) and the rig's
 //! prerequisites; without them the test says so loudly and passes, unless
@@ -60,11 +69,24 @@ echo "VIVARIUM-RIG-MARK started"
 settled /tmp/first.png || exit 12
 echo "VIVARIUM-RIG-MARK first screen"
 carry first /tmp/first.png
-$V key installer enter
+$V type installer --key enter
 echo "VIVARIUM-RESULT key_exit=$?"
 settled /tmp/second.png /tmp/first.png || exit 13
 echo "VIVARIUM-RIG-MARK second screen"
 carry second /tmp/second.png
+# The installer's shell on tty2 asks for the CD-ROM drives and reads the disc.
+S="$VIVARIUM_HOME/vms/installer.vivm/logs/serial.log"
+$V key installer alt+f2 || exit 14
+sleep 3
+$V key installer enter || exit 15
+sleep 3
+$V type installer 'echo CD-DRIVES: $(list-devices cd) > /dev/ttyS0; mkdir -p /m; mount -t iso9660 -o ro /dev/sr0 /m && echo CD-INFO: $(cat /m/.disk/info) > /dev/ttyS0' --key enter || exit 16
+n=0
+while ! grep -q 'CD-INFO: ' "$S" 2>/dev/null && [ $n -lt 60 ]; do sleep 2; n=$((n+1)); done
+sed -n 's/^CD-DRIVES: *\(.*\)$/VIVARIUM-RESULT cd_drives=\1/p' "$S" | tr -d '\r'
+grep -q 'CD-INFO: Debian GNU/Linux 12' "$S" && echo "VIVARIUM-RESULT cd_info=yes"
+tr -d '\r' < "$S" | tail -n 5
+$V screenshot installer /tmp/shell.png && carry shell /tmp/shell.png
 $V stop --force installer > /dev/null
 exit 0
 "#
@@ -124,6 +146,21 @@ fn the_installer_shows_its_first_screen_and_enter_moves_on() {
         run.transcript()
     );
     run.expect("key_exit", "0");
+    if let Some(png) = run.carried().get("shell") {
+        let kept = rig::screenshot_dir().join("installer-shell.png");
+        std::fs::write(&kept, png).expect("keep the screenshot");
+        loud(&format!(
+            "RIG installer screen: the shell on tty2 in {}",
+            kept.display()
+        ));
+    }
+    assert_eq!(
+        run.result("cd_drives").as_deref(),
+        Some("/dev/sr0"),
+        "the installer's `list-devices cd` did not find the CD-ROM drive\n{}",
+        run.transcript()
+    );
+    run.expect("cd_info", "yes");
 
     let files = run.carried();
     let mut pictures = Vec::new();

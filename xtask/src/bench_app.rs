@@ -113,8 +113,8 @@ pub fn run() -> Result<(), String> {
          window, 1:1. The picture comes from the VM's display file; the benchmark's own \
          thread draws into it, 60 new pictures a second, every pixel changing (its CPU is \
          not counted). The app copies the changed rows into its texture at most 60 times a \
-         second; a static screen costs two frames a second (the view tells the VM process \
-         it is being looked at). {} s per phase. The app's own UI pass is the small part of \
+         second; a static screen costs no frames (the view's feed thread, not a timed \
+         repaint, tells the VM process it is being looked at). {} s per phase. The app's own UI pass is the small part of \
          a frame; the rest is lavapipe drawing, uploading and presenting 1920x1080 pixels on \
          the CPU, so these frame rates are the software renderer's (on this 2-core machine, \
          shared with other work while measuring), not what a GPU gives.\n\n\

@@ -12,10 +12,11 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// test rig and is the baseline VMM inside it; `xz-utils` extracts the fixture kernel's vmlinux;
 /// `passt` is the VMs' user-mode network; `xorriso` builds the installer ISOs the ISO
 /// recognition tests inspect, with `mtools` for the FAT image of the Debian installer ISO's
-/// UEFI boot entry. The app's tests draw with the software Vulkan driver
-/// (`mesa-vulkan-drivers`, `libvulkan1`; egui_kittest needs nothing else), and the real-window
-/// test runs the app under `xvfb` with the X libraries winit loads at run time, screenshots it
-/// with ImageMagick's `import` and clicks with `xdotool`.
+/// UEFI boot entry and `kmod`'s `depmod` for the CD-ROM modules of its initrds. The app's
+/// tests draw with the software Vulkan driver (`mesa-vulkan-drivers`, `libvulkan1`;
+/// egui_kittest needs nothing else), and the real-window test runs the app under `xvfb` with
+/// the X libraries winit loads at run time, screenshots it with ImageMagick's `import` and
+/// clicks with `xdotool`.
 const APT_PACKAGES: &[&str] = &[
     "qemu-utils",
     "qemu-system-x86",
@@ -23,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "passt",
     "xorriso",
     "mtools",
+    "kmod",
     "mesa-vulkan-drivers",
     "libvulkan1",
     "xvfb",

@@ -20,8 +20,6 @@ use vivarium_core::display::{DisplayError, DisplayMode, SharedDisplay};
 pub const SHOWN_INTERVAL: Duration = Duration::from_micros(16_667);
 /// Poll interval while only the thumbnail is wanted.
 const THUMBNAIL_INTERVAL: Duration = Duration::from_millis(250);
-/// How long after the UI last drew the screen it still counts as shown.
-const SHOWN_GRACE: Duration = Duration::from_millis(1500);
 /// How often a missing display file is looked for again.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(250);
 /// The largest thumbnail, in pixels (the sidebar shows it at 44x33 points, twice that on
@@ -39,6 +37,12 @@ pub enum FeedStatus {
     On,
     /// The file exists but cannot be used; the text says why.
     Failed(String),
+}
+
+/// UI passes the app's window has completed (the screen is drawn in the root viewport, also
+/// when full screen).
+fn ui_passes(ctx: &egui::Context) -> u64 {
+    ctx.cumulative_pass_nr_for(egui::ViewportId::ROOT)
 }
 
 /// The picture as the feed last mirrored it, and what changed since the UI took it.
@@ -68,9 +72,10 @@ struct Shared {
     status: Mutex<FeedStatus>,
     picture: Mutex<Picture>,
     thumbnail: Mutex<Option<Thumbnail>>,
-    /// Milliseconds (since `epoch`) at which the UI last drew the screen; 0: never.
-    shown_at_ms: AtomicU64,
-    epoch: Instant,
+    /// One more than the number of UI passes completed when the UI last drew the screen; 0:
+    /// never. The screen counts as shown while no UI pass has completed without drawing it,
+    /// so a window that stays still (no repaints) keeps it shown without a heartbeat.
+    shown_in_pass: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -78,6 +83,7 @@ struct Shared {
 /// feed is dropped.
 pub struct DisplayFeed {
     shared: Arc<Shared>,
+    ctx: egui::Context,
 }
 
 impl DisplayFeed {
@@ -94,18 +100,18 @@ impl DisplayFeed {
                 updates: 0,
             }),
             thumbnail: Mutex::new(None),
-            shown_at_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            shown_in_pass: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let for_thread = shared.clone();
+        let ctx_for_thread = ctx.clone();
         let started = std::thread::Builder::new()
             .name(format!("display-{label}"))
-            .spawn(move || Follower::new(for_thread, path, ctx).run());
+            .spawn(move || Follower::new(for_thread, path, ctx_for_thread).run());
         if let Err(e) = started {
             *lock(&shared.status) = FeedStatus::Failed(format!("no thread to follow it: {e}"));
         }
-        DisplayFeed { shared }
+        DisplayFeed { shared, ctx }
     }
 
     /// Where the feed is with the display file.
@@ -113,11 +119,11 @@ impl DisplayFeed {
         lock(&self.shared.status).clone()
     }
 
-    /// Tells the feed the UI draws the screen now: it follows at full rate and tells the VM
-    /// process a viewer is looking, for a moment after the last call.
+    /// Tells the feed the UI draws the screen in this pass: it follows at full rate and tells
+    /// the VM process a viewer is looking, until a UI pass completes without this call.
     pub fn mark_shown(&self) {
-        let now = self.shared.epoch.elapsed().as_millis() as u64;
-        self.shared.shown_at_ms.store(now.max(1), Ordering::Relaxed);
+        let pass = ui_passes(&self.ctx);
+        self.shared.shown_in_pass.store(pass + 1, Ordering::Release);
     }
 
     /// The mirrored picture, locked; the caller takes `changed` and `resized`.
@@ -190,9 +196,11 @@ impl Follower {
     }
 
     fn shown(&self) -> bool {
-        let at = self.shared.shown_at_ms.load(Ordering::Relaxed);
-        let now = self.shared.epoch.elapsed().as_millis() as u64;
-        at != 0 && now.saturating_sub(at) <= SHOWN_GRACE.as_millis() as u64
+        // The passes first: a whole pass that drew the screen between the two loads must not
+        // read as a pass that did not.
+        let passes = ui_passes(&self.ctx);
+        let marked = self.shared.shown_in_pass.load(Ordering::Acquire);
+        marked != 0 && marked >= passes
     }
 
     fn set_status(&self, status: FeedStatus) {

@@ -21,9 +21,6 @@ use super::input_link::InputLink;
 
 /// Height of the bar under the picture.
 const BAR_HEIGHT: f32 = 30.0;
-/// How often the tab repaints while nothing changes, so the feed keeps knowing the screen is
-/// shown (new pictures repaint at once).
-const SHOWN_REPAINT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How the picture is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,8 +74,9 @@ impl ScreenView {
         label: &str,
         fullscreen: bool,
     ) -> Option<ScreenAction> {
+        // No timed repaint: a still screen costs no frames, and the feed knows the screen is
+        // shown until a pass completes without it (new pictures repaint at once).
         feed.mark_shown();
-        ui.ctx().request_repaint_after(SHOWN_REPAINT);
         let mut action = None;
         let status = feed.status();
         let full = ui.available_rect_before_wrap();

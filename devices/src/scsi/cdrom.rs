@@ -454,7 +454,11 @@ impl Cdrom {
             r[4] = (r.len() - 5) as u8;
             r[8..16].copy_from_slice(&pad::<8>("VIVARIUM"));
             r[16..32].copy_from_slice(&pad::<16>("CD-ROM"));
-            r[32..36].copy_from_slice(&pad::<4>(env!("CARGO_PKG_VERSION")));
+            r[32..36].copy_from_slice(&pad::<4>(concat!(
+                env!("CARGO_PKG_VERSION_MAJOR"),
+                ".",
+                env!("CARGO_PKG_VERSION_MINOR")
+            )));
             return Ok(r);
         }
         let body: Vec<u8> = match page {

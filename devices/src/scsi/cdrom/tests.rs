@@ -84,6 +84,15 @@ fn standard_inquiry() {
     assert_eq!(usize::from(r[4]) + 5, r.len(), "additional length");
     assert_eq!(&r[8..16], b"VIVARIUM");
     assert_eq!(&r[16..32], b"CD-ROM          ");
+    // The revision is the release's major.minor, padded ("0.1 ", not a cut "0.1.").
+    let revision = std::str::from_utf8(&r[32..36]).unwrap();
+    assert!(
+        revision
+            .trim_end()
+            .split('.')
+            .all(|n| n.parse::<u32>().is_ok()),
+        "{revision:?}"
+    );
     // The allocation length is 16 bits (bytes 3-4).
     assert_eq!(good(&cd, &[0x12, 0, 0, 0, 5, 0]).len(), 5);
     assert_eq!(good(&cd, &[0x12, 0, 0, 1, 0, 0]).len(), 36);
