@@ -136,6 +136,16 @@ impl Picture {
         Picture::from_bytes(&bytes)
     }
 
+    /// The picture as a PNG file's bytes (to keep it where a person can look at it).
+    pub fn to_png(&self) -> Result<Vec<u8>, ScreenError> {
+        let mut png = Vec::new();
+        image::RgbImage::from_raw(self.width, self.height, self.rgb.clone())
+            .ok_or_else(|| ScreenError::Format("fewer samples than the size needs".into()))?
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| ScreenError::Format(format!("PNG: {e}")))?;
+        Ok(png)
+    }
+
     /// The pixels as `[r, g, b]`.
     pub fn pixels(&self) -> impl Iterator<Item = [u8; 3]> + '_ {
         self.rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]])
@@ -317,11 +327,7 @@ mod tests {
             height: 1,
             rgb: vec![0, 0, 0xaa, 0xaa, 0xaa, 0xaa],
         };
-        let mut png = Vec::new();
-        image::RgbImage::from_raw(2, 1, picture.rgb.clone())
-            .unwrap()
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .unwrap();
+        let png = picture.to_png().unwrap();
         assert_eq!(Picture::from_bytes(&png).unwrap(), picture);
     }
 
