@@ -11,7 +11,7 @@
 //! installer's first screen, by the rig's clock; both sides are watched the same way: a
 //! picture every second (`vivarium screenshot`, QEMU's `screendump`) named by
 //! `vivarium-screen-check`, the first screen being the first picture of newt's grey dialog on
-//! blue that the next picture repeats. Each round is one rig run that boots both, in an order
+//! blue that the next picture repeats (but for a blinking cursor). Each round is one rig run that boots both, in an order
 //! that alternates.
 //!
 //! Under QEMU the installer does not stay in the mode `vga=788` asks for (800x600, 16 bits):
@@ -126,7 +126,7 @@ pub fn run() -> Result<(), String> {
          after QEMU's start). Time from the first command to the first picture of \
          \"Select a language\", by the rig's clock, both screens watched the same way (a \
          picture a second, named by the e2e crate's `vivarium-screen-check`: newt's grey dialog \
-         on blue, repeated by the next picture). {RUNS} rounds, each a rig run booting both in \
+         on blue, repeated by the next picture but for a blinking cursor). {RUNS} rounds, each a rig run booting both in \
          an alternating order. The rig is a software-emulated machine with nested KVM, so \
          only the ratio means anything.\n\n\
          {table}\n\
@@ -202,7 +202,7 @@ ISO="$VIVARIUM_RIG_FILES/installer.iso"
 {carry}
 now_ms() {{ read up rest < /proc/uptime; echo "${{up%.*}}${{up#*.}}0"; }}
 # first_screen NAME START SHOT EXT: takes a picture a second with `SHOT FILE` until one is the
-# installer's first screen and the next is the same; reports the time of the first one since
+# installer's first screen and the next is the same but for a blinking cursor; reports the time of the first one since
 # START and keeps it as first.NAME.EXT.
 first_screen() {{
     name=$1; start=$2; shot=$3; ext=$4; seen=
@@ -211,10 +211,12 @@ first_screen() {{
         n=$((n+1))
         at=$(now_ms)
         if $shot now.$ext && {check} now.$ext | grep -q "newt=yes"; then
-            if [ -n "$seen" ] && cmp -s now.$ext first.$name.$ext; then
+            if [ -n "$seen" ] && {check} --same now.$ext first.$name.$ext > same.out; then
                 echo "VIVARIUM-RESULT first_screen_ms.$name=$((seen - start))"
+                echo "VIVARIUM-RIG-MARK $name: $(cat same.out)"
                 return 0
             fi
+            [ -n "$seen" ] && echo "VIVARIUM-RIG-MARK $name: not yet settled: $(cat same.out)"
             cp now.$ext first.$name.$ext; seen=$at
         else
             seen=
