@@ -220,6 +220,8 @@ first_screen() {{
             cp now.$ext first.$name.$ext; seen=$at
         else
             seen=
+            # Now and then, what the screen shows (for a person reading a run that hangs).
+            [ $((n % 30)) -eq 0 ] && echo "VIVARIUM-RIG-MARK $name after $(( ($(now_ms) - start) / 1000 )) s: $({check} now.$ext 2>&1)"
         fi
         next=$((at + 1000 - $(now_ms)))
         [ $next -gt 0 ] && usleep $((next * 1000))
