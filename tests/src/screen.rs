@@ -5,9 +5,11 @@
 //! Two VMMs showing the same Linux console need not give the same bytes: under QEMU with
 //! SeaBIOS, `vga=788` gives the kernel a 16-bit (RGB565) VESA mode, which `screendump` widens to
 //! 8 bits a channel by repeating the top bits (the console's grey `#aaaaaa` becomes
-//! `#adaaad`), while Vivarium gives it a 32-bit mode. Colours are therefore compared at the
-//! depth of the coarser picture ([`Depth::Rgb565`]): the console palette's colours agree
-//! exactly there.
+//! `#adaaad`), while Vivarium gives it a 32-bit mode. Such pictures are compared at the depth
+//! of the coarser one ([`Depth::Rgb565`]): the console palette's colours agree exactly there.
+//! (The Debian installer does not stay in that mode under QEMU: its `bochs` DRM driver
+//! switches QEMU's standard VGA to 1280x800 at 32 bits, so its first screen compares at
+//! [`Depth::Rgb888`].)
 //!
 //! PPM is read by hand: the format is a three-line header and raw bytes, and no PPM crate is
 //! in the workspace; PNG goes through the `image` crate.
