@@ -9,4 +9,5 @@ pub mod handmade;
 pub mod installer_cd_modules;
 pub mod installer_iso;
 pub mod rig;
+pub mod screen;
 pub mod vm_process;

@@ -25,7 +25,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("boot") => crate::bench_boot::run(),
         Some("app") => crate::bench_app::run(),
         Some("display") => crate::bench_display::run(),
-        _ => Err("usage: cargo xtask bench clone|boot|app|display".into()),
+        Some("installer") => crate::bench_installer::run(),
+        _ => Err("usage: cargo xtask bench clone|boot|app|display|installer".into()),
     }
 }
 

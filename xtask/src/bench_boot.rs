@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use vivarium_e2e::rig::Rig;
@@ -124,19 +123,10 @@ pub fn run() -> Result<(), String> {
          Measured {}.\n",
         viv_boot / median(&boot["qemu-microvm"]),
         viv_boot / median(&boot["qemu-q35"]),
-        today(),
+        util::today(),
     );
     println!("{section}");
     update_benchmarks_md(&root, "## Boot (nested rig)", &section)
-}
-
-fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// The rig script of round `round`: one boot per VMM, the order rotated by the round.

@@ -5,6 +5,7 @@
 //! - `test`: the whole test suite as CI runs it (installs what it needs first).
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
 //! - `bench display`: the VM side's screen refresh cost.
+//! - `bench installer`: the Debian installer ISO to its first screen, Vivarium vs QEMU.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
 //!   with `--installer-iso` also the Debian installer ISO.
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
@@ -15,6 +16,7 @@ mod bench;
 mod bench_app;
 mod bench_boot;
 mod bench_display;
+mod bench_installer;
 mod fixtures;
 mod rig;
 mod run;
@@ -31,6 +33,8 @@ fn usage() -> &'static str {
      \x20 bench app      frame time with 200 VMs and idle CPU of the app (docs/BENCHMARKS.md)\n\
      \x20 bench boot     boot Vivarium and QEMU side by side in the nested rig (docs/BENCHMARKS.md)\n\
      \x20 bench display  CPU cost of the VM's screen refresh, still and changing (docs/BENCHMARKS.md)\n\
+     \x20 bench installer  installer ISO to its first screen, Vivarium vs QEMU, in the rig\n\
+     \x20                (docs/BENCHMARKS.md)\n\
      \x20 fixtures [--installer-iso]  build the guest fixtures (kernel, initramfs; the Debian\n\
      \x20                installer ISO too) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"

@@ -31,6 +31,30 @@ pub fn build_release_vivarium() -> Result<PathBuf, String> {
     Ok(target_dir().join("release").join("vivarium"))
 }
 
+/// Builds the release binary `bin` of workspace package `package` and returns its path.
+pub fn build_release_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        package,
+        "--bin",
+        bin,
+    ]))?;
+    Ok(target_dir().join("release").join(bin))
+}
+
+/// Today's date as `YYYY-MM-DD` (by `date`), for "Measured ..." lines; empty if unknown.
+pub fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Runs a command to completion, echoing it first; an error says which command failed.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {}", describe(cmd));
