@@ -9,11 +9,20 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The folder `path` is in: `.` for a bare file name (whose `parent()` is the empty path, which
+/// cannot be opened to sync it).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
 /// Replaces `path` with `contents` atomically: the data goes to a temporary file in the same
 /// directory, is synced, and is renamed over `path`; then the directory is synced. A crash at
 /// any point leaves either the old or the new file, never a mix.
 pub fn atomic_write(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::InvalidInput(format!("`{}` is not a file path", path.display())))?;
@@ -151,6 +160,18 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_folder() {
+        // `Path::parent` gives the empty path for "shot.png": syncing that folder failed after
+        // the file had been written, so `vivarium screenshot VM shot.png` reported an error.
+        assert_eq!(parent_dir(Path::new("shot.png")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("pics/shot.png")), Path::new("pics"));
+        assert_eq!(parent_dir(Path::new("/tmp/shot.png")), Path::new("/tmp"));
+        let dir = tempfile::tempdir().unwrap();
+        sync_dir(parent_dir(Path::new("shot.png"))).unwrap();
+        atomic_write(&dir.path().join("shot.png"), b"png").unwrap();
+    }
 
     #[test]
     fn sizes_parse() {
