@@ -28,6 +28,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod display;
 pub mod error;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
 pub mod rtc;

@@ -16,6 +16,7 @@
 //! to the BAR already reaches the device.
 
 mod config;
+pub mod i440fx;
 mod msix;
 
 pub use config::*;
@@ -241,9 +242,24 @@ impl PciRoot {
     /// A root with the host bridge at slot 0. BARs are mapped on `mmio_bus` and
     /// `pio_bus` and assigned from `windows`.
     pub fn new(mmio_bus: Arc<Bus>, pio_bus: Arc<Bus>, windows: PciWindows) -> Self {
+        Self::with_host_bridge(
+            mmio_bus,
+            pio_bus,
+            windows,
+            Arc::new(Mutex::new(HostBridge::new())),
+        )
+    }
+
+    /// A root with `host_bridge` at slot 0 (e.g. the i440FX a firmware expects).
+    pub fn with_host_bridge(
+        mmio_bus: Arc<Bus>,
+        pio_bus: Arc<Bus>,
+        windows: PciWindows,
+        host_bridge: SharedPciDevice,
+    ) -> Self {
         let mut slots: Vec<Option<Slot>> = (0..NUM_SLOTS).map(|_| None).collect();
         slots[0] = Some(Slot {
-            device: Arc::new(Mutex::new(HostBridge::new())),
+            device: host_bridge,
             mapped: [None; NUM_BARS],
         });
         PciRoot {
