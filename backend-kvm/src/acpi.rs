@@ -136,15 +136,59 @@ pub fn build_acpi_tables(
     mmio64: Range<u64>,
     start: GuestAddress,
 ) -> Result<AcpiTables> {
+    let pci = PciLayout {
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE,
+        mmio64,
+        ecam: true,
+    };
+    Ok(lay_out(cpus, pm, &pci, start)?.0)
+}
+
+/// How the PCI host bridge the tables describe is set up.
+#[derive(Clone, Debug)]
+pub struct PciLayout {
+    /// The 32-bit MMIO window.
+    pub mmio32: Range<u64>,
+    /// The 64-bit MMIO window (empty: none).
+    pub mmio64: Range<u64>,
+    /// Whether the machine has the ECAM at `layout::PCI_ECAM_START` (then an MCFG describes
+    /// it); a firmware-booted i440FX machine has none and uses ports 0xcf8/0xcfc only.
+    pub ecam: bool,
+}
+
+/// Where each table went in the blob (guest addresses).
+struct TableAddresses {
+    facs: u64,
+    dsdt: u64,
+    fadt: u64,
+    madt: u64,
+    mcfg: Option<u64>,
+    xsdt: u64,
+}
+
+fn lay_out(
+    cpus: u32,
+    pm: &AcpiPmPorts,
+    pci: &PciLayout,
+    start: GuestAddress,
+) -> Result<(AcpiTables, TableAddresses)> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(Error::InvalidMachine(format!(
             "ACPI describes 1 to {MAX_CPUS} vCPUs, not {cpus}"
         )));
     }
-    if mmio64.start > mmio64.end {
+    for (name, window) in [("32-bit", &pci.mmio32), ("64-bit", &pci.mmio64)] {
+        if window.start > window.end {
+            return Err(Error::InvalidMachine(format!(
+                "invalid {name} PCI window {:#x}..{:#x}",
+                window.start, window.end
+            )));
+        }
+    }
+    if pci.mmio32.end > 1 << 32 {
         return Err(Error::InvalidMachine(format!(
-            "invalid 64-bit PCI window {:#x}..{:#x}",
-            mmio64.start, mmio64.end
+            "the 32-bit PCI window ends above 4 GiB ({:#x})",
+            pci.mmio32.end
         )));
     }
     if !start.0.is_multiple_of(TABLE_ALIGN as u64) || start.0 >= ACPI_END {
@@ -159,21 +203,138 @@ pub fn build_acpi_tables(
     // of the BIOS area finds; its contents are filled in last.
     let rsdp_offset = blob.reserve(Rsdp::len(), TABLE_ALIGN);
     let facs = blob.push(&aml_bytes(&FACS::new()), FACS_ALIGN)?;
-    let dsdt = blob.push(&dsdt(cpus, &mmio64), TABLE_ALIGN)?;
+    let dsdt = blob.push(&dsdt(cpus, pci), TABLE_ALIGN)?;
     let fadt = blob.push(&fadt(pm, dsdt, facs), TABLE_ALIGN)?;
     let madt = blob.push(madt(cpus).as_slice(), TABLE_ALIGN)?;
-    let mcfg = blob.push(&mcfg(), TABLE_ALIGN)?;
+    let mcfg = pci
+        .ecam
+        .then(|| blob.push(&mcfg(), TABLE_ALIGN))
+        .transpose()?;
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for table in [fadt, madt, mcfg] {
+    for table in [Some(fadt), Some(madt), mcfg].into_iter().flatten() {
         xsdt.add_entry(table);
     }
     let xsdt = blob.push(&aml_bytes(&xsdt), TABLE_ALIGN)?;
     blob.fill(rsdp_offset, &aml_bytes(&Rsdp::new(OEM_ID, xsdt)));
 
-    Ok(AcpiTables {
-        bytes: blob.bytes,
-        start,
+    Ok((
+        AcpiTables {
+            bytes: blob.bytes,
+            start,
+        },
+        TableAddresses {
+            facs,
+            dsdt,
+            fadt,
+            madt,
+            mcfg,
+            xsdt,
+        },
+    ))
+}
+
+/// The fw_cfg file the RSDP goes in (placed by the firmware in the F segment).
+pub const FW_CFG_RSDP: &str = "etc/acpi/rsdp";
+/// The fw_cfg file the other tables go in (placed by the firmware in high memory).
+pub const FW_CFG_TABLES: &str = "etc/acpi/tables";
+
+/// The ACPI tables of a firmware boot as fw_cfg files: the firmware places them where it
+/// likes and links them as `loader` says (see `vivarium_devices::fw_cfg::loader`).
+#[derive(Clone, Debug)]
+pub struct FirmwareAcpi {
+    /// `etc/acpi/rsdp`.
+    pub rsdp: Vec<u8>,
+    /// `etc/acpi/tables`.
+    pub tables: Vec<u8>,
+    /// `etc/table-loader`.
+    pub loader: Vec<u8>,
+}
+
+/// Builds the tables of a firmware-booted machine: laid out as if at address 0, so every
+/// pointer holds its target's offset, with a table-loader script that allocates the two
+/// files, adds the tables file's address to each pointer and fixes every checksum.
+pub fn build_firmware_acpi(cpus: u32, pm: &AcpiPmPorts, pci: &PciLayout) -> Result<FirmwareAcpi> {
+    use vivarium_devices::fw_cfg::loader::{TableLoader, Zone};
+    let (tables, at) = lay_out(cpus, pm, pci, GuestAddress(0))?;
+    let blob = tables.bytes;
+    let rsdp_len = Rsdp::len();
+    let rsdp = blob[..rsdp_len].to_vec();
+    // The tables file is the whole blob: its first bytes (where the RSDP was laid out) stay
+    // unused, which keeps every offset the same.
+    let mut tables = blob;
+    tables[..rsdp_len].fill(0);
+    let loader_error = |e: vivarium_devices::fw_cfg::FwCfgError| Error::Setup(e.to_string());
+    let mut loader = TableLoader::new();
+    loader
+        .allocate(FW_CFG_RSDP, 16, Zone::FSegment)
+        .map_err(loader_error)?;
+    loader
+        .allocate(FW_CFG_TABLES, FACS_ALIGN as u32, Zone::High)
+        .map_err(loader_error)?;
+    let u32_at = |b: &[u8], at: u64| {
+        u32::from_le_bytes(b[at as usize..at as usize + 4].try_into().expect("4"))
+    };
+    let u64_at = |b: &[u8], at: u64| {
+        u64::from_le_bytes(b[at as usize..at as usize + 8].try_into().expect("8"))
+    };
+    // Pointers inside the tables file: the FADT's FACS and DSDT (32- and 64-bit fields, where
+    // set) and the XSDT's entries.
+    let mut pointers: Vec<(u64, u8)> = Vec::new();
+    for (field, size) in [(36u64, 4u8), (40, 4), (132, 8), (140, 8)] {
+        let value = if size == 4 {
+            u64::from(u32_at(&tables, at.fadt + field))
+        } else {
+            u64_at(&tables, at.fadt + field)
+        };
+        if value != 0 {
+            pointers.push((at.fadt + field, size));
+        }
+    }
+    let xsdt_len = u64::from(u32_at(&tables, at.xsdt + 4));
+    for entry in (at.xsdt + 36..at.xsdt + xsdt_len).step_by(8) {
+        pointers.push((entry, 8));
+    }
+    for (offset, size) in pointers {
+        loader
+            .add_pointer(FW_CFG_TABLES, FW_CFG_TABLES, offset as u32, size)
+            .map_err(loader_error)?;
+    }
+    for table in [
+        Some(at.dsdt),
+        Some(at.fadt),
+        Some(at.madt),
+        at.mcfg,
+        Some(at.xsdt),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let len = u32_at(&tables, table + 4);
+        loader
+            .add_checksum(FW_CFG_TABLES, table as u32 + 9, table as u32, len)
+            .map_err(loader_error)?;
+    }
+    let _ = at.facs;
+    // The RSDP: its 32-bit RSDT field stays 0 (there is no RSDT); the XSDT address.
+    if u32_at(&rsdp, 16) != 0 {
+        loader
+            .add_pointer(FW_CFG_RSDP, FW_CFG_TABLES, 16, 4)
+            .map_err(loader_error)?;
+    }
+    loader
+        .add_pointer(FW_CFG_RSDP, FW_CFG_TABLES, 24, 8)
+        .map_err(loader_error)?;
+    loader
+        .add_checksum(FW_CFG_RSDP, 8, 0, 20)
+        .map_err(loader_error)?;
+    loader
+        .add_checksum(FW_CFG_RSDP, 32, 0, rsdp_len as u32)
+        .map_err(loader_error)?;
+    Ok(FirmwareAcpi {
+        rsdp,
+        tables,
+        loader: loader.into_bytes(),
     })
 }
 
@@ -325,7 +486,7 @@ fn mcfg() -> Vec<u8> {
 /// The DSDT: the S5 sleep state, the PCI host bridge and its windows, the ECAM as a
 /// motherboard resource (Linux only trusts an MCFG area that is reserved somewhere), COM1,
 /// the real-time clock, the PS/2 keyboard and mouse, and a processor device per vCPU.
-fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
+fn dsdt(cpus: u32, pci: &PciLayout) -> Vec<u8> {
     let mut body = Vec::new();
 
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved.
@@ -336,13 +497,17 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
     )
     .to_aml_bytes(&mut body);
 
-    let pci0 = pci_host_bridge(mmio64);
+    let pci0 = pci_host_bridge(pci);
     let mres = motherboard_resources();
     let com1 = com1();
     let rtc = rtc();
     let [ps2_keyboard, ps2_mouse] = ps2_devices();
     let cpu_devices: Vec<RawBytes> = (0..cpus).map(cpu_device).collect();
-    let mut children: Vec<&dyn Aml> = vec![&pci0, &mres, &com1, &rtc, &ps2_keyboard, &ps2_mouse];
+    let mut children: Vec<&dyn Aml> = vec![&pci0];
+    if pci.ecam {
+        children.push(&mres);
+    }
+    children.extend([&com1 as &dyn Aml, &rtc, &ps2_keyboard, &ps2_mouse]);
     children.extend(cpu_devices.iter().map(|c| c as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
 
@@ -354,17 +519,18 @@ fn dsdt(cpus: u32, mmio64: &Range<u64>) -> Vec<u8> {
 
 /// `\_SB.PCI0`: a PCI Express host bridge (ECAM via MCFG) for segment 0, the root bus, the
 /// legacy config ports, all I/O ports outside them, the 32-bit window and the 64-bit one.
-fn pci_host_bridge(mmio64: &Range<u64>) -> RawBytes {
+fn pci_host_bridge(pci: &PciLayout) -> RawBytes {
+    let mmio64 = &pci.mmio64;
     let bus_numbers = AddressSpace::<u16>::new_bus_number(0, layout::PCI_LAST_BUS.into());
     let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = AddressSpace::<u16>::new_io(0x0000, 0x0cf7, None);
     let io_high = AddressSpace::<u16>::new_io(0x0d00, 0xffff, None);
-    let mmio32_last = layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE - 1;
+    // Checked in `lay_out`: the window ends at or below 4 GiB.
     let mmio32 = AddressSpace::<u32>::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
-        layout::PCI_MMIO32_START as u32,
-        mmio32_last as u32,
+        pci.mmio32.start as u32,
+        (pci.mmio32.end - 1) as u32,
         None,
     );
     // `mmio64.start <= mmio64.end` was checked; an empty range means no window.
@@ -383,7 +549,8 @@ fn pci_host_bridge(mmio64: &Range<u64>) -> RawBytes {
         resources.push(window);
     }
     let crs = ResourceTemplate::new(resources);
-    let hid = EISAName::new("PNP0A08");
+    // PCI Express (PNP0A08, ECAM through the MCFG) or conventional PCI (PNP0A03) only.
+    let hid = EISAName::new(if pci.ecam { "PNP0A08" } else { "PNP0A03" });
     let cid = EISAName::new("PNP0A03");
     RawBytes(aml_bytes(&Device::new(
         Path::new("PCI0"),
@@ -789,6 +956,56 @@ mod tests {
         let d_with = Parsed::new(&with).dsdt().len();
         let d_without = Parsed::new(&without).dsdt().len();
         assert_eq!(d_with - d_without, 46, "one QWord descriptor less");
+    }
+
+    #[test]
+    fn firmware_tables_link_up_wherever_the_firmware_puts_them() {
+        use vivarium_devices::fw_cfg::loader::{Zone, run_script};
+        let pci = PciLayout {
+            mmio32: 0x8000_0000..0xfec0_0000,
+            mmio64: MMIO64,
+            ecam: false,
+        };
+        let acpi = build_firmware_acpi(2, &AcpiPmPorts::STANDARD, &pci).unwrap();
+        let files = |name: &str| match name {
+            FW_CFG_RSDP => Some(acpi.rsdp.clone()),
+            FW_CFG_TABLES => Some(acpi.tables.clone()),
+            _ => None,
+        };
+        const HIGH: u64 = 0x7ff_0000;
+        let mut place = |_: &str, _: u32, zone: Zone, _: usize| match zone {
+            Zone::FSegment => 0xf_5a00,
+            Zone::High => HIGH,
+        };
+        let placed = run_script(&acpi.loader, &files, &mut place).unwrap();
+        let rsdp = &placed[0].2;
+        let tables = &placed[1].2;
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(&rsdp[..36]), 0);
+        let at = |address: u64| (address - HIGH) as usize;
+        let table = |address: u64| {
+            let start = at(address);
+            let len = u32_at(tables, start + 4) as usize;
+            let t = &tables[start..start + len];
+            assert_eq!(sum(t), 0, "checksum of {:?}", std::str::from_utf8(&t[..4]));
+            t
+        };
+        let xsdt = table(u64_at(rsdp, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let signatures: Vec<&[u8]> = (36..xsdt.len())
+            .step_by(8)
+            .map(|e| &table(u64_at(xsdt, e))[..4])
+            .collect();
+        assert_eq!(signatures, [b"FACP", b"APIC"], "no MCFG without an ECAM");
+        let fadt = table(u64_at(xsdt, 36));
+        let dsdt = table(u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        let facs = u64_at(fadt, 132);
+        assert_eq!(&tables[at(facs)..at(facs) + 4], b"FACS");
+        assert!(facs.is_multiple_of(64));
+        assert!(contains(dsdt, b"PCI0"));
+        assert!(!contains(dsdt, b"MRES"));
     }
 
     #[test]

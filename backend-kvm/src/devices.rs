@@ -55,12 +55,15 @@ fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
 
 /// Adds COM1 (writing to `serial_output`, IRQ 4), the i8042 with its PS/2 keyboard (IRQ 1)
 /// and mouse (IRQ 12), whose reset command calls `reset`, and the CMOS real-time clock
-/// (IRQ 8) to the port I/O bus. Returns the host's input handle for the PS/2 devices.
+/// (IRQ 8, its battery-backed RAM holding the memory size of `memory_size` bytes of RAM, as
+/// firmware reads it) to the port I/O bus. Returns the host's input handle for the PS/2
+/// devices.
 pub fn attach_legacy_devices(
     vm: &VmFd,
     pio: &Bus,
     serial_output: impl Write + Send + 'static,
     reset: Arc<dyn ResetLine>,
+    memory_size: u64,
 ) -> Result<LegacyDevices> {
     let irq = Arc::new(IrqfdLine::new(vm, COM1_IRQ)?);
     let serial = Arc::new(Mutex::new(Serial::new(irq, Box::new(serial_output))));
@@ -73,7 +76,12 @@ pub fn attach_legacy_devices(
     pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))
         .map_err(bus_error("keyboard controller"))?;
     let rtc_irq = Arc::new(IrqfdLine::new(vm, RTC_IRQ)?);
-    pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(CmosRtc::new(rtc_irq))))
+    let mut rtc = CmosRtc::new(rtc_irq);
+    rtc.set_memory_size(
+        layout::low_ram_end(memory_size),
+        memory_size - layout::low_ram_end(memory_size),
+    );
+    pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(rtc)))
         .map_err(bus_error("real-time clock"))?;
     Ok(LegacyDevices { serial, ps2_input })
 }
@@ -145,6 +153,18 @@ pub struct PciDevices<'a> {
     /// The screen: a bochs display over this video memory, starting in (and preferring) a
     /// 32-bit mode of `width` x `height`.
     pub screen: Option<ScreenDevice>,
+    /// The host bridge a firmware expects (the i440FX); `None`: Vivarium's own, with the
+    /// ECAM. Without the ECAM, configuration space is reached through ports 0xcf8/0xcfc only.
+    pub host_bridge: Option<vivarium_devices::pci::SharedPciDevice>,
+}
+
+/// Where the devices a firmware boots from were plugged in.
+#[derive(Debug, Clone, Default)]
+pub struct PciSlots {
+    /// The slot of each disk's controller, in the order of [`PciDevices::disks`].
+    pub disks: Vec<u8>,
+    /// The slot of the CD-ROM's controller.
+    pub cdrom: Option<u8>,
 }
 
 /// The bochs display of a machine with a screen.
@@ -155,10 +175,16 @@ pub struct ScreenDevice {
     pub width: u32,
     /// Height of the boot (and preferred) mode.
     pub height: u32,
+    /// Whether the adapter starts in that mode, as firmware leaves it for a kernel booted
+    /// directly (a firmware sets its own modes).
+    pub boot_mode: bool,
+    /// The VGA BIOS behind the adapter's ROM BAR, for a firmware boot.
+    pub option_rom: Option<Vec<u8>>,
 }
 
-/// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff and ECAM), and
-/// the virtio devices of the machine behind it.
+/// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff, and ECAM with
+/// Vivarium's own bridge), and the virtio devices of the machine behind it. Returns where
+/// the boot devices went.
 pub fn attach_pci(
     vm: &Arc<VmFd>,
     pio: &Arc<Bus>,
@@ -166,44 +192,51 @@ pub fn attach_pci(
     memory: &Arc<GuestMemoryMmap>,
     memory_size: u64,
     devices: PciDevices<'_>,
-) -> Result<()> {
+) -> Result<PciSlots> {
     let PciDevices {
         disks,
         network,
         cdrom,
         screen,
+        host_bridge,
     } = devices;
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
         mem64: (layout::mmio64_start(memory_size), layout::PCI_MMIO64_SIZE),
         io: (PCI_IO_START, PCI_IO_SIZE),
     };
-    let root = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone(), windows)));
+    let ecam = host_bridge.is_none();
+    let root = Arc::new(Mutex::new(match host_bridge {
+        Some(bridge) => PciRoot::with_host_bridge(mmio.clone(), pio.clone(), windows, bridge),
+        None => PciRoot::new(mmio.clone(), pio.clone(), windows),
+    }));
     pio.insert(
         PCI_CONFIG_PORT,
         8,
         Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
     )
     .map_err(bus_error("PCI configuration ports"))?;
-    mmio.insert(
-        layout::PCI_ECAM_START,
-        layout::PCI_ECAM_SIZE,
-        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
-    )
-    .map_err(bus_error("PCI ECAM window"))?;
+    if ecam {
+        mmio.insert(
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+        )
+        .map_err(bus_error("PCI ECAM window"))?;
+    }
+    let mut slots = PciSlots::default();
 
     if let Some(screen) = screen {
         attach_display(&root, screen)?;
     }
     let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(KvmMsi { vm: vm.clone() });
-    let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
+    let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<u8> {
         let pci = VirtioPciDevice::new(device, memory.clone(), msi.clone())
             .map_err(|e| Error::Setup(format!("could not create the {what}: {e}")))?;
         root.lock()
             .unwrap_or_else(|e| e.into_inner())
             .add_device(Arc::new(Mutex::new(pci)))
-            .map_err(|e| Error::Setup(format!("could not plug in the {what}: {e}")))?;
-        Ok(())
+            .map_err(|e| Error::Setup(format!("could not plug in the {what}: {e}")))
     };
     for (index, disk) in disks.iter().enumerate() {
         let backend: Box<dyn BlockBackend> = match disk.format {
@@ -223,10 +256,10 @@ pub fn attach_pci(
             )),
         };
         let id = format!("vivarium-disk{index}");
-        add(
+        slots.disks.push(add(
             Box::new(Block::new(backend, id.as_bytes())),
             "disk controller",
-        )?;
+        )?);
     }
     if let Some(network) = network {
         let stream = UnixStream::connect(&network.frame_socket).map_err(|e| {
@@ -240,12 +273,12 @@ pub fn attach_pci(
         add(Box::new(card), "network card")?;
     }
     if let Some(cdrom) = cdrom {
-        attach_cdrom(&root, memory, &msi, cdrom)?;
+        slots.cdrom = Some(attach_cdrom(&root, memory, &msi, cdrom)?);
     }
     let rng = Rng::new()
         .map_err(|e| Error::Setup(format!("could not open the host's random source: {e}")))?;
     add(Box::new(rng), "random number generator")?;
-    Ok(())
+    Ok(slots)
 }
 
 /// The bochs display, plugged in before any other device so that its framebuffer BAR, the
@@ -257,21 +290,30 @@ fn attach_display(root: &Arc<Mutex<PciRoot>>, device: ScreenDevice) -> Result<()
         screen,
         width,
         height,
+        boot_mode,
+        option_rom,
     } = device;
     let vram = screen.display().vram_size();
-    let bochs = BochsDisplay::new(
+    let mut bochs = BochsDisplay::new(
         vram,
         (width, height),
-        Some(Scanout::packed32(width, height)),
+        boot_mode.then(|| Scanout::packed32(width, height)),
         screen.clone(),
     )
     .map_err(|e| Error::Setup(format!("could not create the display adapter: {e}")))?;
+    if let Some(rom) = option_rom {
+        bochs
+            .set_option_rom(rom)
+            .map_err(|e| Error::Setup(format!("the VGA BIOS cannot be used: {e}")))?;
+    }
     root.lock()
         .unwrap_or_else(|e| e.into_inner())
         .add_device(Arc::new(Mutex::new(bochs)))
         .map_err(|e| Error::Setup(format!("could not plug in the display adapter: {e}")))?;
     match screen.address() {
         Some(layout::FRAMEBUFFER_START) => Ok(()),
+        // Decoding stays off until the firmware turns it on (and maps the memory).
+        None if !boot_mode => Ok(()),
         other => Err(Error::Setup(format!(
             "the display's video memory is at {other:x?}, not at {:#x} where the boot \
              protocol announces it",
@@ -294,7 +336,7 @@ fn attach_cdrom(
     memory: &Arc<GuestMemoryMmap>,
     msi: &Arc<dyn vivarium_devices::pci::MsiSignaller>,
     cdrom: &CdromControl,
-) -> Result<()> {
+) -> Result<u8> {
     let unit = Cdrom::with_control("vivarium-cd0", cdrom);
     // A new machine (power on, reset) starts with the drive unlocked.
     unit.reset();
@@ -302,7 +344,8 @@ fn attach_cdrom(
     let pci = VirtioPciDevice::new(Box::new(scsi), memory.clone(), msi.clone())
         .map_err(|e| Error::Setup(format!("could not create the CD-ROM controller: {e}")))?;
     let pci = Arc::new(Mutex::new(pci));
-    root.lock()
+    let slot = root
+        .lock()
         .unwrap_or_else(|e| e.into_inner())
         .add_device(pci.clone())
         .map_err(|e| Error::Setup(format!("could not plug in the CD-ROM controller: {e}")))?;
@@ -315,7 +358,7 @@ fn attach_cdrom(
                 .notify_queue(EVENT_QUEUE);
         }
     }));
-    Ok(())
+    Ok(slot)
 }
 
 /// A qcow2 disk (a linked clone's overlay over its base) as virtio-blk's storage. Dropping it

@@ -33,6 +33,14 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A firmware file cannot be used.
+    #[error("the firmware `{path}` cannot be used: {why}")]
+    Firmware {
+        /// The firmware file.
+        path: PathBuf,
+        /// Why, and what to do.
+        why: String,
+    },
     /// The machine description cannot be built (too much memory, bad command line, ...).
     #[error("{0}")]
     InvalidMachine(String),
@@ -58,9 +66,10 @@ impl From<Error> for vivarium_core::backend::BackendError {
                 context: format!("KVM refused {context}"),
                 source,
             },
-            Error::Kernel { .. } | Error::Initrd { .. } | Error::InvalidMachine(_) => {
-                BackendError::InvalidMachine(e.to_string())
-            }
+            Error::Kernel { .. }
+            | Error::Initrd { .. }
+            | Error::Firmware { .. }
+            | Error::InvalidMachine(_) => BackendError::InvalidMachine(e.to_string()),
             Error::Disk { .. } => BackendError::InvalidMachine(e.to_string()),
             Error::Setup(_) => BackendError::InvalidMachine(e.to_string()),
         }

@@ -49,6 +49,42 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
+/// KVM memory slot of the RAM from guest address 0 (the whole first RAM region, or, when the
+/// machine boots through firmware, the part below the BIOS area).
+pub const SLOT_RAM_LOW: u32 = 0;
+/// KVM memory slot of the RAM above 4 GiB.
+pub const SLOT_RAM_HIGH: u32 = 1;
+/// KVM memory slot of the display's video memory.
+pub const SLOT_DISPLAY: u32 = 2;
+/// KVM memory slot of the first RAM region from 1 MiB on, when the BIOS area is mapped on
+/// its own (firmware boot).
+pub const SLOT_RAM_ABOVE_BIOS_AREA: u32 = 3;
+/// KVM memory slot of the firmware image below 4 GiB.
+pub const SLOT_BIOS_ROM: u32 = 4;
+/// First of the thirteen KVM memory slots of the BIOS area (0xc0000..0x100000), one per
+/// PAM segment.
+pub const SLOT_PAM_FIRST: u32 = 5;
+
+/// Where KVM's identity-map page goes (one page), in the PCI hole below the firmware's
+/// flash area and above where firmware places BARs (it is what QEMU uses).
+pub const KVM_IDENTITY_MAP: u64 = 0xfeff_c000;
+/// Where KVM's TSS goes (three pages, right after the identity map).
+pub const KVM_TSS: u64 = 0xfeff_d000;
+
+/// End of the 32-bit window in which PC firmware places BARs: the IOAPIC.
+pub const FIRMWARE_MMIO32_END: u64 = IOAPIC_START;
+
+/// Start of the 32-bit window in which PC firmware (SeaBIOS and OVMF on an i440FX) places
+/// BARs: 2 GiB when RAM below 4 GiB ends at or below 2 GiB, else 3 GiB (where it ends at the
+/// latest).
+pub fn firmware_mmio32_start(memory_size: u64) -> u64 {
+    if low_ram_end(memory_size) <= 0x8000_0000 {
+        0x8000_0000
+    } else {
+        PCI_HOLE_START
+    }
+}
+
 /// Global descriptor table for 64-bit entry.
 pub const GDT_START: GuestAddress = GuestAddress(0x500);
 /// Interrupt descriptor table (empty) for 64-bit entry.

@@ -13,6 +13,7 @@ mod cpu;
 mod devices;
 mod display;
 pub mod error;
+pub mod firmware;
 mod input;
 pub mod layout;
 mod machine;

@@ -199,6 +199,12 @@ fn check_plan(spec: &MachineSpec) -> Result<()> {
             host >> 20
         )));
     }
+    if matches!(spec.boot, BootSpec::Firmware { .. }) && spec.memory_mib < 16 {
+        return Err(Error::InvalidMachine(format!(
+            "a machine booted by firmware needs at least 16 MiB of memory, not {} MiB",
+            spec.memory_mib
+        )));
+    }
     if let BootSpec::Linux { kernel, initrd, .. } = &spec.boot {
         if !kernel.is_file() {
             return Err(Error::Kernel {
@@ -449,6 +455,8 @@ struct Vm {
     _memory: Arc<GuestMemoryMmap>,
     /// The screen's refresh thread (dirty log to display file).
     screen: Option<crate::display::RefreshThread>,
+    /// The firmware's ROM and BIOS area, mapped for as long as the VM lives.
+    _bios_area: Option<Arc<crate::firmware::BiosArea>>,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -468,11 +476,11 @@ impl Vm {
     fn build(plan: &MachinePlan, control: &Arc<Control>) -> Result<Vm> {
         let kvm = Kvm::new().map_err(kvm_error("opening /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(kvm_error("creating a VM"))?;
-        // The TSS and identity map pages live just below the BIOS area at the top of 4 GiB,
-        // inside the PCI hole, where nothing else is mapped.
-        vm.set_tss_address(0xfffb_d000)
+        // The TSS and identity map pages live in the PCI hole below the firmware's flash area,
+        // where nothing else is mapped.
+        vm.set_tss_address(layout::KVM_TSS as usize)
             .map_err(kvm_error("placing the TSS"))?;
-        vm.set_identity_map_address(0xfffb_c000)
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP)
             .map_err(kvm_error("placing the identity map"))?;
         vm.create_irq_chip()
             .map_err(kvm_error("creating the interrupt controllers"))?;
@@ -484,33 +492,67 @@ impl Vm {
 
         let ram = GuestRam::allocate(&layout::ram_regions(plan.memory_size))?;
         let memory = Arc::clone(ram.memory());
-        for (slot, region) in memory.iter().enumerate() {
+        let firmware = match &plan.boot {
+            BootSpec::Firmware { firmware, .. } => Some(firmware),
+            _ => None,
+        };
+        for (index, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
-                .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
-            // Guest RAM is not advised with MADV_HUGEPAGE (the nested test rig's kernel stalled
-            // now and then after a VM ended with it); it is 2 MiB-aligned, so hosts whose
-            // transparent huge pages are on for all memory back it with huge pages.
-            let region_info = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
+                .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?
+                as u64;
+            let start = region.start_addr().raw_value();
+            let slot = if index == 0 {
+                layout::SLOT_RAM_LOW
+            } else {
+                layout::SLOT_RAM_HIGH
             };
-            // SAFETY: the mapping is owned by `memory`, which lives at least until every vCPU
-            // of this VM has stopped running (they are joined before the `Vm` is dropped), so
-            // KVM never touches an unmapped range on behalf of a running guest; no two slots
-            // overlap.
-            unsafe { vm.set_user_memory_region(region_info) }
-                .map_err(kvm_error("registering guest memory"))?;
+            // With firmware, the BIOS area (0xc0000..1 MiB) of the first region is mapped on
+            // its own, segment by segment as the PAM registers say (`firmware::BiosArea`).
+            let pieces: Vec<(u32, u64, u64)> = if index == 0 && firmware.is_some() {
+                let bios_start = vivarium_devices::pci::i440fx::PAM_AREA_START;
+                let bios_end = vivarium_devices::pci::i440fx::PAM_AREA_END;
+                vec![
+                    (slot, 0, bios_start),
+                    (
+                        layout::SLOT_RAM_ABOVE_BIOS_AREA,
+                        bios_end,
+                        region.len() - bios_end,
+                    ),
+                ]
+            } else {
+                vec![(slot, 0, region.len())]
+            };
+            for (slot, offset, size) in pieces {
+                // Guest RAM is not advised with MADV_HUGEPAGE (the nested test rig's kernel
+                // stalled now and then after a VM ended with it); it is 2 MiB-aligned, so hosts
+                // whose transparent huge pages are on for all memory back it with huge pages.
+                let region_info = kvm_userspace_memory_region {
+                    slot,
+                    flags: 0,
+                    guest_phys_addr: start + offset,
+                    memory_size: size,
+                    userspace_addr: host + offset,
+                };
+                // SAFETY: the mapping is owned by `memory`, which lives at least until every
+                // vCPU of this VM has stopped running (they are joined before the `Vm` is
+                // dropped), so KVM never touches an unmapped range on behalf of a running
+                // guest; no two slots overlap.
+                unsafe { vm.set_user_memory_region(region_info) }
+                    .map_err(kvm_error("registering guest memory"))?;
+            }
         }
 
         let pio = Arc::new(Bus::new(BusKind::Pio));
         let mmio = Arc::new(Bus::new(BusKind::Mmio));
         let reset = Arc::new(GuestReset(Arc::clone(control)));
-        let legacy =
-            crate::devices::attach_legacy_devices(&vm, &pio, plan.serial.clone(), reset.clone())?;
+        let legacy = crate::devices::attach_legacy_devices(
+            &vm,
+            &pio,
+            plan.serial.clone(),
+            reset.clone(),
+            plan.memory_size,
+        )?;
         {
             let mut state = control.lock();
             state.ps2_input = Some(legacy.ps2_input);
@@ -523,17 +565,41 @@ impl Vm {
         let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
+        // The firmware's images: the BIOS and the display's VGA BIOS.
+        let (bios, vga_rom) = match firmware {
+            Some(vivarium_core::backend::FirmwareSpec::Bios { image, vga_rom }) => {
+                let rom = Arc::new(crate::firmware::Rom::load(image)?);
+                let vga = match (vga_rom, &plan.display) {
+                    (Some(path), Some(_)) => {
+                        Some(std::fs::read(path).map_err(|e| Error::Firmware {
+                            path: path.clone(),
+                            why: format!(
+                                "{e}: install the `seabios` package (sudo apt install seabios)"
+                            ),
+                        })?)
+                    }
+                    _ => None,
+                };
+                (Some(rom), vga)
+            }
+            None => (None, None),
+        };
         let screen = plan
             .display
             .as_ref()
             .map(|d| -> Result<_> {
-                let slot = memory.num_regions() as u32;
-                let screen =
-                    crate::display::KvmScreen::new(Arc::clone(&vm), Arc::clone(&d.shared), slot)?;
+                let screen = crate::display::KvmScreen::new(
+                    Arc::clone(&vm),
+                    Arc::clone(&d.shared),
+                    layout::SLOT_DISPLAY,
+                )?;
                 Ok(crate::devices::ScreenDevice {
                     screen,
                     width: d.width,
                     height: d.height,
+                    // A firmware sets its own modes; a directly booted kernel gets one set.
+                    boot_mode: firmware.is_none(),
+                    option_rom: vga_rom.clone(),
                 })
             })
             .transpose()?;
@@ -548,7 +614,32 @@ impl Vm {
             .as_ref()
             .map(|s| crate::display::RefreshThread::start(Arc::clone(&s.screen)))
             .transpose()?;
-        crate::devices::attach_pci(
+        // With firmware: the ROM, the BIOS area following the i440FX's PAM registers, and
+        // the host bridge itself.
+        let bios_area = bios
+            .map(|rom| {
+                crate::firmware::BiosArea::new(
+                    Arc::clone(&vm),
+                    Arc::clone(&memory),
+                    rom,
+                    kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem),
+                )
+            })
+            .transpose()?;
+        let host_bridge = bios_area.as_ref().map(|area| {
+            let bridge = vivarium_devices::pci::i440fx::I440fxHostBridge::new(area.clone());
+            Arc::new(Mutex::new(bridge)) as vivarium_devices::pci::SharedPciDevice
+        });
+        if let Some(area) = &bios_area {
+            use vivarium_devices::pci::i440fx::{PAM_AREA_END, PAM_AREA_START};
+            mmio.insert(
+                PAM_AREA_START,
+                PAM_AREA_END - PAM_AREA_START,
+                Arc::new(Mutex::new(crate::firmware::BiosAreaWrites(area.clone()))),
+            )
+            .map_err(|e| Error::Setup(format!("could not place the BIOS area: {e}")))?;
+        }
+        let slots = crate::devices::attach_pci(
             &vm,
             &pio,
             &mmio,
@@ -559,15 +650,56 @@ impl Vm {
                 network: plan.network.as_ref(),
                 cdrom: plan.cdrom.as_ref(),
                 screen,
+                host_bridge,
             },
         )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
-        let rsdp = crate::acpi::write_acpi_tables(
-            &memory,
-            plan.cpus,
-            &vivarium_devices::acpi_pm::AcpiPmPorts::STANDARD,
-            mmio64_start..mmio64_start + layout::PCI_MMIO64_SIZE,
-        )?;
+        let mmio64 = mmio64_start..mmio64_start + layout::PCI_MMIO64_SIZE;
+        let pm_ports = vivarium_devices::acpi_pm::AcpiPmPorts::STANDARD;
+        let rsdp = match &plan.boot {
+            BootSpec::Firmware { order, menu, .. } => {
+                let pci = crate::acpi::PciLayout {
+                    mmio32: layout::firmware_mmio32_start(plan.memory_size)
+                        ..layout::FIRMWARE_MMIO32_END,
+                    mmio64,
+                    ecam: false,
+                };
+                let acpi = crate::acpi::build_firmware_acpi(plan.cpus, &pm_ports, &pci)?;
+                let boot_order: Vec<String> = order
+                    .iter()
+                    .filter_map(|device| match device {
+                        vivarium_core::backend::BootDevice::Disk(i) => slots
+                            .disks
+                            .get(*i)
+                            .map(|slot| crate::firmware::disk_boot_path(*slot)),
+                        vivarium_core::backend::BootDevice::Cdrom => {
+                            slots.cdrom.map(crate::firmware::cdrom_boot_path)
+                        }
+                    })
+                    .collect();
+                let fw_cfg = crate::firmware::fw_cfg(
+                    Arc::clone(&memory),
+                    &crate::firmware::FirmwareConfig {
+                        cpus: plan.cpus,
+                        memory_size: plan.memory_size,
+                        boot_order: &boot_order,
+                        menu: *menu,
+                        acpi: &acpi,
+                        display: plan.display.is_some(),
+                    },
+                )?;
+                pio.insert(
+                    u64::from(vivarium_devices::fw_cfg::X86_PORT),
+                    vivarium_devices::fw_cfg::X86_PORT_LEN,
+                    Arc::new(Mutex::new(fw_cfg)),
+                )
+                .map_err(|e| Error::Setup(format!("could not place fw_cfg: {e}")))?;
+                None
+            }
+            _ => Some(crate::acpi::write_acpi_tables(
+                &memory, plan.cpus, &pm_ports, mmio64,
+            )?),
+        };
 
         let mut vcpus = Vec::with_capacity(plan.cpus as usize);
         for index in 0..plan.cpus {
@@ -592,7 +724,7 @@ impl Vm {
                     kernel,
                     initrd.as_deref(),
                     cmdline,
-                    Some(rsdp),
+                    rsdp,
                     boot_framebuffer.as_ref(),
                 )?;
                 cpu::setup_long_mode(&memory, &vcpus[0], entry.entry)?;
@@ -605,10 +737,15 @@ impl Vm {
                     })?;
                 cpu::setup_real_mode(&vcpus[0], *load_address)?;
             }
+            // The vCPUs start where a PC's do after reset: at the reset vector
+            // (0xfffffff0, CS base 0xffff0000), which is the top of the firmware image; the
+            // other vCPUs wait for the firmware's INIT/SIPI.
+            BootSpec::Firmware { .. } => {}
         }
         Ok(Vm {
             _vm: vm,
             _memory: memory,
+            _bios_area: bios_area,
             screen: refresh,
             ram,
             vcpus,
@@ -622,6 +759,7 @@ impl Vm {
         let Vm {
             _vm: vm,
             _memory: memory,
+            _bios_area: bios_area,
             screen,
             ram,
             vcpus,
@@ -660,6 +798,7 @@ impl Vm {
             let _ = thread.join();
         }
         drop(screen);
+        drop(bios_area);
         drop(vm);
         drop(memory);
         drop(pio);

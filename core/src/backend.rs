@@ -107,6 +107,15 @@ pub enum BootSpec {
         /// Kernel command line.
         cmdline: String,
     },
+    /// Boot through PC firmware, which finds a boot loader on the devices in `order`.
+    Firmware {
+        /// The firmware.
+        firmware: FirmwareSpec,
+        /// Where the firmware looks for something to boot, first to last.
+        order: Vec<BootDevice>,
+        /// Whether the firmware offers its boot menu (Esc or F12 at the start).
+        menu: bool,
+    },
     /// Real-mode code loaded at a guest physical address and entered there with a flat
     /// 64 KiB segment. Used by the tests' hand-made guests (they run on any KVM, including
     /// software-only ones), and by anything that brings its own loader.
@@ -116,6 +125,28 @@ pub enum BootSpec {
         /// Where to load it (and start), below 1 MiB.
         load_address: u64,
     },
+}
+
+/// A PC firmware and the files it is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirmwareSpec {
+    /// A legacy BIOS (SeaBIOS): its image, mapped below 4 GiB and its last 128 KiB at
+    /// 0xe0000, and the display's VGA BIOS (an option ROM), if the machine has a display.
+    Bios {
+        /// The BIOS image (e.g. `bios-256k.bin`).
+        image: PathBuf,
+        /// The VGA option ROM for the bochs display (e.g. `vgabios-bochs-display.bin`).
+        vga_rom: Option<PathBuf>,
+    },
+}
+
+/// A device the firmware may boot from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDevice {
+    /// The disk at this index of [`MachineSpec::disks`].
+    Disk(usize),
+    /// The CD-ROM drive.
+    Cdrom,
 }
 
 /// Everything a backend needs to build a machine.

@@ -406,6 +406,24 @@ impl CmosRtc {
         }
     }
 
+    /// Records the machine's memory in the battery-backed RAM where PC firmware reads it
+    /// (SeaBIOS and OVMF use these when fw_cfg gives no memory map): base memory (0x15/0x16,
+    /// KiB below 640 KiB), extended memory (0x17/0x18 and 0x30/0x31, KiB from 1 MiB to
+    /// 64 MiB), memory from 16 MiB to `low_end` in 64 KiB units (0x34/0x35) and above 4 GiB
+    /// in 64 KiB units (0x5b..0x5d).
+    pub fn set_memory_size(&mut self, low_end: u64, above_4g: u64) {
+        let mut state = self.shared.lock();
+        let base_kib: u16 = 640;
+        state.cmos[0x15..0x17].copy_from_slice(&base_kib.to_le_bytes());
+        let extended_kib = (low_end.saturating_sub(1 << 20) >> 10).min(0xfc00) as u16;
+        state.cmos[0x17..0x19].copy_from_slice(&extended_kib.to_le_bytes());
+        state.cmos[0x30..0x32].copy_from_slice(&extended_kib.to_le_bytes());
+        let above_16m = (low_end.saturating_sub(16 << 20) >> 16).min(0xffff) as u16;
+        state.cmos[0x34..0x36].copy_from_slice(&above_16m.to_le_bytes());
+        let high = (above_4g >> 16).min(0xff_ffff) as u32;
+        state.cmos[0x5b..0x5e].copy_from_slice(&high.to_le_bytes()[..3]);
+    }
+
     /// The guest's time, in seconds since the Unix epoch.
     pub fn guest_time(&self) -> i64 {
         let state = self.shared.lock();
@@ -641,6 +659,27 @@ mod tests {
     fn write(rtc: &mut CmosRtc, register: u8, value: u8) {
         rtc.write(0x70, 0, &[register]);
         rtc.write(0x70, 1, &[value]);
+    }
+
+    #[test]
+    fn memory_size_fields_as_firmware_reads_them() {
+        let mut rtc = CmosRtc::new(Arc::new(CountingIrq::default()));
+        rtc.set_memory_size(3 << 30, 5 << 30);
+        let word = |rtc: &mut CmosRtc, at: u8| {
+            u16::from(read(rtc, at)) | (u16::from(read(rtc, at + 1)) << 8)
+        };
+        assert_eq!(word(&mut rtc, 0x15), 640);
+        assert_eq!(word(&mut rtc, 0x30), 0xfc00);
+        assert_eq!(
+            u64::from(word(&mut rtc, 0x34)),
+            ((3u64 << 30) - (16 << 20)) >> 16
+        );
+        let high = u32::from(read(&mut rtc, 0x5b))
+            | (u32::from(read(&mut rtc, 0x5c)) << 8)
+            | (u32::from(read(&mut rtc, 0x5d)) << 16);
+        assert_eq!(u64::from(high), (5u64 << 30) >> 16);
+        // The clock registers are untouched.
+        assert_eq!(read(&mut rtc, 0x0a) & 0x7f, 0x26);
     }
 
     #[test]

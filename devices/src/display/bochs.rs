@@ -120,6 +120,9 @@ pub struct BochsDisplay {
     /// Whether a refused mode was already logged as a warning (later ones are debug events, so
     /// a guest cannot flood the log).
     warned: bool,
+    /// The VGA BIOS behind the expansion ROM BAR (what a PC firmware runs to get a
+    /// console), if the machine boots through firmware.
+    option_rom: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for BochsDisplay {
@@ -187,6 +190,7 @@ impl BochsDisplay {
             sink,
             shown: None,
             warned: false,
+            option_rom: None,
         };
         if let Some(mode) = boot_mode {
             let as_reg = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
@@ -334,6 +338,25 @@ impl BochsDisplay {
     }
 }
 
+impl BochsDisplay {
+    /// Puts `rom` (a VGA BIOS, e.g. SeaBIOS's `vgabios-bochs-display.bin`) behind the
+    /// expansion ROM BAR, where firmware finds and runs it. Refuses an image that is not an
+    /// option ROM (no 0x55 0xaa signature) or is larger than 16 MiB.
+    pub fn set_option_rom(&mut self, mut rom: Vec<u8>) -> Result<()> {
+        if rom.len() < 3 || rom[0] != 0x55 || rom[1] != 0xaa {
+            return Err(Error::InvalidBar {
+                index: crate::pci::ROM_BAR,
+                reason: "the option ROM image does not start with the 0x55 0xaa signature",
+            });
+        }
+        let size = (rom.len() as u64).next_power_of_two().max(2 << 10);
+        self.config.add_rom_bar(size)?;
+        rom.resize(size as usize, 0);
+        self.option_rom = Some(rom);
+        Ok(())
+    }
+}
+
 impl PciDevice for BochsDisplay {
     fn config(&self) -> &PciConfiguration {
         &self.config
@@ -344,6 +367,15 @@ impl PciDevice for BochsDisplay {
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         match bar {
             MMIO_BAR if offset < MMIO_BAR_SIZE => self.read_mmio(offset, data),
+            crate::pci::ROM_BAR => {
+                let rom = self.option_rom.as_deref().unwrap_or(&[]);
+                for (i, byte) in data.iter_mut().enumerate() {
+                    let at = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(i);
+                    *byte = rom.get(at).copied().unwrap_or(0);
+                }
+            }
             // The framebuffer is memory the backend maps; an access that reaches the device
             // (while the mapping moves) reads as nothing.
             _ => data.fill(0),

@@ -9,6 +9,13 @@ pub const CONFIG_SPACE_SIZE: usize = 256;
 pub const EXTENDED_CONFIG_SPACE_SIZE: usize = 4096;
 /// Number of BAR registers in a type 0 header.
 pub const NUM_BARS: usize = 6;
+/// The index that names the expansion ROM BAR (configuration offset 0x30) wherever BARs
+/// are numbered (`bar_mapping`, `PciDevice::read_bar`).
+pub const ROM_BAR: usize = NUM_BARS;
+/// Offset of the expansion ROM base address register.
+pub const ROM_BAR_OFFSET: usize = 0x30;
+/// The expansion ROM BAR's enable bit.
+const ROM_ENABLE: u32 = 1;
 
 /// Offset of the command register.
 pub const COMMAND: usize = 0x04;
@@ -107,6 +114,8 @@ pub struct PciConfiguration {
     writable: [u8; CONFIG_SPACE_SIZE],
     w1c: [u8; CONFIG_SPACE_SIZE],
     bars: [Option<BarDef>; NUM_BARS],
+    /// Size of the expansion ROM, if the function has one.
+    rom_size: Option<u64>,
     last_capability: Option<usize>,
     next_capability: usize,
 }
@@ -119,6 +128,7 @@ impl PciConfiguration {
             writable: [0; CONFIG_SPACE_SIZE],
             w1c: [0; CONFIG_SPACE_SIZE],
             bars: [None; NUM_BARS],
+            rom_size: None,
             last_capability: None,
             next_capability: FIRST_CAPABILITY,
         };
@@ -188,6 +198,35 @@ impl PciConfiguration {
         Ok(())
     }
 
+    /// Declare an expansion ROM of `size` bytes (a power of two, 2 KiB to 16 MiB) behind the
+    /// ROM BAR. The firmware places it (the register starts at 0, not decoding) and turns
+    /// it on with the enable bit and memory decoding; [`ROM_BAR`] then maps it.
+    pub fn add_rom_bar(&mut self, size: u64) -> Result<()> {
+        if !size.is_power_of_two() || !(2 << 10..=16 << 20).contains(&size) {
+            return Err(Error::InvalidBar {
+                index: ROM_BAR,
+                reason: "ROM size is not a power of two from 2 KiB to 16 MiB",
+            });
+        }
+        let mask = (!(size - 1) as u32 & 0xffff_f800) | ROM_ENABLE;
+        self.set_u32(ROM_BAR_OFFSET, 0);
+        self.set_mask(ROM_BAR_OFFSET, &mask.to_le_bytes());
+        self.rom_size = Some(size);
+        Ok(())
+    }
+
+    fn rom_mapping(&self) -> Option<BarMapping> {
+        let size = self.rom_size?;
+        let register = self.u32_at(ROM_BAR_OFFSET);
+        let addr = u64::from(register & 0xffff_f800);
+        let on = register & ROM_ENABLE != 0 && self.command() & COMMAND_MEMORY != 0;
+        (on && addr != 0 && addr + size <= 1 << 32).then_some(BarMapping {
+            kind: BarKind::Memory32,
+            addr,
+            size,
+        })
+    }
+
     fn bar_register_used(&self, reg: usize) -> bool {
         self.bars[reg].is_some()
             || (reg > 0 && matches!(self.bars[reg - 1], Some(b) if b.kind == BarKind::Memory64))
@@ -236,8 +275,12 @@ impl PciConfiguration {
     }
 
     /// Where BAR `index` decodes now, or `None` if it is not declared, its decoding is
-    /// disabled in the command register, or its address is zero or unusable.
+    /// disabled in the command register, or its address is zero or unusable. [`ROM_BAR`]
+    /// names the expansion ROM.
     pub fn bar_mapping(&self, index: usize) -> Option<BarMapping> {
+        if index == ROM_BAR {
+            return self.rom_mapping();
+        }
         let def = self.bar(index)?;
         let addr = self.bar_address(index)?;
         let command = self.command();
@@ -533,6 +576,31 @@ mod tests {
             };
             assert!(c.add_bar(i, def).is_err(), "{i} {kind:?} {size}");
         }
+    }
+
+    #[test]
+    fn rom_bar_sizing_enable_and_decoding() {
+        let mut c = PciConfiguration::new(header());
+        assert_eq!(c.bar_mapping(ROM_BAR), None);
+        assert!(c.add_rom_bar(3000).is_err());
+        assert!(c.add_rom_bar(1024).is_err());
+        c.add_rom_bar(64 << 10).unwrap();
+        write32(&mut c, ROM_BAR_OFFSET, 0xffff_f800);
+        assert_eq!(c.u32_at(ROM_BAR_OFFSET), 0xffff_0000);
+        write32(&mut c, ROM_BAR_OFFSET, 0xfeb0_0000 | 1);
+        // Not decoding until memory space is on.
+        assert_eq!(c.bar_mapping(ROM_BAR), None);
+        c.write(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        assert_eq!(
+            c.bar_mapping(ROM_BAR),
+            Some(BarMapping {
+                kind: BarKind::Memory32,
+                addr: 0xfeb0_0000,
+                size: 64 << 10
+            })
+        );
+        write32(&mut c, ROM_BAR_OFFSET, 0xfeb0_0000);
+        assert_eq!(c.bar_mapping(ROM_BAR), None);
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl BusDevice for PciBarRegion {
 
 struct Slot {
     device: SharedPciDevice,
-    mapped: [Option<BarMapping>; NUM_BARS],
+    mapped: [Option<BarMapping>; NUM_BARS + 1],
 }
 
 /// Bus 0 of a PCI hierarchy: the host bridge in slot 0 and up to 31 devices.
@@ -260,7 +260,7 @@ impl PciRoot {
         let mut slots: Vec<Option<Slot>> = (0..NUM_SLOTS).map(|_| None).collect();
         slots[0] = Some(Slot {
             device: host_bridge,
-            mapped: [None; NUM_BARS],
+            mapped: [None; NUM_BARS + 1],
         });
         PciRoot {
             slots,
@@ -310,7 +310,7 @@ impl PciRoot {
         }
         self.slots[s] = Some(Slot {
             device,
-            mapped: [None; NUM_BARS],
+            mapped: [None; NUM_BARS + 1],
         });
         // Devices normally start with decoding off, but honour a model that enables it.
         self.update_bars(s);
@@ -357,7 +357,7 @@ impl PciRoot {
         };
         let wanted: Vec<(usize, Option<BarMapping>)> = {
             let dev = lock(&slot.device);
-            (0..NUM_BARS)
+            (0..=ROM_BAR)
                 .map(|i| (i, dev.config().bar_mapping(i)))
                 .collect()
         };

@@ -1,0 +1,432 @@
+//! Booting through PC firmware (SeaBIOS): the ROM below 4 GiB, the BIOS area whose routing
+//! the i440FX's PAM registers choose, and what the firmware reads over fw_cfg.
+//!
+//! ```text
+//! 4 GiB - ROM size .. 4 GiB    the BIOS image, a read-only memory slot; the vCPU starts at
+//!                              its last 16 bytes (the reset vector, 0xfffffff0)
+//! 0xc0000 .. 0x100000          the BIOS area, thirteen slots that follow PAM: RAM
+//!                              (read-write or read-only), the ROM's last 128 KiB (0xe0000..),
+//!                              or nothing (0xc0000..0xdffff reading the PCI side)
+//! ```
+//!
+//! At power-on every PAM segment reads the ROM. SeaBIOS then routes the area to RAM, copies
+//! itself there from the ROM's high copy, and write-protects it at the end of POST; option
+//! ROMs (the display's VGA BIOS) are copied into 0xc0000.. meanwhile. Writes that reach a
+//! segment with no writable slot exit to [`BiosAreaWrites`], which applies them to RAM when
+//! PAM says writes go there (PAM mode 2: read the ROM, write RAM) and drops them otherwise.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
+use kvm_ioctls::VmFd;
+use vivarium_devices::GuestMemoryMmap;
+use vivarium_devices::bus::BusDevice;
+use vivarium_devices::fw_cfg::{FwCfg, key};
+use vivarium_devices::pci::i440fx::{
+    PAM_AREA_END, PAM_AREA_START, PAM_REGISTERS, PAM_SEGMENTS, PamListener, PamMode, PamSegment,
+    pam_segments,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::error::{Error, Result};
+use crate::layout;
+
+/// Smallest BIOS image accepted (SeaBIOS's `bios.bin` is 128 KiB).
+const MIN_ROM_SIZE: usize = 64 << 10;
+/// Largest BIOS image accepted (a flash chip of 16 MiB; SeaBIOS is 128 or 256 KiB).
+const MAX_ROM_SIZE: usize = 16 << 20;
+/// The part of the ROM that also appears at 0xe0000..0x100000.
+const ISA_BIOS_SIZE: usize = 128 << 10;
+
+/// A firmware image in memory of its own, page-aligned so KVM can map it.
+pub struct Rom {
+    address: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is to a private mapping owned by the `Rom`, only written while it is
+// built (before it is shared) and unmapped once in Drop.
+unsafe impl Send for Rom {}
+// SAFETY: as above; after `load` it is only read (by KVM and by `bytes`).
+unsafe impl Sync for Rom {}
+
+impl Rom {
+    /// Reads a BIOS image: its size must be a multiple of 64 KiB from 64 KiB to 16 MiB.
+    pub fn load(path: &Path) -> Result<Rom> {
+        let bad = |why: String| Error::Firmware {
+            path: path.to_path_buf(),
+            why,
+        };
+        let data = std::fs::read(path).map_err(|e| {
+            bad(match e.kind() {
+                std::io::ErrorKind::NotFound => "the file does not exist: install the `seabios` \
+                                                 package (sudo apt install seabios)"
+                    .into(),
+                _ => e.to_string(),
+            })
+        })?;
+        if data.len() < MIN_ROM_SIZE
+            || data.len() > MAX_ROM_SIZE
+            || !data.len().is_multiple_of(MIN_ROM_SIZE)
+        {
+            return Err(bad(format!(
+                "it is {} bytes; a BIOS image is a multiple of 64 KiB from 64 KiB to 16 MiB \
+                 (is it a damaged or foreign file? reinstall the `seabios` package)",
+                data.len()
+            )));
+        }
+        // SAFETY: a fresh private anonymous mapping; the result is checked below.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                data.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(bad(format!(
+                "no memory for it: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let rom = Rom {
+            address: address.cast(),
+            len: data.len(),
+        };
+        // SAFETY: the mapping is `len` bytes long, writable, and nobody else sees it yet.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), rom.address, rom.len) };
+        Ok(rom)
+    }
+
+    /// The image's size.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the image is empty (never: `load` refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the ROM sits below 4 GiB.
+    pub fn guest_address(&self) -> u64 {
+        layout::PCI_HOLE_END - self.len as u64
+    }
+
+    fn host_address(&self) -> u64 {
+        self.address as u64
+    }
+}
+
+impl Drop for Rom {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `load`, once; KVM no longer uses it (the VM
+        // that mapped it is gone before the machine drops its ROM).
+        unsafe { libc::munmap(self.address.cast(), self.len) };
+    }
+}
+
+/// The BIOS area's memory slots, following the PAM registers.
+pub struct BiosArea {
+    vm: Arc<VmFd>,
+    memory: Arc<GuestMemoryMmap>,
+    rom: Arc<Rom>,
+    /// Host address of guest physical address 0 (RAM region 0).
+    ram_host: u64,
+    /// Whether KVM has read-only slots (without, read-only RAM and the ROM stay writable).
+    read_only_slots: bool,
+    state: Mutex<AreaState>,
+}
+
+struct AreaState {
+    modes: [PamMode; PAM_SEGMENTS],
+    /// What each segment's slot maps now: (host address, flags), or nothing.
+    slots: [Option<(u64, u32)>; PAM_SEGMENTS],
+}
+
+impl BiosArea {
+    /// Maps the ROM below 4 GiB and the BIOS area in its power-on state (every segment reads
+    /// the ROM).
+    pub fn new(
+        vm: Arc<VmFd>,
+        memory: Arc<GuestMemoryMmap>,
+        rom: Arc<Rom>,
+        read_only_slots: bool,
+    ) -> Result<Arc<BiosArea>> {
+        use vm_memory::GuestMemoryBackend;
+        let ram_host = memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?
+            as u64;
+        if rom.len() < ISA_BIOS_SIZE {
+            return Err(Error::InvalidMachine(format!(
+                "a BIOS image of {} KiB is smaller than the 128 KiB the BIOS area shows",
+                rom.len() >> 10
+            )));
+        }
+        let flags = if read_only_slots { KVM_MEM_READONLY } else { 0 };
+        let region = kvm_userspace_memory_region {
+            slot: layout::SLOT_BIOS_ROM,
+            flags,
+            guest_phys_addr: rom.guest_address(),
+            memory_size: rom.len() as u64,
+            userspace_addr: rom.host_address(),
+        };
+        // SAFETY: the ROM mapping is owned by `rom`, which the machine keeps until after the
+        // VM is gone; the range (the top of the 32-bit space) holds no other slot.
+        unsafe { vm.set_user_memory_region(region) }.map_err(|e| Error::Kvm {
+            context: "mapping the BIOS image",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+        let area = Arc::new(BiosArea {
+            vm,
+            memory,
+            rom,
+            ram_host,
+            read_only_slots,
+            state: Mutex::new(AreaState {
+                modes: [PamMode::Rom; PAM_SEGMENTS],
+                slots: [None; PAM_SEGMENTS],
+            }),
+        });
+        area.apply(&pam_segments(&[0; PAM_REGISTERS]))?;
+        Ok(area)
+    }
+
+    /// What the slot of `segment` maps: RAM, the ROM's copy of the F and E segments, or
+    /// nothing (reads go to the PCI side).
+    fn wanted(&self, segment: &PamSegment) -> Option<(u64, u32)> {
+        let read_only = if self.read_only_slots {
+            KVM_MEM_READONLY
+        } else {
+            0
+        };
+        if segment.mode.reads_ram() {
+            let flags = if segment.mode.writes_ram() {
+                0
+            } else {
+                read_only
+            };
+            return Some((self.ram_host + segment.start, flags));
+        }
+        // Reads go to the ROM side: the BIOS image's last 128 KiB for 0xe0000..0xfffff, the
+        // PCI bus (nothing here; option ROMs live in their BARs) below.
+        let isa_bios = PAM_AREA_END - ISA_BIOS_SIZE as u64;
+        (segment.start >= isa_bios).then(|| {
+            let rom_offset = self.rom.len() as u64 - (PAM_AREA_END - segment.start);
+            (self.rom.host_address() + rom_offset, read_only)
+        })
+    }
+
+    fn apply(&self, segments: &[PamSegment; PAM_SEGMENTS]) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, segment) in segments.iter().enumerate() {
+            state.modes[i] = segment.mode;
+            let want = self.wanted(segment);
+            if state.slots[i] == want {
+                continue;
+            }
+            let slot = layout::SLOT_PAM_FIRST + i as u32;
+            let region = |(host, flags): (u64, u32), size: u64| kvm_userspace_memory_region {
+                slot,
+                flags,
+                guest_phys_addr: segment.start,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            let kvm_error = |e: kvm_ioctls::Error| Error::Kvm {
+                context: "remapping the BIOS area",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            };
+            if let Some(old) = state.slots[i].take() {
+                // SAFETY: deleting (size 0) a slot of this VM.
+                unsafe { self.vm.set_user_memory_region(region(old, 0)) }.map_err(kvm_error)?;
+            }
+            if let Some(new) = want {
+                // SAFETY: the host range is inside RAM region 0 (which starts at guest 0 and
+                // spans the BIOS area) or inside the ROM mapping, both owned by the machine
+                // until after the VM is gone; no other slot covers this segment.
+                unsafe { self.vm.set_user_memory_region(region(new, segment.len)) }
+                    .map_err(kvm_error)?;
+                state.slots[i] = Some(new);
+            }
+        }
+        Ok(())
+    }
+
+    fn mode_at(&self, address: u64) -> Option<PamMode> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let index = if address >= 0xf_0000 {
+            12
+        } else {
+            ((address.checked_sub(PAM_AREA_START)?) / 0x4000) as usize
+        };
+        state.modes.get(index).copied()
+    }
+}
+
+impl PamListener for BiosArea {
+    fn pam_changed(&self, segments: &[PamSegment; PAM_SEGMENTS]) {
+        if let Err(e) = self.apply(segments) {
+            tracing::error!("the BIOS area could not follow the PAM registers: {e}");
+        }
+    }
+}
+
+/// Accesses to the BIOS area that no slot takes (writes to read-only or ROM-routed segments,
+/// reads of 0xc0000..0xdffff routed to PCI). Register it on the MMIO bus over
+/// `PAM_AREA_START..PAM_AREA_END`.
+pub struct BiosAreaWrites(pub Arc<BiosArea>);
+
+impl BusDevice for BiosAreaWrites {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let address = base + offset;
+        match self.0.mode_at(address) {
+            Some(mode) if mode.writes_ram() => {
+                if let Err(e) = self.0.memory.write_slice(data, GuestAddress(address)) {
+                    tracing::debug!(address, "write to the BIOS area failed: {e}");
+                }
+            }
+            // Write-protected, or routed to the ROM: lost, as on a PC.
+            _ => {}
+        }
+    }
+}
+
+/// What the firmware is told over fw_cfg.
+pub struct FirmwareConfig<'a> {
+    /// vCPUs at boot.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory_size: u64,
+    /// The boot order as OpenFirmware device paths (SeaBIOS's and OVMF's `bootorder`).
+    pub boot_order: &'a [String],
+    /// Whether to offer the boot menu.
+    pub menu: bool,
+    /// The ACPI tables as the table-loader hands them over.
+    pub acpi: &'a crate::acpi::FirmwareAcpi,
+    /// Whether the machine has a display (else the firmware is told "no graphics").
+    pub display: bool,
+}
+
+/// The memory map as `etc/e820` entries: RAM below the PCI hole and above 4 GiB.
+fn e820(memory_size: u64) -> Vec<u8> {
+    const E820_RAM: u32 = 1;
+    let mut entries = Vec::new();
+    for (start, len) in layout::ram_regions(memory_size) {
+        entries.extend_from_slice(&start.0.to_le_bytes());
+        entries.extend_from_slice(&(len as u64).to_le_bytes());
+        entries.extend_from_slice(&E820_RAM.to_le_bytes());
+    }
+    entries
+}
+
+/// Builds the fw_cfg device of a firmware boot.
+pub fn fw_cfg(memory: Arc<GuestMemoryMmap>, config: &FirmwareConfig<'_>) -> Result<FwCfg> {
+    let mut device = FwCfg::new(memory);
+    let cpus = u16::try_from(config.cpus)
+        .map_err(|_| Error::InvalidMachine(format!("{} CPUs are too many", config.cpus)))?;
+    device.set_u64(key::RAM_SIZE, config.memory_size);
+    device.set_u16(key::NB_CPUS, cpus);
+    device.set_u16(key::MAX_CPUS, cpus);
+    device.set_u16(key::NOGRAPHIC, u16::from(!config.display));
+    device.set_u16(key::BOOT_MENU, u16::from(config.menu));
+    device.set_u64(key::NUMA, 0);
+    let file_error = |e: vivarium_devices::fw_cfg::FwCfgError| Error::Setup(e.to_string());
+    device
+        .add_file("etc/e820", e820(config.memory_size))
+        .map_err(file_error)?;
+    let mut order = String::new();
+    for path in config.boot_order {
+        order.push_str(path);
+        order.push('\n');
+    }
+    // SeaBIOS stops at HALT instead of trying devices the list does not name.
+    order.push_str("HALT");
+    device
+        .add_file("bootorder", order.into_bytes())
+        .map_err(file_error)?;
+    // How long the boot menu waits (ms), and how long SeaBIOS waits before retrying when
+    // nothing is bootable (ms): long enough to read the message, short enough to notice a
+    // disc inserted meanwhile.
+    let wait: u32 = if config.menu { 10_000 } else { 0 };
+    device
+        .add_file("etc/boot-menu-wait", wait.to_le_bytes().to_vec())
+        .map_err(file_error)?;
+    device
+        .add_file("etc/boot-fail-wait", 5_000u32.to_le_bytes().to_vec())
+        .map_err(file_error)?;
+    device
+        .add_file(crate::acpi::FW_CFG_RSDP, config.acpi.rsdp.clone())
+        .map_err(file_error)?;
+    device
+        .add_file(crate::acpi::FW_CFG_TABLES, config.acpi.tables.clone())
+        .map_err(file_error)?;
+    device
+        .add_file("etc/table-loader", config.acpi.loader.clone())
+        .map_err(file_error)?;
+    Ok(device)
+}
+
+/// The OpenFirmware path of a virtio-blk disk in PCI slot `slot` (what QEMU writes into
+/// `bootorder` for one, and what SeaBIOS and OVMF match their devices against).
+pub fn disk_boot_path(slot: u8) -> String {
+    format!("/pci@i0cf8/scsi@{slot:x}/disk@0,0")
+}
+
+/// The OpenFirmware path of the CD-ROM (target 0, LUN 0) of the virtio-scsi controller in
+/// PCI slot `slot`.
+pub fn cdrom_boot_path(slot: u8) -> String {
+    format!("/pci@i0cf8/scsi@{slot:x}/channel@0/disk@0,0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_odd_sized_image_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Rom::load(&dir.path().join("bios.bin")).err().unwrap();
+        assert!(
+            missing.to_string().contains("apt install seabios"),
+            "{missing}"
+        );
+        for size in [0usize, 1000, 64 << 10 | 1, 32 << 20] {
+            let path = dir.path().join(format!("bios-{size}.bin"));
+            std::fs::write(&path, vec![0u8; size]).unwrap();
+            let e = Rom::load(&path).err().unwrap();
+            assert!(e.to_string().contains("multiple of 64 KiB"), "{e}");
+        }
+        let path = dir.path().join("good.bin");
+        let mut image = vec![0u8; 256 << 10];
+        image[(256 << 10) - 16] = 0xea;
+        std::fs::write(&path, &image).unwrap();
+        let rom = Rom::load(&path).unwrap();
+        assert_eq!(rom.len(), 256 << 10);
+        assert_eq!(rom.guest_address(), 0xfffc_0000);
+    }
+
+    #[test]
+    fn e820_lists_ram_around_the_hole() {
+        let map = e820(6 << 30);
+        assert_eq!(map.len(), 40);
+        assert_eq!(u64::from_le_bytes(map[8..16].try_into().unwrap()), 3 << 30);
+        assert_eq!(u64::from_le_bytes(map[20..28].try_into().unwrap()), 4 << 30);
+        assert_eq!(u32::from_le_bytes(map[36..40].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn boot_paths_are_what_the_firmwares_match() {
+        assert_eq!(disk_boot_path(0x1a), "/pci@i0cf8/scsi@1a/disk@0,0");
+        assert_eq!(cdrom_boot_path(5), "/pci@i0cf8/scsi@5/channel@0/disk@0,0");
+    }
+}

@@ -1,0 +1,303 @@
+//! Booting through SeaBIOS (Debian's `seabios` package) on the host's KVM: the firmware
+//! runs from the reset vector, shadows itself through the i440FX's PAM registers, reads
+//! fw_cfg, finds the virtio disks and the virtio-scsi CD-ROM, and runs what their boot
+//! sectors hold. SeaBIOS runs on any /dev/kvm, including software-only ones such as
+//! `kvm_pvm`, so these run on the host; the boot sectors are assembled here.
+//!
+//! Each boot sector prints a line naming where it was loaded from on COM1 and powers the
+//! machine off through the ACPI PM block (S5), so each test waits for a power-off and then
+//! reads what was printed, bounded in time.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vivarium_backend_kvm::KvmBackend;
+use vivarium_core::backend::{
+    Backend, BootDevice, BootSpec, CdromSpec, DiskSpec, FirmwareSpec, MachineExit, MachineSpec,
+    RunningMachine,
+};
+use vivarium_core::config::DiskFormat;
+
+/// Debian's SeaBIOS image.
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Fails (under `cargo xtask test`, which sets `VIVARIUM_REQUIRE_RIG`) or says loudly why
+/// the test cannot run here.
+fn cannot_run(why: &str) {
+    if std::env::var_os("VIVARIUM_REQUIRE_RIG").is_some() {
+        panic!("this test must run under `cargo xtask test`, but {why}");
+    }
+    println!("SKIPPED: {why}");
+}
+
+/// The backend and the BIOS image, or `None` after saying why not.
+fn setup() -> Option<(KvmBackend, PathBuf)> {
+    let backend = KvmBackend::new();
+    let support = backend.probe();
+    if !support.can_run() {
+        cannot_run(&format!("no usable /dev/kvm: {}", support.explain()));
+        return None;
+    }
+    if !Path::new(SEABIOS).is_file() {
+        cannot_run(&format!(
+            "{SEABIOS} is missing: install the `seabios` package"
+        ));
+        return None;
+    }
+    Some((backend, PathBuf::from(SEABIOS)))
+}
+
+/// A 512-byte boot sector that prints `message` and a newline on COM1, then powers off
+/// through the ACPI PM block (SLP_TYP 5 | SLP_EN at port 0x604). It runs at 0x7c00
+/// whatever CS:IP the firmware jumps with (0:7c00 from a disk, 7c0:0 from a CD). It turns
+/// interrupts off first: without a display SeaBIOS mirrors its console on COM1 and flushes
+/// it from the timer interrupt, which would interleave its last characters with ours.
+fn boot_sector(message: &str) -> Vec<u8> {
+    // 0: cli | 1: xor ax, ax | 3: mov ds, ax | 5: mov dx, 0x3f8 | 8: mov si, msg | 11: cld
+    // 12: lodsb | 13: test al, al | 15: jz +3 (20) | 17: out dx, al | 18: jmp -8 (12)
+    // 20: mov dx, 0x604 | 23: mov ax, 0x3400 | 26: out dx, ax | 27: hlt | 28: jmp -3 (27)
+    let mut code = vec![
+        0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0xba, 0xf8, 0x03, 0xbe, 0, 0, 0xfc, 0xac, 0x84, 0xc0, 0x74,
+        0x03, 0xee, 0xeb, 0xf8, 0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd,
+    ];
+    let msg = 0x7c00 + code.len();
+    code[9] = msg as u8;
+    code[10] = (msg >> 8) as u8;
+    code.extend_from_slice(message.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    assert!(code.len() <= 510);
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code
+}
+
+/// A raw disk of 8 MiB whose first sector is `sector` (or all zeros: not bootable).
+fn raw_disk(dir: &Path, name: &str, sector: Option<&[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(8 << 20).unwrap();
+    if let Some(sector) = sector {
+        std::os::unix::fs::FileExt::write_all_at(&file, sector, 0).unwrap();
+    }
+    path
+}
+
+/// An ISO whose El Torito entry (no emulation) is `sector`, made with xorriso.
+fn boot_iso(dir: &Path, sector: &[u8]) -> PathBuf {
+    let tree = dir.join("iso-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("boot.img"), sector).unwrap();
+    let iso = dir.join("boot.iso");
+    let status = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-o"])
+        .arg(&iso)
+        .args(["-b", "boot.img", "-no-emul-boot", "-boot-load-size", "1"])
+        .arg(&tree)
+        .status()
+        .expect("xorriso runs (install the `xorriso` package)");
+    assert!(status.success(), "xorriso made the ISO");
+    iso
+}
+
+fn disk(path: PathBuf, format: DiskFormat) -> DiskSpec {
+    DiskSpec {
+        path,
+        format,
+        read_only: false,
+    }
+}
+
+/// Boots `disks` and `cdrom` through SeaBIOS in `order`; returns what COM1 got once the
+/// machine powered off (or fails after a minute, with what it got).
+fn boot(
+    backend: &KvmBackend,
+    bios: &Path,
+    disks: Vec<DiskSpec>,
+    cdrom: Option<PathBuf>,
+    order: Vec<BootDevice>,
+) -> String {
+    let out = Capture::default();
+    let spec = MachineSpec {
+        cpus: 1,
+        memory_mib: 128,
+        boot: BootSpec::Firmware {
+            firmware: FirmwareSpec::Bios {
+                image: bios.to_path_buf(),
+                vga_rom: None,
+            },
+            order,
+            menu: false,
+        },
+        disks,
+        network: None,
+        cdrom: cdrom.map(|image| CdromSpec { image: Some(image) }),
+        display: None,
+        serial_output: Box::new(out.clone()),
+    };
+    let machine: Arc<dyn RunningMachine> = backend.start(spec).expect("the machine starts");
+    let waiter = {
+        let machine = machine.clone();
+        std::thread::spawn(move || machine.wait())
+    };
+    let started = Instant::now();
+    while !waiter.is_finished() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = machine.request(vivarium_core::backend::ControlRequest::PowerOff);
+            panic!(
+                "the machine did not power off within 60 s; COM1 got {:?}",
+                out.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(waiter.join().unwrap(), MachineExit::PoweredOff);
+    out.text()
+}
+
+#[test]
+fn seabios_boots_the_first_disk() {
+    let Some((backend, bios)) = setup() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let system = raw_disk(
+        dir.path(),
+        "system.raw",
+        Some(&boot_sector("booted from disk 0")),
+    );
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(system, DiskFormat::Raw)],
+        None,
+        vec![BootDevice::Disk(0)],
+    );
+    assert!(out.contains("booted from disk 0"), "COM1 got {out:?}");
+}
+
+#[test]
+fn an_empty_disk_falls_through_to_the_cd_and_a_bootable_one_wins() {
+    let Some((backend, bios)) = setup() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let iso = boot_iso(dir.path(), &boot_sector("booted from the CD"));
+    let order = vec![BootDevice::Disk(0), BootDevice::Cdrom];
+    // A new VM: its disk holds nothing yet, so the firmware goes on to the installer CD.
+    let empty = raw_disk(dir.path(), "empty.raw", None);
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(empty.clone(), DiskFormat::Raw)],
+        Some(iso.clone()),
+        order.clone(),
+    );
+    assert!(out.contains("booted from the CD"), "COM1 got {out:?}");
+    assert!(!out.contains("installed system"), "COM1 got {out:?}");
+    // The "installer" writes a boot sector: the next start boots the disk, same settings.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&empty)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &boot_sector("installed system"), 0).unwrap();
+    drop(file);
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(empty, DiskFormat::Raw)],
+        Some(iso),
+        order,
+    );
+    assert!(out.contains("installed system"), "COM1 got {out:?}");
+}
+
+#[test]
+fn boot_from_cd_once_puts_the_cd_first() {
+    let Some((backend, bios)) = setup() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let iso = boot_iso(dir.path(), &boot_sector("booted from the CD"));
+    let system = raw_disk(
+        dir.path(),
+        "system.raw",
+        Some(&boot_sector("booted from disk")),
+    );
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(system, DiskFormat::Raw)],
+        Some(iso),
+        vec![BootDevice::Cdrom, BootDevice::Disk(0)],
+    );
+    assert!(out.contains("booted from the CD"), "COM1 got {out:?}");
+}
+
+#[test]
+fn a_linked_clone_boots_through_firmware_like_its_parent() {
+    let Some((backend, bios)) = setup() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = raw_disk(
+        dir.path(),
+        "base.raw",
+        Some(&boot_sector("booted a qcow2 overlay")),
+    );
+    let overlay = dir.path().join("clone.qcow2");
+    vivarium_core::disk::create_overlay(&overlay, "base.raw", DiskFormat::Raw, 8 << 20).unwrap();
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(overlay, DiskFormat::Qcow2)],
+        None,
+        vec![BootDevice::Disk(0)],
+    );
+    assert!(out.contains("booted a qcow2 overlay"), "COM1 got {out:?}");
+    // The base was only read.
+    let sector = std::fs::read(&base).unwrap();
+    assert_eq!(&sector[..512], &boot_sector("booted a qcow2 overlay")[..]);
+}
+
+#[test]
+fn the_second_disk_boots_when_the_order_names_it() {
+    let Some((backend, bios)) = setup() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = raw_disk(dir.path(), "data.raw", None);
+    let system = raw_disk(
+        dir.path(),
+        "system.raw",
+        Some(&boot_sector("booted from disk 1")),
+    );
+    let out = boot(
+        &backend,
+        &bios,
+        vec![disk(data, DiskFormat::Raw), disk(system, DiskFormat::Raw)],
+        None,
+        vec![BootDevice::Disk(1), BootDevice::Disk(0)],
+    );
+    assert!(out.contains("booted from disk 1"), "COM1 got {out:?}");
+}
