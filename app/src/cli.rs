@@ -115,6 +115,10 @@ pub enum Command {
     Run {
         /// The VM.
         name: String,
+        /// Boot from this device this once, through the BIOS: `cdrom`, `disk`, or `menu`
+        /// (the BIOS's boot menu, to choose there).
+        #[arg(long, value_parser = ["cdrom", "disk", "menu"])]
+        boot_from: Option<String>,
     },
     /// Start a VM in a process of its own, detached from this terminal; it keeps running
     /// after this command (and the app) exit. Its serial console is in logs/serial.log and
@@ -125,6 +129,10 @@ pub enum Command {
         /// Run without a window (the only way until the desktop app opens one).
         #[arg(long)]
         headless: bool,
+        /// Boot from this device this once, through the BIOS: `cdrom`, `disk`, or `menu`
+        /// (the BIOS's boot menu, to choose there). The VM's settings do not change.
+        #[arg(long, value_parser = ["cdrom", "disk", "menu"])]
+        boot_from: Option<String>,
     },
     /// Shut a VM down: press its ACPI power button and wait until the guest has powered off.
     Stop {
@@ -238,6 +246,9 @@ pub enum Command {
     VmProcess {
         /// The VM.
         name: String,
+        /// Boot from this device this once (`cdrom`, `disk`, `menu`).
+        #[arg(long)]
+        boot_from: Option<String>,
     },
     /// Clone a stopped VM: a full, independent copy, or a linked clone that shares the disk.
     Clone {
@@ -398,8 +409,8 @@ pub fn run(cli: Cli) -> u8 {
     if matches!(cli.command, Command::VmProcess { .. } | Command::Run { .. }) {
         crate::vmprocess::limit_thread_stacks();
     }
-    if let Command::VmProcess { name } = &cli.command {
-        return crate::vmprocess::run_vm_process(name);
+    if let Command::VmProcess { name, boot_from } = &cli.command {
+        return crate::vmprocess::run_vm_process(name, boot_from.as_deref().and_then(boot_once));
     }
     let json = cli.json;
     match execute(cli) {
@@ -480,8 +491,22 @@ fn execute(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Run { name } => crate::runner::run_in_terminal(&library, &name, json),
-        Command::Start { name, headless: _ } => crate::lifecycle::start(&library, &name, json),
+        Command::Run { name, boot_from } => crate::runner::run_in_terminal(
+            &library,
+            &name,
+            boot_from.as_deref().and_then(boot_once),
+            json,
+        ),
+        Command::Start {
+            name,
+            headless: _,
+            boot_from,
+        } => crate::lifecycle::start(
+            &library,
+            &name,
+            boot_from.as_deref().and_then(boot_once),
+            json,
+        ),
         Command::Stop {
             name,
             force,
@@ -705,8 +730,18 @@ fn create_from_iso(
             config.cpus,
             format_size(config.memory_mib << 20)
         );
-        if let BootSource::Linux { cmdline, .. } = &config.boot {
-            println!("It boots the installer's kernel with: {cmdline}");
+        match &config.boot {
+            BootSource::Installer { cmdline, .. } => {
+                println!(
+                    "It boots the installer's kernel with: {cmdline}\nOnce the installer has \
+                     made the disk bootable, it boots the disk through its BIOS."
+                );
+            }
+            BootSource::Disk => println!(
+                "It boots the ISO through its BIOS while the disk holds nothing bootable, then \
+                 the disk."
+            ),
+            _ => {}
         }
     }
     Ok(())
@@ -918,8 +953,14 @@ fn apply_boot_changes(config: &mut VmConfig, args: &SetArgs) -> Result<(), Error
     if !touches_linux {
         return Ok(());
     }
+    let installer = matches!(config.boot, BootSource::Installer { .. });
     let (mut kernel, mut initrd, mut cmdline) = match &config.boot {
         BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        }
+        | BootSource::Installer {
             kernel,
             initrd,
             cmdline,
@@ -941,10 +982,18 @@ fn apply_boot_changes(config: &mut VmConfig, args: &SetArgs) -> Result<(), Error
             config.name
         ))
     })?;
-    config.boot = BootSource::Linux {
-        kernel,
-        initrd,
-        cmdline,
+    config.boot = if installer {
+        BootSource::Installer {
+            kernel,
+            initrd,
+            cmdline,
+        }
+    } else {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        }
     };
     Ok(())
 }
@@ -1003,6 +1052,27 @@ fn apply_network_changes(
     Ok(())
 }
 
+/// The device of a `--boot-from` value (clap has checked it is one of these).
+pub fn boot_once(value: &str) -> Option<vivarium_core::backend::BootOnce> {
+    use vivarium_core::backend::BootOnce;
+    match value {
+        "cdrom" => Some(BootOnce::Cdrom),
+        "disk" => Some(BootOnce::Disk),
+        "menu" => Some(BootOnce::Menu),
+        _ => None,
+    }
+}
+
+/// The `--boot-from` value of a device.
+pub fn boot_once_name(once: vivarium_core::backend::BootOnce) -> &'static str {
+    use vivarium_core::backend::BootOnce;
+    match once {
+        BootOnce::Cdrom => "cdrom",
+        BootOnce::Disk => "disk",
+        BootOnce::Menu => "menu",
+    }
+}
+
 fn host(json: bool) -> Result<(), Error> {
     let Some(backend) = crate::backend::host_backend() else {
         let reason = "Vivarium has no hypervisor backend for this platform yet";
@@ -1017,6 +1087,7 @@ fn host(json: bool) -> Result<(), Error> {
         return Ok(());
     };
     let support = backend.probe();
+    let firmware = vivarium_core::firmware::HostFirmware::locate();
     if json {
         println!(
             "{}",
@@ -1025,11 +1096,16 @@ fn host(json: bool) -> Result<(), Error> {
                 "can_run": support.can_run(),
                 "full_guests": matches!(support, vivarium_core::backend::HostSupport::Ready { .. }),
                 "explain": support.explain(),
+                "firmware": firmware,
             })
         );
     } else {
         println!("Backend: {}", backend.name());
         println!("{}", support.explain());
+        println!("Firmware:");
+        for line in firmware.describe() {
+            println!("  {line}");
+        }
     }
     Ok(())
 }
@@ -1175,6 +1251,9 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
     println!("Memory:    {}", format_size(config.memory_mib << 20));
     println!("Boot:      {}", config.boot.describe());
     if let BootSource::Linux {
+        initrd, cmdline, ..
+    }
+    | BootSource::Installer {
         initrd, cmdline, ..
     } = &config.boot
     {

@@ -11,8 +11,13 @@ use vivarium_core::{Error, Library};
 const POWER_OFF_WAIT: Duration = Duration::from_secs(15);
 
 /// `vivarium start NAME`.
-pub fn start(library: &Library, name: &str, json: bool) -> Result<(), Error> {
-    let pid = crate::vmprocess::spawn(library, name)?;
+pub fn start(
+    library: &Library,
+    name: &str,
+    boot_once: Option<vivarium_core::backend::BootOnce>,
+    json: bool,
+) -> Result<(), Error> {
+    let pid = crate::vmprocess::spawn(library, name, boot_once)?;
     if json {
         println!("{}", json!({"started": name, "pid": pid}));
     } else {

@@ -33,12 +33,17 @@ impl Write for Stdout {
 
 /// Runs `name` until it stops. A clean power-off is success; a crash ends the process with
 /// [`EXIT_CRASHED`]; a VMM failure is an error.
-pub fn run_in_terminal(library: &Library, name: &str, json: bool) -> Result<(), Error> {
+pub fn run_in_terminal(
+    library: &Library,
+    name: &str,
+    boot_once: Option<vivarium_core::backend::BootOnce>,
+    json: bool,
+) -> Result<(), Error> {
     // Installed first, so that a signal that comes while the machine is being built is
     // not lost.
     install_signal_handlers(true);
     crate::logging::log_to_stderr();
-    let session = Session::start(library, name, Some(Box::new(Stdout)))?;
+    let session = Session::start(library, name, Some(Box::new(Stdout)), boot_once)?;
     watch_signals(session.machine(), true);
     let exit = session.wait();
     let message = match &exit {

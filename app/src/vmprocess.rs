@@ -42,20 +42,34 @@ pub const LOG_LIMIT: u64 = 1 << 20;
 
 /// Starts VM `name` in a process of its own and returns its pid once the VM answers on its
 /// control socket. If the VM cannot start, the error is the one the VM process reported.
-pub fn spawn(library: &Library, name: &str) -> Result<u32, Error> {
+/// `boot_once` boots another device this once (`vivarium start --boot-from`).
+pub fn spawn(
+    library: &Library,
+    name: &str,
+    boot_once: Option<vivarium_core::backend::BootOnce>,
+) -> Result<u32, Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("could not find the vivarium executable to start the VM", e))?;
-    spawn_with(&exe, library, name)
+    spawn_with(&exe, library, name, boot_once)
 }
 
 /// [`spawn`] with the `vivarium` executable given: for a caller that is not itself that
 /// executable, such as the app's tests.
-pub fn spawn_with(exe: &std::path::Path, library: &Library, name: &str) -> Result<u32, Error> {
+pub fn spawn_with(
+    exe: &std::path::Path,
+    library: &Library,
+    name: &str,
+    boot_once: Option<vivarium_core::backend::BootOnce>,
+) -> Result<u32, Error> {
     library.get(name)?.config()?;
     let mut command = Command::new(exe);
+    command.arg(VM_PROCESS_COMMAND).arg(name);
+    if let Some(once) = boot_once {
+        command
+            .arg("--boot-from")
+            .arg(crate::cli::boot_once_name(once));
+    }
     command
-        .arg(VM_PROCESS_COMMAND)
-        .arg(name)
         .env("VIVARIUM_HOME", library.root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -146,10 +160,11 @@ pub fn limit_thread_stacks() {
 }
 
 /// Returns the process exit code.
-pub fn run_vm_process(name: &str) -> u8 {
+pub fn run_vm_process(name: &str, boot_once: Option<vivarium_core::backend::BootOnce>) -> u8 {
     // Until `detach_stdio`, standard error is the starter's; from then on it is `logs/vm.log`.
     crate::logging::log_to_stderr();
-    let started = Library::open_default().and_then(|library| Session::start(&library, name, None));
+    let started =
+        Library::open_default().and_then(|library| Session::start(&library, name, None, boot_once));
     let session = match started {
         Ok(session) => session,
         Err(error) => {
@@ -195,6 +210,7 @@ impl Session {
         library: &Library,
         name: &str,
         echo: Option<Box<dyn Write + Send>>,
+        boot_once: Option<vivarium_core::backend::BootOnce>,
     ) -> Result<Session, Error> {
         let backend = crate::backend::host_backend().ok_or_else(|| {
             Error::InvalidInput("Vivarium has no hypervisor backend for this platform yet".into())
@@ -253,8 +269,13 @@ impl Session {
         };
         let serial = SerialHub::new(Some(open_log("serial.log").map_err(&fail)?), echo);
         serial.note(&format!("`{name}` starts"));
-        let mut spec = MachineSpec::from_config(&config, &bundle, serial.sink())
+        let mut spec = MachineSpec::from_config_with(&config, &bundle, serial.sink(), boot_once)
             .map_err(|e| fail(e.into()))?;
+        if let vivarium_core::backend::BootSpec::Firmware { order, .. } = &spec.boot {
+            note(&format!(
+                "boots through the BIOS, trying {order:?} in this order"
+            ));
+        }
         let passt = match &config.network {
             NetworkConfig::None => None,
             NetworkConfig::User { mac, forwards } => {

@@ -140,6 +140,19 @@ pub enum FirmwareSpec {
     },
 }
 
+/// What one start boots from instead of what the VM's configuration says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOnce {
+    /// The CD-ROM through the firmware (QEMU's `-boot once=d`).
+    Cdrom,
+    /// The first disk through the firmware (an installer VM whose disk is not detected as
+    /// bootable, for instance).
+    Disk,
+    /// The firmware's boot menu, to choose there (VMware's "power on to firmware").
+    Menu,
+}
+
 /// A device the firmware may boot from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootDevice {
@@ -174,47 +187,112 @@ pub struct MachineSpec {
 
 impl MachineSpec {
     /// The machine a VM's configuration describes, with disk paths resolved in its bundle.
-    /// Fails if the VM cannot be booted directly yet (e.g. it boots from a CD-ROM, which
-    /// needs firmware).
+    /// Booting from a disk or CD-ROM goes through the host's SeaBIOS (see
+    /// [`crate::firmware`]); fails with what to install when it is missing.
     pub fn from_config(
         config: &VmConfig,
         bundle: &std::path::Path,
         serial_output: Box<dyn Write + Send>,
     ) -> Result<MachineSpec, BackendError> {
-        let boot = match &config.boot {
-            crate::config::BootSource::Linux {
-                kernel,
-                initrd,
-                cmdline,
-            } => BootSpec::Linux {
+        Self::from_config_with(config, bundle, serial_output, None)
+    }
+
+    /// Like [`MachineSpec::from_config`], booting from `boot_once` this time instead of what
+    /// the configuration says (the "boot from CD once" of a start).
+    pub fn from_config_with(
+        config: &VmConfig,
+        bundle: &std::path::Path,
+        serial_output: Box<dyn Write + Send>,
+        boot_once: Option<BootOnce>,
+    ) -> Result<MachineSpec, BackendError> {
+        use crate::config::BootSource;
+        let disks: Vec<DiskSpec> = config
+            .disks
+            .iter()
+            .map(|d| DiskSpec {
+                path: bundle.join(&d.file),
+                format: d.format,
+                read_only: d.read_only,
+            })
+            .collect();
+        let has_cdrom = config.cdrom.is_some();
+        let firmware_boot = |cd_first: bool| -> Result<BootSpec, BackendError> {
+            let host = crate::firmware::HostFirmware::locate();
+            let image = host
+                .require_seabios()
+                .map_err(BackendError::HostUnsupported)?
+                .to_path_buf();
+            if cd_first && !has_cdrom {
+                return Err(BackendError::InvalidMachine(format!(
+                    "{} has no CD-ROM drive to boot from: give it one (vivarium set {} --iso \
+                     FILE)",
+                    config.name, config.name
+                )));
+            }
+            let mut order = Vec::new();
+            if cd_first {
+                order.push(BootDevice::Cdrom);
+            }
+            order.extend((0..disks.len().min(1)).map(BootDevice::Disk));
+            if !cd_first && has_cdrom {
+                order.push(BootDevice::Cdrom);
+            }
+            order.extend((1..disks.len()).map(BootDevice::Disk));
+            Ok(BootSpec::Firmware {
+                firmware: FirmwareSpec::Bios {
+                    image,
+                    vga_rom: host.vga_bios.clone(),
+                },
+                order,
+                menu: matches!(boot_once, Some(BootOnce::Menu)),
+            })
+        };
+        let direct = |kernel: &PathBuf, initrd: &Option<PathBuf>, cmdline: &String| {
+            BootSpec::Linux {
                 // A relative path is a file of the bundle (e.g. an installer's kernel taken
                 // from its ISO into `state/`); `join` keeps an absolute one as it is.
                 kernel: bundle.join(kernel),
                 initrd: initrd.as_ref().map(|i| bundle.join(i)),
                 cmdline: cmdline.clone(),
-            },
-            other => {
-                return Err(BackendError::Unsupported(format!(
-                    "booting from the {} needs BIOS/UEFI firmware, which Vivarium does not \
-                     have yet; boot a Linux kernel directly (vivarium set {} --kernel ...)",
-                    other.describe(),
-                    config.name
-                )));
             }
+        };
+        let boot = match (boot_once, &config.boot) {
+            (Some(BootOnce::Cdrom), _) => firmware_boot(true)?,
+            (Some(BootOnce::Disk | BootOnce::Menu), _) => firmware_boot(false)?,
+            (
+                None,
+                BootSource::Linux {
+                    kernel,
+                    initrd,
+                    cmdline,
+                },
+            ) => direct(kernel, initrd, cmdline),
+            (
+                None,
+                BootSource::Installer {
+                    kernel,
+                    initrd,
+                    cmdline,
+                },
+            ) => {
+                // Once the installer has put a boot loader on the first disk, that disk boots.
+                let installed = disks
+                    .first()
+                    .is_some_and(|d| crate::firmware::disk_has_bios_boot_sector(&d.path, d.format));
+                if installed {
+                    firmware_boot(false)?
+                } else {
+                    direct(kernel, initrd, cmdline)
+                }
+            }
+            (None, BootSource::Cdrom) => firmware_boot(true)?,
+            (None, BootSource::Disk) => firmware_boot(false)?,
         };
         Ok(MachineSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             boot,
-            disks: config
-                .disks
-                .iter()
-                .map(|d| DiskSpec {
-                    path: bundle.join(&d.file),
-                    format: d.format,
-                    read_only: d.read_only,
-                })
-                .collect(),
+            disks,
             network: None,
             #[cfg(unix)]
             display: None,

@@ -108,9 +108,24 @@ pub enum BootSource {
         #[serde(default)]
         cmdline: String,
     },
-    /// Boot from the CD-ROM image (the installer on an ISO).
+    /// An installer's Linux kernel booted directly (fast, with the ISO in the CD-ROM drive)
+    /// while the first disk holds nothing the firmware can boot; once the installer has
+    /// written a boot loader there, the VM boots that disk through its firmware instead. The
+    /// fields are those of [`BootSource::Linux`].
+    Installer {
+        /// The installer's kernel (usually `state/installer-kernel` in the bundle).
+        kernel: PathBuf,
+        /// The installer's initrd.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<PathBuf>,
+        /// The installer's command line.
+        #[serde(default)]
+        cmdline: String,
+    },
+    /// Boot the CD-ROM through the firmware, then the disks.
     Cdrom,
-    /// Boot from the first disk.
+    /// Boot the first disk through the firmware; when it holds nothing bootable (a new VM
+    /// with an installer ISO), the CD-ROM, then the other disks.
     Disk,
 }
 
@@ -119,8 +134,11 @@ impl BootSource {
     pub fn describe(&self) -> String {
         match self {
             BootSource::Linux { kernel, .. } => format!("Linux kernel {}", kernel.display()),
-            BootSource::Cdrom => "CD-ROM".into(),
-            BootSource::Disk => "disk".into(),
+            BootSource::Installer { .. } => {
+                "the installer's Linux kernel until the disk is bootable, then the disk".into()
+            }
+            BootSource::Cdrom => "CD-ROM (BIOS)".into(),
+            BootSource::Disk => "disk, else CD-ROM (BIOS)".into(),
         }
     }
 }
@@ -514,7 +532,9 @@ impl VmConfig {
         validate_name(&self.name)?;
         validate_cpus(self.cpus)?;
         validate_memory_mib(self.memory_mib)?;
-        if let BootSource::Linux { kernel, initrd, .. } = &self.boot {
+        if let BootSource::Linux { kernel, initrd, .. }
+        | BootSource::Installer { kernel, initrd, .. } = &self.boot
+        {
             for path in std::iter::once(kernel).chain(initrd) {
                 if !path.is_absolute() && !is_plain_relative(path) {
                     return Err(Error::InvalidInput(format!(

@@ -11,6 +11,7 @@ pub mod disk;
 #[cfg(unix)]
 pub mod display;
 pub mod error;
+pub mod firmware;
 pub mod fsutil;
 pub mod input;
 pub mod iso;

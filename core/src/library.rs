@@ -445,9 +445,7 @@ impl Library {
         let bundle = staging.bundle();
         let boot = match boot_prep {
             BootPrep::Given(boot) => boot,
-            BootPrep::Iso(inspection) => {
-                iso_boot_source(inspection, spec, &bundle, progress, &mut warnings)?
-            }
+            BootPrep::Iso(inspection) => iso_boot_source(inspection, spec, &bundle, progress)?,
         };
         let disks_dir = bundle.join("disks");
         let mut disks = Vec::new();
@@ -1129,7 +1127,6 @@ fn iso_boot_source(
     spec: &NewVm,
     bundle: &Path,
     progress: &dyn Progress,
-    warnings: &mut Vec<String>,
 ) -> Result<BootSource> {
     use crate::iso::{BootPlan, INITRD_FILE, KERNEL_FILE};
     match &inspection.plan {
@@ -1150,19 +1147,15 @@ fn iso_boot_source(
             } else {
                 cmdline.clone()
             };
-            Ok(BootSource::Linux {
+            Ok(BootSource::Installer {
                 kernel: Path::new("state").join(KERNEL_FILE),
                 initrd: has_initrd.then(|| Path::new("state").join(INITRD_FILE)),
                 cmdline,
             })
         }
-        BootPlan::NeedsFirmware { reason } => {
-            warnings.push(format!(
-                "{reason}; the VM boots from its CD-ROM, so it cannot start until Vivarium \
-                 has BIOS/UEFI firmware"
-            ));
-            Ok(BootSource::Cdrom)
-        }
+        // The disk first: while it is empty the firmware goes on to the installer CD, and
+        // once the system is installed, the disk boots with no setting changed.
+        BootPlan::NeedsFirmware { .. } => Ok(BootSource::Disk),
         BootPlan::Refused { reason } => Err(Error::InvalidIso {
             path: inspection.path.clone(),
             why: reason.clone(),
@@ -1173,7 +1166,9 @@ fn iso_boot_source(
 /// Copies the boot files a configuration keeps in its bundle (relative kernel and initrd
 /// paths) from one bundle to another, for clones.
 fn copy_bundle_boot_files(config: &VmConfig, from: &Path, to: &Path) -> Result<()> {
-    let BootSource::Linux { kernel, initrd, .. } = &config.boot else {
+    let (BootSource::Linux { kernel, initrd, .. } | BootSource::Installer { kernel, initrd, .. }) =
+        &config.boot
+    else {
         return Ok(());
     };
     for file in std::iter::once(kernel).chain(initrd) {

@@ -297,7 +297,7 @@ fn dropping_an_installer_iso_creates_a_vm_for_what_it_holds() {
         config.cdrom.as_ref().and_then(|c| c.image.clone()),
         Some(std::fs::canonicalize(&iso).unwrap())
     );
-    let BootSource::Linux {
+    let BootSource::Installer {
         kernel,
         initrd,
         cmdline,
@@ -345,7 +345,7 @@ fn dropping_an_installer_iso_creates_a_vm_for_what_it_holds() {
         .clone();
     assert_eq!((config.os.id.as_str(), config.cpus), ("debian12", 1));
     assert!(
-        matches!(&config.boot, BootSource::Linux { cmdline, .. } if cmdline == installer_iso::DEFAULT_CMDLINE),
+        matches!(&config.boot, BootSource::Installer { cmdline, .. } if cmdline == installer_iso::DEFAULT_CMDLINE),
         "{:?}",
         config.boot
     );

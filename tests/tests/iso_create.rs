@@ -162,7 +162,7 @@ fn create_from_a_debian_like_iso() {
     assert_eq!(config["cpus"], 2);
     assert_eq!(config["memory_mib"], 2048);
     assert_eq!(config["disks"][0]["size"], 20u64 << 30);
-    assert_eq!(config["boot"]["kind"], "linux");
+    assert_eq!(config["boot"]["kind"], "installer");
     assert_eq!(config["boot"]["kernel"], "state/installer-kernel");
     assert_eq!(config["boot"]["initrd"], "state/installer-initrd");
     assert_eq!(config["boot"]["cmdline"], "vga=788 --- quiet");

@@ -544,15 +544,15 @@ impl VivariumApp {
         ));
     }
 
-    fn start_vm(&mut self, name: &str) {
+    fn start_vm(&mut self, name: &str, boot_once: Option<vivarium_core::backend::BootOnce>) {
         let library = self.env.library.clone();
         let exe = self.env.vm_exe.clone();
         let name = name.to_string();
         self.jobs
             .spawn(format!("Starting {name}"), Some(name.clone()), move |_| {
                 let pid = match exe {
-                    Some(exe) => crate::vmprocess::spawn_with(&exe, &library, &name)?,
-                    None => crate::vmprocess::spawn(&library, &name)?,
+                    Some(exe) => crate::vmprocess::spawn_with(&exe, &library, &name, boot_once)?,
+                    None => crate::vmprocess::spawn(&library, &name, boot_once)?,
                 };
                 Ok(Done::Started { name, pid })
             });
@@ -619,7 +619,40 @@ impl VivariumApp {
                     .find(name)
                     .is_some_and(|vm| vm.state.is_live())
             });
+            // A stopped VM that is not broken can be started from another device this once.
+            let startable = self.selected.clone().filter(|name| {
+                self.snapshot.find(name).is_some_and(|vm| {
+                    !vm.state.is_live()
+                        && vm.entry.config.is_ok()
+                        && self.jobs.busy_with(name).is_none()
+                })
+            });
             ui.menu_button("Machine", |ui| {
+                use vivarium_core::backend::BootOnce;
+                for (once, label, hint) in [
+                    (
+                        BootOnce::Cdrom,
+                        "Start from CD-ROM once",
+                        "Boot the disc in the drive through the BIOS this time only",
+                    ),
+                    (
+                        BootOnce::Menu,
+                        "Start to the boot menu",
+                        "Open the BIOS's boot menu to choose the device (Esc at the start)",
+                    ),
+                ] {
+                    let item = ui
+                        .add_enabled(startable.is_some(), egui::Button::new(label))
+                        .on_hover_text(hint)
+                        .on_disabled_hover_text("Select a stopped VM");
+                    if item.clicked()
+                        && let Some(name) = startable.clone()
+                    {
+                        self.start_vm(&name, Some(once));
+                        ui.close();
+                    }
+                }
+                ui.separator();
                 let send = ui
                     .add_enabled(running.is_some(), egui::Button::new("Press Ctrl+Alt+Del"))
                     .on_disabled_hover_text("Select a running VM");
@@ -757,7 +790,7 @@ impl VivariumApp {
             self.set_fullscreen(ui.ctx(), true);
         }
         match action {
-            Some(DetailsAction::Start) => self.start_vm(vm.name()),
+            Some(DetailsAction::Start) => self.start_vm(vm.name(), None),
             Some(
                 action @ (DetailsAction::ShutDown
                 | DetailsAction::PowerOff
@@ -773,7 +806,10 @@ impl VivariumApp {
             }
             Some(DetailsAction::Settings) => {
                 if let Ok(config) = &vm.entry.config {
-                    self.dialog = Some(Dialog::Settings(Box::new(SettingsDialog::new(config))));
+                    self.dialog = Some(Dialog::Settings(Box::new(SettingsDialog::new(
+                        config,
+                        &vm.entry.path,
+                    ))));
                 }
             }
             Some(DetailsAction::SaveNotes) => self.save_notes(),

@@ -167,8 +167,11 @@ pub fn ui(
                                     .map(|i| format!(" + {}", file_name(i)))
                                     .unwrap_or_default()
                             ),
-                            BootSource::Cdrom => "CD-ROM".into(),
-                            BootSource::Disk => "Disk".into(),
+                            BootSource::Installer { .. } => {
+                                "Installer (then the disk, once it is installed)".into()
+                            }
+                            BootSource::Cdrom => "CD-ROM, then disk (BIOS)".into(),
+                            BootSource::Disk => "Disk, else CD-ROM (BIOS)".into(),
                         };
                         row(ui, "Boots from", &boot);
                         cd_row(ui, vm, config, cx.busy.is_some(), &mut action);

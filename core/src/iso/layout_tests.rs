@@ -392,7 +392,7 @@ fn windows_needs_firmware() {
     let BootPlan::NeedsFirmware { reason } = &found.plan else {
         panic!("expected firmware, got {:?}", found.plan);
     };
-    assert!(reason.contains("needs BIOS/UEFI boot"), "{reason}");
+    assert!(reason.contains("through the VM's BIOS"), "{reason}");
 }
 
 #[test]
@@ -600,13 +600,13 @@ fn create_from_iso_extracts_the_installer_and_leaves_nothing_on_failure() {
         .create_from_iso(&spec, &inspection, &crate::disk::NoProgress)
         .unwrap();
     let config = outcome.config;
-    let crate::config::BootSource::Linux {
+    let crate::config::BootSource::Installer {
         kernel,
         initrd,
         cmdline,
     } = &config.boot
     else {
-        panic!("expected a Linux boot, got {:?}", config.boot);
+        panic!("expected an installer boot, got {:?}", config.boot);
     };
     assert_eq!(cmdline, "vga=788 --- quiet");
     let bundle = library.bundle_path("Debian 12");

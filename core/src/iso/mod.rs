@@ -96,7 +96,8 @@ pub enum BootPlan {
         /// The configuration file the entry is in.
         config_file: String,
     },
-    /// The ISO boots through BIOS or UEFI firmware, which Vivarium does not have yet.
+    /// The ISO starts from its own boot loader: the VM boots its CD-ROM through the PC
+    /// firmware (SeaBIOS), as a PC does.
     NeedsFirmware {
         /// Why, in words for people.
         reason: String,
@@ -293,7 +294,7 @@ pub fn inspect_image_entry<S: ImageSource + ?Sized>(
     })
 }
 
-const FIRMWARE_NOTE: &str = "needs BIOS/UEFI boot; firmware boot is not supported yet";
+const FIRMWARE_NOTE: &str = "boots from its CD-ROM through the VM's BIOS (SeaBIOS)";
 
 fn plan_boot<S: ImageSource + ?Sized>(
     image: &IsoImage<S>,
@@ -312,6 +313,19 @@ fn plan_boot<S: ImageSource + ?Sized>(
     }
     if let Some(reason) = foreign(os.arch, host) {
         return Ok(BootPlan::Refused { reason });
+    }
+    if !catalogue.is_some_and(BootCatalogue::has_bios) {
+        return Ok(BootPlan::Refused {
+            reason: "it boots only through UEFI, which Vivarium does not have yet (its BIOS \
+                     firmware is SeaBIOS); download a version of the ISO that also boots on \
+                     BIOS computers"
+                .into(),
+        });
+    }
+    if os.arch == Some(Arch::X86) && host == Some(Arch::X86_64) {
+        return Ok(BootPlan::NeedsFirmware {
+            reason: format!("a 32-bit x86 system {FIRMWARE_NOTE}"),
+        });
     }
     if matches!(
         os.family,
@@ -382,6 +396,13 @@ fn plan_boot<S: ImageSource + ?Sized>(
             os.arch = Some(arch);
             if let Some(reason) = foreign(Some(arch), host) {
                 return Ok(BootPlan::Refused { reason });
+            }
+            if arch == Arch::X86 {
+                // Direct boot enters kernels in 64-bit mode; a 32-bit kernel starts from the
+                // ISO's own boot loader instead.
+                return Ok(BootPlan::NeedsFirmware {
+                    reason: format!("its 32-bit kernel `{}` {FIRMWARE_NOTE}", entry.kernel),
+                });
             }
         }
         if os.family == OsFamily::Other {
@@ -460,6 +481,8 @@ fn serial_variant(cmdline: &str) -> String {
 
 fn foreign(iso: Option<Arch>, host: Option<Arch>) -> Option<String> {
     match (iso, host) {
+        // An x86_64 PC runs 32-bit x86 systems (through its BIOS).
+        (Some(Arch::X86), Some(Arch::X86_64)) => None,
         (Some(iso), Some(host)) if iso != host => Some(format!(
             "it is for {iso} computers, but this one is {host}: download the {host} version of \
              the ISO"
@@ -571,6 +594,8 @@ mod tests {
                 .contains("aarch64")
         );
         assert!(foreign(Some(Arch::X86_64), Some(Arch::X86_64)).is_none());
+        assert!(foreign(Some(Arch::X86), Some(Arch::X86_64)).is_none());
+        assert!(foreign(Some(Arch::X86_64), Some(Arch::X86)).is_some());
         assert!(foreign(None, Some(Arch::X86_64)).is_none());
     }
 }

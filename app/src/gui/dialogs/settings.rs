@@ -41,6 +41,7 @@ const DISPLAYS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BootKind {
     Linux,
+    Installer,
     Cdrom,
     Disk,
 }
@@ -55,6 +56,8 @@ enum FileField {
 /// The dialog's state: the form, filled from the VM's configuration.
 pub struct SettingsDialog {
     original: VmConfig,
+    /// The VM's bundle, where relative boot files are.
+    bundle: PathBuf,
     name: String,
     os: OsInfo,
     cpus: u32,
@@ -75,15 +78,24 @@ pub struct SettingsDialog {
 }
 
 impl SettingsDialog {
-    /// The form for a VM's configuration.
-    pub fn new(config: &VmConfig) -> Self {
+    /// The form for the configuration of the VM whose bundle is `bundle`.
+    pub fn new(config: &VmConfig, bundle: &Path) -> Self {
         let (boot, kernel, initrd, cmdline) = match &config.boot {
             BootSource::Linux {
                 kernel,
                 initrd,
                 cmdline,
+            }
+            | BootSource::Installer {
+                kernel,
+                initrd,
+                cmdline,
             } => (
-                BootKind::Linux,
+                if matches!(config.boot, BootSource::Installer { .. }) {
+                    BootKind::Installer
+                } else {
+                    BootKind::Linux
+                },
                 kernel.display().to_string(),
                 initrd
                     .as_ref()
@@ -96,6 +108,7 @@ impl SettingsDialog {
         };
         SettingsDialog {
             original: config.clone(),
+            bundle: bundle.to_path_buf(),
             name: config.name.clone(),
             os: config.os.clone(),
             cpus: config.cpus,
@@ -119,18 +132,24 @@ impl SettingsDialog {
         }
     }
 
+    /// Whether a kernel or initrd path names a file: absolute, or relative to the VM's
+    /// bundle (an installer's files live in its `state/`).
+    fn kernel_exists(&self, path: &str) -> bool {
+        let path = Path::new(path);
+        path.is_file() || (path.is_relative() && self.bundle.join(path).is_file())
+    }
+
     /// The problems of the form, in the order of the fields.
     fn problems(&self, env: &DialogEnv<'_>) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(why) = name_problem(env.snapshot, &self.name, Some(&self.original.name)) {
             problems.push(why);
         }
-        if self.boot == BootKind::Linux && !Path::new(self.kernel.trim()).is_file() {
+        let kernel_boot = matches!(self.boot, BootKind::Linux | BootKind::Installer);
+        if kernel_boot && !self.kernel_exists(self.kernel.trim()) {
             problems.push("Choose the kernel file.".into());
         }
-        if self.boot == BootKind::Linux
-            && !self.initrd.trim().is_empty()
-            && !Path::new(self.initrd.trim()).is_file()
+        if kernel_boot && !self.initrd.trim().is_empty() && !self.kernel_exists(self.initrd.trim())
         {
             problems.push(format!(
                 "The initrd `{}` is not a file.",
@@ -153,6 +172,11 @@ impl SettingsDialog {
         config.memory_mib = self.memory_mib;
         config.boot = match self.boot {
             BootKind::Linux => BootSource::Linux {
+                kernel: PathBuf::from(self.kernel.trim()),
+                initrd: (!self.initrd.trim().is_empty()).then(|| PathBuf::from(self.initrd.trim())),
+                cmdline: self.cmdline.trim().to_string(),
+            },
+            BootKind::Installer => BootSource::Installer {
                 kernel: PathBuf::from(self.kernel.trim()),
                 initrd: (!self.initrd.trim().is_empty()).then(|| PathBuf::from(self.initrd.trim())),
                 cmdline: self.cmdline.trim().to_string(),
@@ -301,11 +325,19 @@ impl SettingsDialog {
                 field_label(ui, "Boot from");
                 ui.horizontal(|ui| {
                     ui.radio_value(&mut self.boot, BootKind::Linux, "Linux kernel");
-                    ui.radio_value(&mut self.boot, BootKind::Cdrom, "CD-ROM");
-                    ui.radio_value(&mut self.boot, BootKind::Disk, "Disk");
+                    if matches!(self.original.boot, BootSource::Installer { .. }) {
+                        ui.radio_value(&mut self.boot, BootKind::Installer, "Installer, then disk")
+                            .on_hover_text(
+                                "The installer's kernel until the disk has a boot loader, then \
+                                 the disk through the BIOS",
+                            );
+                    }
+                    ui.radio_value(&mut self.boot, BootKind::Cdrom, "CD-ROM (BIOS)");
+                    ui.radio_value(&mut self.boot, BootKind::Disk, "Disk (BIOS)")
+                        .on_hover_text("The disk; while it holds nothing bootable, the CD-ROM");
                 });
                 ui.end_row();
-                if self.boot == BootKind::Linux {
+                if matches!(self.boot, BootKind::Linux | BootKind::Installer) {
                     self.file_row(ui, "Kernel", FileField::Kernel, &folder);
                     self.file_row(ui, "Initrd", FileField::Initrd, &folder);
                     let id = field_label(ui, "Command line");
@@ -405,6 +437,7 @@ impl SettingsDialog {
     fn clone_form(&self) -> SettingsDialog {
         SettingsDialog {
             original: self.original.clone(),
+            bundle: self.bundle.clone(),
             name: self.name.clone(),
             os: self.os.clone(),
             cpus: self.cpus,
