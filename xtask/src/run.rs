@@ -20,8 +20,13 @@ const DEBIAN_DEMO: &str = "Debian demo";
 /// Name of the demo VM booting the hand-made guest.
 const TINY_DEMO: &str = "Tiny demo";
 
+/// What VMs use at run time: `passt` (user-mode network), `seabios` (the BIOS disks and CDs
+/// boot through, and its VGA BIOS) and `ovmf` (UEFI).
+const RUNTIME_PACKAGES: &[&str] = &["passt", "seabios", "ovmf"];
+
 /// Entry point of `cargo xtask run`.
 pub fn run(args: &[String]) -> Result<(), String> {
+    util::ensure_apt_packages(RUNTIME_PACKAGES)?;
     let bin = util::build_release_vivarium()?;
     let args: Vec<&str> = match args.iter().map(String::as_str).collect::<Vec<_>>() {
         a if !a.is_empty() && a[0] == "--" => a[1..].to_vec(),

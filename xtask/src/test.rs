@@ -16,8 +16,11 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// tests draw with the software Vulkan driver (`mesa-vulkan-drivers`, `libvulkan1`;
 /// egui_kittest needs nothing else), and the real-window test runs the app under `xvfb` with
 /// the X libraries winit loads at run time, screenshots it with ImageMagick's `import` and
-/// clicks with `xdotool`.
+/// clicks with `xdotool`. `seabios` is the BIOS VMs boot disks and CDs through (its VGA BIOS
+/// draws the firmware's console on the VM's screen), and `ovmf` the UEFI firmware.
 const APT_PACKAGES: &[&str] = &[
+    "seabios",
+    "ovmf",
     "qemu-utils",
     "qemu-system-x86",
     "xz-utils",

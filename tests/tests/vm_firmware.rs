@@ -1,0 +1,227 @@
+//! Firmware boot through the real `vivarium` binary on the host's KVM (SeaBIOS runs on any
+//! `/dev/kvm`, the software-only `kvm_pvm` included): a VM made from a BIOS-bootable ISO boots
+//! its CD while its disk is empty, the BIOS console and the boot sector's text are on the
+//! VM's screen through the bochs display's VGA BIOS, the disk boots once it holds a boot
+//! sector, and `start --boot-from cdrom` boots the CD that once.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vivarium_e2e::boot_sector::{printing_boot_sector, write_boot_iso};
+use vivarium_e2e::screen::Picture;
+use vivarium_e2e::vivarium::TempLibrary;
+use vivarium_e2e::vm_process::{PowerOffOnDrop, kvm_usable, read_text};
+
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// Whether the test can run: KVM, and Debian's SeaBIOS (`cargo xtask test` installs it, and
+/// there its absence is a failure).
+fn can_run(test: &str) -> bool {
+    if !kvm_usable(test) {
+        return false;
+    }
+    if !Path::new(SEABIOS).is_file() {
+        let why = format!("{test}: {SEABIOS} is missing: install the `seabios` package");
+        if std::env::var_os("VIVARIUM_REQUIRE_RIG").is_some() {
+            panic!("{why}");
+        }
+        println!("SKIPPED: {why}");
+        return false;
+    }
+    true
+}
+
+/// Waits until the VM's serial log has `marker`, bounded; panics with the log.
+fn wait_for_serial(library: &TempLibrary, name: &str, marker: &str, timeout: Duration) {
+    let log = library.bundle(name).join("logs/serial.log");
+    let deadline = Instant::now() + timeout;
+    while !read_text(&log).contains(marker) {
+        assert!(
+            Instant::now() < deadline,
+            "no {marker:?} on {name}'s serial port within {timeout:?}; it got:\n{}",
+            read_text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `screenshot` folder people look at (target/test-screenshots).
+fn keep_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("test-screenshots");
+    std::fs::create_dir_all(&dir).expect("a folder for screenshots");
+    dir
+}
+
+/// The text lines on a BIOS console picture: the index (at 16 pixels a line) of each band of
+/// rows that have a pixel brighter than the black background.
+fn text_lines(picture: &Picture) -> Vec<usize> {
+    let width = picture.width as usize;
+    let pixels: Vec<[u8; 3]> = picture.pixels().collect();
+    let lit: Vec<bool> = pixels
+        .chunks(width)
+        .map(|row| {
+            row.iter()
+                .any(|p| p.iter().map(|c| u32::from(*c)).sum::<u32>() > 300)
+        })
+        .collect();
+    let mut lines: Vec<usize> = Vec::new();
+    for (y, on) in lit.iter().enumerate() {
+        if *on && (y == 0 || !lit[y - 1]) && lines.last() != Some(&(y / 16)) {
+            lines.push(y / 16);
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_vm_from_a_bios_iso_boots_its_cd_on_the_screen_then_its_disk() {
+    if !can_run("vm_firmware") {
+        return;
+    }
+    let library = TempLibrary::new();
+    let iso = write_boot_iso(
+        &library.scratch().join("boot.iso"),
+        &printing_boot_sector(
+            "Hello from a BIOS boot sector on the CD",
+            "boot sector ran from the CD",
+        ),
+    );
+    let created = library.json(&[
+        "create",
+        "bios",
+        "--iso",
+        iso.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+        "--network",
+        "none",
+        "--display",
+        "1024x768",
+    ]);
+    assert_eq!(created["created"]["boot"]["kind"], "disk", "{created}");
+    let host = library.ok(&["host"]);
+    assert!(
+        host.contains("BIOS (SeaBIOS): /usr/share/seabios/"),
+        "{host}"
+    );
+
+    // The disk is empty: SeaBIOS goes on to the CD.
+    {
+        let _guard = PowerOffOnDrop::new(&library, "bios");
+        library.ok(&["start", "bios"]);
+        wait_for_serial(
+            &library,
+            "bios",
+            "boot sector ran from the CD",
+            Duration::from_secs(60),
+        );
+        // The VGA BIOS drew SeaBIOS's console and the boot sector's line on the screen:
+        // "SeaBIOS (version ...)", "Booting from Hard Disk...", "Boot failed: not a bootable
+        // disk", an empty line, "Booting from DVD/CD...", and the boot sector's greeting.
+        // The screen is read until it shows those lines (the refresh runs a few times a
+        // second), bounded.
+        let shot = keep_dir().join("firmware-bios-cd.png");
+        let expected = vec![0, 1, 2, 4, 5];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let picture = loop {
+            library.ok(&["screenshot", "bios", shot.to_str().unwrap()]);
+            let picture = Picture::load(&shot).expect("a PNG");
+            if text_lines(&picture) == expected {
+                break picture;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed the BIOS console's lines {expected:?}: it has {:?} \
+                 (see {})",
+                text_lines(&picture),
+                shot.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            (picture.width, picture.height),
+            (1024, 768),
+            "the VGA BIOS's console is in the VM's preferred mode"
+        );
+        library.ok(&["stop", "--force", "bios"]);
+    }
+
+    // "Install" a system: a boot sector on the VM's disk. The next start boots it, with no
+    // setting changed.
+    let disk = std::fs::read_dir(library.bundle("bios").join("disks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &file,
+        &printing_boot_sector("installed system", "boot sector ran from the disk"),
+        0,
+    )
+    .unwrap();
+    drop(file);
+    {
+        let _guard = PowerOffOnDrop::new(&library, "bios");
+        library.ok(&["start", "bios"]);
+        wait_for_serial(
+            &library,
+            "bios",
+            "boot sector ran from the disk",
+            Duration::from_secs(60),
+        );
+        library.ok(&["stop", "--force", "bios"]);
+    }
+
+    // Boot from the CD this once: the CD boots, and the settings still say disk.
+    let serial = library.bundle("bios").join("logs/serial.log");
+    let before = read_text(&serial).matches("ran from the CD").count();
+    {
+        let _guard = PowerOffOnDrop::new(&library, "bios");
+        library.ok(&["start", "bios", "--boot-from", "cdrom"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read_text(&serial).matches("ran from the CD").count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the CD did not boot: {}",
+                read_text(&serial)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        library.ok(&["stop", "--force", "bios"]);
+    }
+    let info = library.json(&["info", "bios"]);
+    assert_eq!(info["config"]["boot"]["kind"], "disk", "{info}");
+}
+
+#[test]
+fn booting_a_cd_needs_a_drive() {
+    if !can_run("vm_firmware") {
+        return;
+    }
+    let library = TempLibrary::new();
+    library.ok(&[
+        "create",
+        "nocd",
+        "--disk-size",
+        "16M",
+        "--memory",
+        "64M",
+        "--network",
+        "none",
+        "--display",
+        "none",
+    ]);
+    let out = library.run(&["start", "nocd", "--boot-from", "cdrom"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no CD-ROM drive"), "{stderr}");
+}
