@@ -57,25 +57,26 @@ fn keep_dir() -> std::path::PathBuf {
     dir
 }
 
-/// The text lines on a BIOS console picture: the index (at 16 pixels a line) of each band of
-/// rows that have a pixel brighter than the black background.
+/// The text lines on a BIOS console picture: the index (at 16 pixels a line) of each line
+/// with at least 4 rows that have a pixel brighter than the black background (the blinking
+/// underline cursor, 2 rows, is not text).
 fn text_lines(picture: &Picture) -> Vec<usize> {
     let width = picture.width as usize;
     let pixels: Vec<[u8; 3]> = picture.pixels().collect();
-    let lit: Vec<bool> = pixels
-        .chunks(width)
-        .map(|row| {
-            row.iter()
-                .any(|p| p.iter().map(|c| u32::from(*c)).sum::<u32>() > 300)
-        })
-        .collect();
-    let mut lines: Vec<usize> = Vec::new();
-    for (y, on) in lit.iter().enumerate() {
-        if *on && (y == 0 || !lit[y - 1]) && lines.last() != Some(&(y / 16)) {
-            lines.push(y / 16);
+    let mut lit_rows_per_line = std::collections::BTreeMap::<usize, usize>::new();
+    for (y, row) in pixels.chunks(width).enumerate() {
+        if row
+            .iter()
+            .any(|p| p.iter().map(|c| u32::from(*c)).sum::<u32>() > 300)
+        {
+            *lit_rows_per_line.entry(y / 16).or_default() += 1;
         }
     }
-    lines
+    lit_rows_per_line
+        .into_iter()
+        .filter(|(_, rows)| *rows >= 4)
+        .map(|(line, _)| line)
+        .collect()
 }
 
 #[test]
