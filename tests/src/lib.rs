@@ -4,6 +4,7 @@
 pub mod guest_disk;
 pub mod vivarium;
 
+pub mod bios_disk;
 pub mod boot_sector;
 pub mod fixtures;
 pub mod handmade;

@@ -12,16 +12,18 @@ use std::time::Instant;
 use vivarium_e2e::fixtures::{self, Fixtures};
 use vivarium_e2e::installer_iso;
 
-const USAGE: &str = "usage: cargo xtask fixtures [--installer-iso] [--dir DIR]";
+const USAGE: &str = "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--dir DIR]";
 
 /// Entry point of `cargo xtask fixtures [--installer-iso] [--dir DIR]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut dir = None;
     let mut with_iso = false;
+    let mut with_bios_disk = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--installer-iso" => with_iso = true,
+            "--bios-disk" => with_bios_disk = true,
             "--dir" => dir = Some(PathBuf::from(rest.next().ok_or(USAGE)?)),
             _ => return Err(USAGE.into()),
         }
@@ -41,6 +43,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
             iso.installer_version()
         );
     }
+    if with_bios_disk {
+        let disk = vivarium_e2e::bios_disk::build(&dir, &fixtures)?;
+        println!("  BIOS disk        {}", disk.path().display());
+    }
     eprintln!("fixtures: took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -53,6 +59,11 @@ pub fn ensure() -> Result<Fixtures, String> {
 /// The Debian installer ISO in the default cache, built first when missing or out of date.
 pub fn ensure_installer_iso() -> Result<installer_iso::InstallerIso, String> {
     installer_iso::build(&fixtures::default_dir()?)
+}
+
+/// The GRUB-on-BIOS disk in the default cache, built first when missing or out of date.
+pub fn ensure_bios_disk(fixtures: &Fixtures) -> Result<vivarium_e2e::bios_disk::BiosDisk, String> {
+    vivarium_e2e::bios_disk::build(&fixtures::default_dir()?, fixtures)
 }
 
 fn ensure_in(dir: &std::path::Path) -> Result<Fixtures, String> {

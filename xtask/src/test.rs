@@ -17,10 +17,12 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// egui_kittest needs nothing else), and the real-window test runs the app under `xvfb` with
 /// the X libraries winit loads at run time, screenshots it with ImageMagick's `import` and
 /// clicks with `xdotool`. `seabios` is the BIOS VMs boot disks and CDs through (its VGA BIOS
-/// draws the firmware's console on the VM's screen), and `ovmf` the UEFI firmware.
+/// draws the firmware's console on the VM's screen), and `ovmf` the UEFI firmware; `e2fsprogs`'s `mke2fs -d` makes the root file system of the
+/// GRUB disk fixture.
 const APT_PACKAGES: &[&str] = &[
     "seabios",
     "ovmf",
+    "e2fsprogs",
     "qemu-utils",
     "qemu-system-x86",
     "xz-utils",
@@ -85,8 +87,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "vivarium",
     ])?;
     // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
-    crate::fixtures::ensure()?;
+    let fixtures = crate::fixtures::ensure()?;
     crate::fixtures::ensure_installer_iso()?;
+    crate::fixtures::ensure_bios_disk(&fixtures)?;
     // Everything the rig needs was installed above, so a rig test that cannot run is a
     // failure here, not a skip.
     let mut test = Command::new(&cargo);
