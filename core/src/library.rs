@@ -168,19 +168,63 @@ struct LibraryLock {
 }
 
 /// Record of a linked clone in progress, so that a crash can be finished or undone.
+///
+/// Each disk of the parent either gets a new base (its current file becomes the base, and
+/// the parent a new overlay over it) or, when the disk has not changed since its base was
+/// made, reuses that base (the parent keeps its disk; only the clone gets an overlay).
 #[derive(Debug, Serialize, Deserialize)]
 struct LinkedCloneJournal {
     parent: String,
     /// Disk files the parent uses before the operation (relative to its bundle).
     old_disks: Vec<PathBuf>,
-    /// Overlays the parent uses after it (relative to its bundle).
+    /// Disk files the parent uses after it (relative to its bundle): a new overlay, or the
+    /// same file as before for a disk whose base is reused.
     new_disks: Vec<PathBuf>,
-    /// Base folders created by the operation.
+    /// The base of each disk after the operation: created by it, or reused.
     new_bases: Vec<Uuid>,
+    /// The disks whose base is reused (it existed before, so undoing never removes it).
+    /// Journals written before bases were reused have none.
+    #[serde(default)]
+    reused: Vec<ReusedBase>,
     /// The staging folder (under `.staging/`) where the clone's bundle is built.
     clone_staging: Uuid,
     /// The clone's name.
     clone_name: String,
+}
+
+/// A disk of a linked clone whose parent had not changed it since its base was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReusedBase {
+    /// Index of the disk in the parent's configuration.
+    disk: usize,
+    /// The base's file name in `bases/<id>.vivbase/disks/` (the id is in `new_bases`).
+    file: String,
+    /// The base file's format.
+    format: DiskFormat,
+}
+
+impl LinkedCloneJournal {
+    /// How the disk at `index` reuses an existing base, if it does.
+    fn reused(&self, index: usize) -> Option<&ReusedBase> {
+        self.reused.iter().find(|reused| reused.disk == index)
+    }
+
+    /// Whether the operation gives the parent new disks (then the commit point is the
+    /// parent's `vm.toml`; otherwise it is the rename that adds the clone to the library).
+    fn changes_parent(&self) -> bool {
+        (0..self.old_disks.len()).any(|index| self.reused(index).is_none())
+    }
+}
+
+/// A base image that a disk already reads as, found by [`Library::unchanged_base`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnchangedBase {
+    /// The base's id (its folder `bases/<id>.vivbase`).
+    id: Uuid,
+    /// Its file name in the folder's `disks/`.
+    file: String,
+    /// Its format.
+    format: DiskFormat,
 }
 
 impl Library {
@@ -733,22 +777,27 @@ impl Library {
         let result = self
             .prepare_linked_clone(&entry.path, &parent, &journal, name)
             .and_then(|(parent_after, clone)| {
-                // Commit point: the parent now runs on its overlay.
-                atomic_write(
-                    &entry.path.join(CONFIG_FILE),
-                    parent_after.to_toml().as_bytes(),
-                )?;
+                if journal.changes_parent() {
+                    // Commit point: the parent now runs on its overlays.
+                    atomic_write(
+                        &entry.path.join(CONFIG_FILE),
+                        parent_after.to_toml().as_bytes(),
+                    )?;
+                }
+                // With every base reused, the parent is untouched, and the commit point is
+                // the rename in here that adds the clone to the library.
                 self.finish_linked_clone(&journal)?;
+                Ok((parent_after, clone))
+            });
+        match result {
+            Ok((parent_after, clone)) => {
+                let _ = fs::remove_file(&journal_path);
+                let _ = sync_dir(&self.journal_dir());
+                self.normalize_reused_overlays(&entry.path, parent_after, &journal);
                 Ok(Outcome {
                     config: clone,
                     warnings: Vec::new(),
                 })
-            });
-        match result {
-            Ok(outcome) => {
-                let _ = fs::remove_file(&journal_path);
-                let _ = sync_dir(&self.journal_dir());
-                Ok(outcome)
             }
             Err(e) => {
                 // Undo whatever was done, from the journal, exactly as recovery would.
@@ -776,15 +825,28 @@ impl Library {
             old_disks: parent.disks.iter().map(|d| d.file.clone()).collect(),
             new_disks: Vec::new(),
             new_bases: Vec::new(),
+            reused: Vec::new(),
             clone_staging: journal_id,
             clone_name: name.to_string(),
         };
         let short = &journal_id.simple().to_string()[..8];
-        for (index, _) in parent.disks.iter().enumerate() {
-            journal
-                .new_disks
-                .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
-            journal.new_bases.push(Uuid::new_v4());
+        let parent_path = self.bundle_path(source);
+        for (index, disk_config) in parent.disks.iter().enumerate() {
+            let current = parent_path.join(&disk_config.file);
+            if let Some(base) = self.unchanged_base(&current, disk_config.size)? {
+                journal.new_disks.push(disk_config.file.clone());
+                journal.new_bases.push(base.id);
+                journal.reused.push(ReusedBase {
+                    disk: index,
+                    file: base.file,
+                    format: base.format,
+                });
+            } else {
+                journal
+                    .new_disks
+                    .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
+                journal.new_bases.push(Uuid::new_v4());
+            }
         }
         let journal_path = self.journal_dir().join(format!("{journal_id}.toml"));
         let journal_text = toml::to_string(&journal).expect("journal serialises");
@@ -813,6 +875,24 @@ impl Library {
         let mut clone = Library::clone_config(parent, name);
         for (index, disk_config) in parent.disks.iter().enumerate() {
             let base_id = journal.new_bases[index];
+            let clone_file = PathBuf::from(format!("disks/disk{index}.qcow2"));
+            if let Some(reused) = journal.reused(index) {
+                // The parent's disk reads exactly as this base: the clone gets an overlay
+                // over it and the parent keeps its disk, so the chain does not grow.
+                disk::create_overlay(
+                    &staging_bundle.join(&clone_file),
+                    &base_backing_path(base_id, &reused.file),
+                    reused.format,
+                    disk_config.size,
+                )?;
+                clone.disks[index] = DiskConfig {
+                    file: clone_file,
+                    format: DiskFormat::Qcow2,
+                    base: Some(base_id),
+                    ..disk_config.clone()
+                };
+                continue;
+            }
             let current = parent_path.join(&disk_config.file);
             let file_name = current
                 .file_name()
@@ -833,10 +913,7 @@ impl Library {
                 )
             })?;
             sync_dir(&base_dir).map_err(|e| Error::io("could not sync a base folder", e))?;
-            let backing = format!(
-                "../../../bases/{base_id}.{BASE_EXTENSION}/disks/{}",
-                file_name.to_string_lossy()
-            );
+            let backing = base_backing_path(base_id, &file_name.to_string_lossy());
             let parent_overlay = parent_path.join(&journal.new_disks[index]);
             disk::create_overlay(
                 &parent_overlay,
@@ -844,7 +921,6 @@ impl Library {
                 disk_config.format,
                 disk_config.size,
             )?;
-            let clone_file = PathBuf::from(format!("disks/disk{index}.qcow2"));
             disk::create_overlay(
                 &staging_bundle.join(&clone_file),
                 &backing,
@@ -879,6 +955,10 @@ impl Library {
     fn finish_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
         let parent_path = self.bundle_path(&journal.parent);
         for (index, old) in journal.old_disks.iter().enumerate() {
+            if journal.reused(index).is_some() {
+                // The parent keeps this disk, and the base was read-only already.
+                continue;
+            }
             let old_path = parent_path.join(old);
             if old_path.exists() {
                 fs::remove_file(&old_path).map_err(|e| {
@@ -917,24 +997,34 @@ impl Library {
     }
 
     /// Finishes (after its commit point) or undoes (before it) an interrupted linked clone.
+    ///
+    /// When every base is reused, the parent never changes and the commit point is the rename
+    /// that adds the clone: a clone still in staging is removed (it may be incomplete), one
+    /// already in the library stays.
     fn recover_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
         let parent_path = self.bundle_path(&journal.parent);
-        let committed = read_config(&parent_path)
-            .map(|config| {
-                config
-                    .disks
-                    .iter()
-                    .map(|d| &d.file)
-                    .eq(journal.new_disks.iter())
-            })
-            .unwrap_or(false);
+        let committed = journal.changes_parent()
+            && read_config(&parent_path)
+                .map(|config| {
+                    config
+                        .disks
+                        .iter()
+                        .map(|d| &d.file)
+                        .eq(journal.new_disks.iter())
+                })
+                .unwrap_or(false);
         if committed {
             return self.finish_linked_clone(journal);
         }
-        for new in &journal.new_disks {
-            let _ = fs::remove_file(parent_path.join(new));
+        for (index, new) in journal.new_disks.iter().enumerate() {
+            if journal.reused(index).is_none() {
+                let _ = fs::remove_file(parent_path.join(new));
+            }
         }
-        for base in &journal.new_bases {
+        for (index, base) in journal.new_bases.iter().enumerate() {
+            if journal.reused(index).is_some() {
+                continue;
+            }
             let dir = self.bases_dir().join(format!("{base}.{BASE_EXTENSION}"));
             if dir.exists() {
                 fs::remove_dir_all(&dir)
@@ -943,6 +1033,117 @@ impl Library {
         }
         let _ = fs::remove_dir_all(self.staging_dir().join(journal.clone_staging.to_string()));
         Ok(())
+    }
+
+    /// The base image that the disk file `disk` (of `size` bytes) reads exactly as, if there is
+    /// one: `disk` is a qcow2 overlay with nothing of its own (no cluster written since it was
+    /// made, see [`disk::qcow2_is_empty`]) over a base of this library of the same size.
+    /// Bases that are themselves such empty overlays are looked through to the base below
+    /// (libraries made before bases were reused have chains of them), so the answer is the
+    /// lowest base with the same contents. `None` when the disk changed, or is not an overlay
+    /// of a base: then a linked clone needs a new base.
+    fn unchanged_base(&self, disk: &Path, size: u64) -> Result<Option<UnchangedBase>> {
+        let mut found = None;
+        let mut current = disk.to_path_buf();
+        let same_size = |path: &Path| disk::probe(path).is_ok_and(|info| info.virtual_size == size);
+        if !same_size(&current) {
+            return Ok(None);
+        }
+        for _ in 0..disk::MAX_CHAIN_DEPTH {
+            if !disk::qcow2_is_empty(&current)? {
+                break;
+            }
+            let Some(backing) = disk::backing_file(&current)? else {
+                break;
+            };
+            let Some(dir) = current.parent() else { break };
+            let target = normalize(&dir.join(backing));
+            let Some((id, file)) = self.base_file_of(&target) else {
+                break;
+            };
+            let Ok(info) = disk::probe(&target) else {
+                break;
+            };
+            if info.virtual_size != size {
+                break;
+            }
+            found = Some(UnchangedBase {
+                id,
+                file,
+                format: info.format,
+            });
+            current = target;
+        }
+        Ok(found)
+    }
+
+    /// The base id and file name of `file` when it is a base image of this library
+    /// (`bases/<id>.vivbase/disks/<file>`, lexically normalised).
+    fn base_file_of(&self, file: &Path) -> Option<(Uuid, String)> {
+        let rest = file.strip_prefix(normalize(&self.bases_dir())).ok()?;
+        let parts: Vec<&str> = rest
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect::<Option<_>>()?;
+        let [folder, "disks", name] = parts.as_slice() else {
+            return None;
+        };
+        let id = folder.strip_suffix(&format!(".{BASE_EXTENSION}"))?;
+        Some((Uuid::parse_str(id).ok()?, name.to_string()))
+    }
+
+    /// After a linked clone that reused bases: points each reused parent disk straight at its
+    /// base with the short, normalised backing path, where it still reaches the base through
+    /// empty overlays or names it another way (libraries from before bases were reused), and
+    /// records the base in the parent's `vm.toml`. The disk is replaced by an equal empty
+    /// overlay with one rename, so a crash leaves the old or the new one, both right; a
+    /// failure only leaves the longer chain, which still works. Bases that nothing reaches
+    /// any more are then collected. Needs the library and parent locks held.
+    fn normalize_reused_overlays(
+        &self,
+        parent_path: &Path,
+        mut parent_after: VmConfig,
+        journal: &LinkedCloneJournal,
+    ) {
+        let mut repaired = false;
+        let mut config_changed = false;
+        for reused in &journal.reused {
+            let index = reused.disk;
+            let base_id = journal.new_bases[index];
+            let wanted = base_backing_path(base_id, &reused.file);
+            let Some(disk_config) = parent_after.disks.get_mut(index) else {
+                continue;
+            };
+            let current = parent_path.join(&disk_config.file);
+            if disk::backing_file(&current).ok().flatten().as_deref() != Some(wanted.as_str()) {
+                match replace_with_empty_overlay(&current, &wanted, reused.format, disk_config.size)
+                {
+                    Ok(()) => repaired = true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "could not shorten the backing chain of `{}`: {e}",
+                            current.display()
+                        );
+                        continue;
+                    }
+                }
+            }
+            if disk_config.base != Some(base_id) {
+                disk_config.base = Some(base_id);
+                config_changed = true;
+            }
+        }
+        if config_changed
+            && let Err(e) = atomic_write(
+                &parent_path.join(CONFIG_FILE),
+                parent_after.to_toml().as_bytes(),
+            )
+        {
+            tracing::warn!("could not record the parent's base in its vm.toml: {e}");
+        }
+        if repaired && let Err(e) = self.collect_unused_bases() {
+            tracing::warn!("could not remove unused base images: {e}");
+        }
     }
 
     /// Reserves `name` and returns a staging folder to build a bundle in. The name stays
@@ -1353,7 +1554,8 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// Removes temporary files left by an interrupted [`atomic_write`] in a bundle.
+/// Removes temporary files left in a bundle by an interrupted [`atomic_write`] of its
+/// configuration or [`replace_with_empty_overlay`] of a disk.
 fn remove_temporaries(bundle: &Path) {
     if let Ok(entries) = fs::read_dir(bundle) {
         for entry in entries.flatten() {
@@ -1364,6 +1566,62 @@ fn remove_temporaries(bundle: &Path) {
             }
         }
     }
+    if let Ok(entries) = fs::read_dir(bundle.join("disks")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(REPAIR_MARK) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Marks the temporary file of [`replace_with_empty_overlay`] (removed by recovery).
+const REPAIR_MARK: &str = ".repair-";
+
+/// The backing path that every overlay over a base names: relative, so it resolves the same
+/// from `vms/X.vivm/disks/` and from `bases/Y.vivbase/disks/`, and always this short.
+fn base_backing_path(base: Uuid, file: &str) -> String {
+    format!("../../../bases/{base}.{BASE_EXTENSION}/disks/{file}")
+}
+
+/// Replaces the empty qcow2 overlay `disk` by a new empty overlay of `size` bytes over
+/// `backing`, with one rename. The caller makes sure the two read the same (see
+/// [`Library::unchanged_base`]) and that nothing has the disk open.
+fn replace_with_empty_overlay(
+    disk: &Path,
+    backing: &str,
+    format: DiskFormat,
+    size: u64,
+) -> Result<()> {
+    if !disk::qcow2_is_empty(disk)? {
+        return Err(Error::InvalidInput(format!(
+            "`{}` holds data of its own",
+            disk.display()
+        )));
+    }
+    let (Some(dir), Some(name)) = (disk.parent(), disk.file_name()) else {
+        return Err(Error::InvalidInput(format!(
+            "`{}` is not a disk file",
+            disk.display()
+        )));
+    };
+    let temporary = dir.join(format!(
+        ".{}{REPAIR_MARK}{}",
+        name.to_string_lossy(),
+        Uuid::new_v4().simple()
+    ));
+    disk::create_overlay(&temporary, backing, format, size)?;
+    let renamed = fs::rename(&temporary, disk).and_then(|()| sync_dir(dir));
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&temporary);
+        return Err(Error::io(
+            format!("could not replace `{}`", disk.display()),
+            e,
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves `.` and `..` components without touching the file system.
@@ -1517,6 +1775,314 @@ mod tests {
         assert_eq!(count(library.bases_dir()), 1);
         assert_eq!(count(library.staging_dir()), 0);
         assert_eq!(count(library.journal_dir()), 0);
+    }
+
+    /// The first `len` bytes the guest of VM `name` reads from its first disk.
+    fn guest_reads(library: &Library, name: &str, len: usize) -> Vec<u8> {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        let path = library.bundle_path(name).join(&config.disks[0].file);
+        let mut buf = vec![0u8; len];
+        match config.disks[0].format {
+            DiskFormat::Raw => File::open(path)
+                .unwrap()
+                .read_exact_at(&mut buf, 0)
+                .unwrap(),
+            DiskFormat::Qcow2 => disk::Qcow2Disk::open(&path, true)
+                .unwrap()
+                .read_at(&mut buf, 0)
+                .unwrap(),
+        }
+        buf
+    }
+
+    /// Writes `data` at the start of VM `name`'s first disk, as its guest would.
+    fn guest_writes(library: &Library, name: &str, data: &[u8]) {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        let path = library.bundle_path(name).join(&config.disks[0].file);
+        let disk = disk::Qcow2Disk::open(&path, false).unwrap();
+        disk.write_at(data, 0).unwrap();
+        disk.flush().unwrap();
+    }
+
+    fn first_disk(library: &Library, name: &str) -> PathBuf {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        library.bundle_path(name).join(&config.disks[0].file)
+    }
+
+    fn linked(library: &Library, parent: &str, name: &str) -> VmConfig {
+        library
+            .clone_vm(parent, name, CloneMode::Linked, &NoProgress)
+            .unwrap()
+            .config
+    }
+
+    /// A backing path as every overlay over a base must name it.
+    fn assert_normalised(backing: &str) {
+        let rest = backing
+            .strip_prefix("../../../bases/")
+            .unwrap_or_else(|| panic!("not normalised: {backing}"));
+        let (folder, file) = rest.split_once(".vivbase/disks/").unwrap();
+        Uuid::parse_str(folder).unwrap();
+        assert!(!file.contains('/'), "{backing}");
+        assert!(backing.len() <= 100, "{backing}");
+    }
+
+    #[test]
+    fn linked_clones_of_an_unchanged_vm_share_one_base() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        let first = linked(&library, "parent", "c0");
+        assert_eq!(count(library.bases_dir()), 1);
+        let parent_disk = first_disk(&library, "parent");
+        let parent_config = read_config(&library.bundle_path("parent")).unwrap();
+        for i in 1..100 {
+            let clone = linked(&library, "parent", &format!("c{i}"));
+            assert_eq!(clone.disks[0].base, first.disks[0].base);
+        }
+        assert_eq!(count(library.bases_dir()), 1, "one base for all clones");
+        assert_eq!(
+            read_config(&library.bundle_path("parent")).unwrap(),
+            parent_config,
+            "the parent keeps its empty overlay"
+        );
+        assert_eq!(first_disk(&library, "parent"), parent_disk);
+        for name in ["parent", "c1", "c99"] {
+            let disk = first_disk(&library, name);
+            assert_eq!(disk::backing_chain(&disk).unwrap().len(), 2, "{name}");
+            assert_normalised(&disk::backing_file(&disk).unwrap().unwrap());
+            assert_eq!(guest_reads(&library, name, 13), b"precious data");
+        }
+        // A clone of a clone that never ran reads the same base too.
+        linked(&library, "c5", "grandchild");
+        assert_eq!(count(library.bases_dir()), 1);
+        let disk = first_disk(&library, "grandchild");
+        assert_eq!(disk::backing_chain(&disk).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_changed_vm_gets_a_new_base_and_chains_grow_with_changes_only() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "before");
+        guest_writes(&library, "parent", b"changed data!");
+        linked(&library, "parent", "after");
+        assert_eq!(count(library.bases_dir()), 2, "the change made a new base");
+        assert_eq!(guest_reads(&library, "before", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "after", 13), b"changed data!");
+        assert_eq!(guest_reads(&library, "parent", 13), b"changed data!");
+        // Ten rounds of (change, three clones): the depth follows the changes.
+        for round in 0..10 {
+            guest_writes(&library, "parent", format!("round {round:>6}!").as_bytes());
+            for i in 0..3 {
+                linked(&library, "parent", &format!("r{round}-{i}"));
+            }
+        }
+        assert_eq!(count(library.bases_dir()), 12);
+        let parent_chain = disk::backing_chain(&first_disk(&library, "parent")).unwrap();
+        assert_eq!(
+            parent_chain.len(),
+            13,
+            "raw base + 11 changed overlays + the top"
+        );
+        assert_eq!(guest_reads(&library, "r9-2", 13), b"round      9!");
+        assert_eq!(guest_reads(&library, "r4-0", 13), b"round      4!");
+        for file in parent_chain.iter().skip(1) {
+            if let Some(backing) = disk::backing_file(file).unwrap() {
+                assert_normalised(&backing);
+            }
+        }
+        // Deleting clones keeps every base some chain still reaches.
+        for round in 0..10 {
+            for i in 0..3 {
+                library.delete(&format!("r{round}-{i}")).unwrap();
+            }
+        }
+        assert_eq!(
+            count(library.bases_dir()),
+            12,
+            "the parent's chain needs them all"
+        );
+        assert_eq!(guest_reads(&library, "parent", 13), b"round      9!");
+        library.delete("parent").unwrap();
+        assert_eq!(
+            count(library.bases_dir()),
+            2,
+            "the bases of `before` and `after`"
+        );
+        library.delete("after").unwrap();
+        assert_eq!(count(library.bases_dir()), 1);
+        assert_eq!(guest_reads(&library, "before", 13), b"precious data");
+    }
+
+    /// A linked clone exactly as Vivarium made them before bases were reused: a new base from
+    /// the parent's current disk every time, whether or not it changed.
+    fn linked_clone_making_a_new_base(library: &Library, parent: &str, name: &str) {
+        let _lock = library.lock_library().unwrap();
+        let bundle = library.bundle_path(parent);
+        let config = read_config(&bundle).unwrap();
+        let journal = LinkedCloneJournal {
+            parent: parent.to_string(),
+            old_disks: vec![config.disks[0].file.clone()],
+            new_disks: vec![PathBuf::from(format!(
+                "disks/disk0-{}.qcow2",
+                &Uuid::new_v4().simple().to_string()[..8]
+            ))],
+            new_bases: vec![Uuid::new_v4()],
+            reused: Vec::new(),
+            clone_staging: Uuid::new_v4(),
+            clone_name: name.to_string(),
+        };
+        let (after, _) = library
+            .prepare_linked_clone(&bundle, &config, &journal, name)
+            .unwrap();
+        atomic_write(&bundle.join(CONFIG_FILE), after.to_toml().as_bytes()).unwrap();
+        library.finish_linked_clone(&journal).unwrap();
+    }
+
+    #[test]
+    fn libraries_with_a_base_per_clone_keep_working_and_are_shortened_when_cloned() {
+        let (_dir, library) = library();
+        new_vm(&library, "p");
+        // 70 clones made the old way: the parent's chain is 71 files deep, past what a
+        // qcow2 library that joins backing names without resolving them can open.
+        for i in 0..70 {
+            linked_clone_making_a_new_base(&library, "p", &format!("old{i}"));
+        }
+        assert_eq!(count(library.bases_dir()), 70);
+        let deep = disk::backing_chain(&first_disk(&library, "p")).unwrap();
+        assert_eq!(deep.len(), 71);
+        let library = Library::open(library.root()).unwrap();
+        for name in ["p", "old0", "old69"] {
+            assert_eq!(guest_reads(&library, name, 13), b"precious data", "{name}");
+        }
+        // The next clone reuses the lowest base (all above it are empty overlays), and the
+        // parent's overlay is pointed straight at it.
+        let clone = linked(&library, "p", "new");
+        let parent_disk = first_disk(&library, "p");
+        assert_eq!(disk::backing_chain(&parent_disk).unwrap().len(), 2);
+        assert_normalised(&disk::backing_file(&parent_disk).unwrap().unwrap());
+        let new_disk = first_disk(&library, "new");
+        assert_eq!(disk::backing_chain(&new_disk).unwrap().len(), 2);
+        let parent_config = read_config(&library.bundle_path("p")).unwrap();
+        assert_eq!(parent_config.disks[0].base, clone.disks[0].base);
+        assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "new", 13), b"precious data");
+        // The old clones still need their bases; once they are gone, one base remains.
+        assert_eq!(count(library.bases_dir()), 70);
+        assert_eq!(guest_reads(&library, "old69", 13), b"precious data");
+        for i in 0..70 {
+            library.delete(&format!("old{i}")).unwrap();
+        }
+        assert_eq!(count(library.bases_dir()), 1);
+        guest_writes(&library, "new", b"the new clone");
+        assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_linked_clone_reusing_a_base_interrupted_before_its_rename_is_undone() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let parent = read_config(&library.bundle_path("parent")).unwrap();
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "second")
+            .unwrap();
+        assert_eq!(journal.reused.len(), 1, "the parent did not change");
+        assert!(!journal.changes_parent());
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "second")
+            .unwrap();
+        // "Crash": the clone is staged, not yet in the library.
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["first", "parent"]);
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 1, "the reused base is kept");
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "first", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_linked_clone_reusing_a_base_interrupted_after_its_rename_is_kept() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let parent = read_config(&library.bundle_path("parent")).unwrap();
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "second")
+            .unwrap();
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "second")
+            .unwrap();
+        // The commit point of a clone that reuses every base: its bundle enters the library.
+        fs::rename(
+            library
+                .staging_dir()
+                .join(journal.clone_staging.to_string())
+                .join("bundle"),
+            library.bundle_path("second"),
+        )
+        .unwrap();
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["first", "parent", "second"]);
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 1);
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "second", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_journal_from_before_bases_were_reused_still_recovers() {
+        let (_dir, library) = library();
+        let parent = new_vm(&library, "parent");
+        let (journal, path) = library
+            .plan_linked_clone("parent", &parent, "child")
+            .unwrap();
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "child")
+            .unwrap();
+        // Such a journal has no `reused` key.
+        let text = fs::read_to_string(&path).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|line| !line.starts_with("reused"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_ne!(old, text);
+        fs::write(&path, old).unwrap();
+        let library = Library::open(library.root()).unwrap();
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_repair_interrupted_before_its_rename_leaves_no_file() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let disks = library.bundle_path("parent").join("disks");
+        let leftover = disks.join(format!(".disk0-x.qcow2{REPAIR_MARK}0123"));
+        fs::write(&leftover, b"half-made overlay").unwrap();
+        let library = Library::open(library.root()).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(count(disks), 1);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
     }
 
     #[test]
