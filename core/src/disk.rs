@@ -654,12 +654,19 @@ fn next_data_extent(file: &File, from: u64, len: u64) -> std::io::Result<Option<
 
 /// Copies `len` bytes at `offset` from `input` to the same offset of `output`, in the kernel
 /// where possible (`copy_file_range`), else through a buffer.
-#[cfg(target_os = "linux")]
 fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    copy_range_to(input, offset, output, offset, len)
+}
+
+/// Copies `len` bytes at `from` in `input` to `to` in `output`, in the kernel where possible
+/// (`copy_file_range`, which also shares blocks where the file system can), else through a
+/// buffer.
+#[cfg(target_os = "linux")]
+fn copy_range_to(input: &File, from: u64, output: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut copied = 0u64;
     while copied < len {
-        let mut off_in = (offset + copied) as libc::loff_t;
-        let mut off_out = off_in;
+        let mut off_in = (from + copied) as libc::loff_t;
+        let mut off_out = (to + copied) as libc::loff_t;
         // SAFETY: both descriptors are open and owned by the caller; the offsets are local
         // variables that outlive the call; no user buffers are involved.
         let n = unsafe {
@@ -688,7 +695,13 @@ fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Re
             | Some(libc::ENOSYS)
             | Some(libc::EOPNOTSUPP)
             | Some(libc::EINVAL) => {
-                return copy_range_buffered(input, output, offset + copied, len - copied);
+                return copy_range_buffered(
+                    input,
+                    from + copied,
+                    output,
+                    to + copied,
+                    len - copied,
+                );
             }
             Some(libc::EINTR) => continue,
             _ => return Err(err),
@@ -697,27 +710,36 @@ fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Re
     Ok(())
 }
 
-/// Copies `len` bytes at `offset` through a buffer (systems without `copy_file_range`).
+/// Copies `len` bytes at `from` through a buffer (systems without `copy_file_range`).
 #[cfg(not(target_os = "linux"))]
-fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    copy_range_buffered(input, output, offset, len)
+fn copy_range_to(input: &File, from: u64, output: &File, to: u64, len: u64) -> std::io::Result<()> {
+    copy_range_buffered(input, from, output, to, len)
 }
 
-fn copy_range_buffered(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+fn copy_range_buffered(
+    input: &File,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; (1 << 20).min(len as usize)];
     let mut at = 0u64;
     while at < len {
         let n = buf.len().min((len - at) as usize);
-        input.read_exact_at(&mut buf[..n], offset + at)?;
-        output.write_all_at(&buf[..n], offset + at)?;
+        input.read_exact_at(&mut buf[..n], from + at)?;
+        output.write_all_at(&buf[..n], to + at)?;
         at += n as u64;
     }
     Ok(())
 }
 
 /// Reads the qcow2 image `src` through its whole backing chain and writes the disk's contents
-/// to the new raw file `dst`, leaving zero ranges as holes. On error or cancel, `dst` is
-/// removed.
+/// to the new raw file `dst`, as sparse as the chain: only what some file of the chain holds
+/// is read and written. The chain's allocation maps say where that is (a qcow2 file's
+/// clusters, a raw base's data extents by `SEEK_DATA`/`SEEK_HOLE`); data is copied in the
+/// kernel (`copy_file_range`) and ranges no file holds stay holes, so an empty 2 TiB overlay
+/// is flattened in moments. On error or cancel, `dst` is removed.
 pub fn flatten_to_raw(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyMethod> {
     let result = flatten_inner(src, dst, progress);
     if result.is_err() {
@@ -742,30 +764,60 @@ fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> 
         .open(dst)
         .map_err(|e| Error::io(ctx(), e))?;
     output.set_len(size).map_err(|e| Error::io(ctx(), e))?;
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    // The chain's files, opened again by name for their holes and for kernel copies.
+    let mut files: std::collections::HashMap<PathBuf, (File, u64)> = Default::default();
     let mut offset = 0u64;
     progress.update(0, size);
     while offset < size {
         if progress.cancelled() {
             return Err(Error::Cancelled);
         }
-        let want = (size - offset).min(COPY_CHUNK);
         let (mapping, len) = access
-            .get_mapping(offset, want)
+            .get_mapping(offset, size - offset)
             .map_err(|e| Error::io(ctx(), e))?;
-        let len = len.min(want);
+        let len = len.min(size - offset);
         match mapping {
-            Mapping::Zero { .. } => {}
             Mapping::Eof { .. } => break,
+            Mapping::Zero { .. } => {}
+            Mapping::Raw {
+                storage,
+                offset: host,
+                ..
+            } if storage.get_filename().is_some() => {
+                let name = storage.get_filename().expect("checked above");
+                if !files.contains_key(&name) {
+                    let file = File::open(&name).map_err(|e| Error::io(ctx(), e))?;
+                    let file_len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+                    files.insert(name.clone(), (file, file_len));
+                }
+                let (file, file_len) = &files[&name];
+                copy_data_extents(file, *file_len, host, &output, offset, len, size, progress)
+                    .map_err(|e| match e {
+                        CopyStop::Cancelled => Error::Cancelled,
+                        CopyStop::Io(e) => Error::io(ctx(), e),
+                    })?;
+            }
             _ => {
-                let chunk = &mut buf[..len as usize];
-                access
-                    .read(&mut *chunk, offset)
-                    .map_err(|e| Error::io(ctx(), e))?;
-                if chunk.iter().any(|&b| b != 0) {
-                    output
-                        .write_all_at(chunk, offset)
+                // Data only the format driver can decode (compressed clusters), or a file
+                // without a name: read through the chain, write what is not zero.
+                let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
+                let mut at = 0u64;
+                while at < len {
+                    if progress.cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    let n = (len - at).min(COPY_CHUNK) as usize;
+                    let chunk = &mut buf[..n];
+                    access
+                        .read(&mut *chunk, offset + at)
                         .map_err(|e| Error::io(ctx(), e))?;
+                    if chunk.iter().any(|&b| b != 0) {
+                        output
+                            .write_all_at(chunk, offset + at)
+                            .map_err(|e| Error::io(ctx(), e))?;
+                    }
+                    at += n as u64;
+                    progress.update(offset + at, size);
                 }
             }
         }
@@ -779,6 +831,54 @@ fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> 
         progress.update(offset, size);
     }
     output.sync_all().map_err(|e| Error::io(ctx(), e))
+}
+
+/// Why [`copy_data_extents`] stopped early.
+enum CopyStop {
+    /// The user cancelled.
+    Cancelled,
+    /// Reading or writing failed.
+    Io(std::io::Error),
+}
+
+/// Copies the data extents of `file` (of `file_len` bytes) within `len` bytes from `from` to
+/// `output` at `to` onward, leaving its holes (and whatever lies past its end) as holes.
+#[allow(clippy::too_many_arguments)]
+fn copy_data_extents(
+    file: &File,
+    file_len: u64,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+    total: u64,
+    progress: &dyn Progress,
+) -> std::result::Result<(), CopyStop> {
+    let end = from.saturating_add(len).min(file_len);
+    let mut position = from;
+    while position < end {
+        let Some((start, stop)) =
+            next_data_extent(file, position, file_len).map_err(CopyStop::Io)?
+        else {
+            break;
+        };
+        if start >= end {
+            break;
+        }
+        let stop = stop.min(end);
+        let mut at = start;
+        while at < stop {
+            if progress.cancelled() {
+                return Err(CopyStop::Cancelled);
+            }
+            let n = (stop - at).min(COPY_CHUNK);
+            copy_range_to(file, at, output, to + (at - from), n).map_err(CopyStop::Io)?;
+            at += n;
+            progress.update(to + (at - from), total);
+        }
+        position = stop;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1004,6 +1104,82 @@ mod tests {
         create_overlay(&missing, "gone.raw", DiskFormat::Raw, 1 << 20).unwrap();
         let err = backing_chain(&missing).unwrap_err().to_string();
         assert!(err.contains("gone.raw"), "{err}");
+    }
+
+    #[test]
+    fn flattening_an_overlay_of_a_large_empty_base_follows_the_allocation_maps() {
+        const SIZE: u64 = 2 << 40;
+        let dir = tempfile::tempdir().unwrap();
+        // A 2 TiB raw base with 3 MiB of data in two places...
+        let base = dir.path().join("base.raw");
+        create(&base, DiskFormat::Raw, SIZE).unwrap();
+        let file = OpenOptions::new().write(true).open(&base).unwrap();
+        file.write_all_at(&[b'b'; 1 << 20], 0).unwrap();
+        file.write_all_at(&[b'B'; 2 << 20], 1 << 40).unwrap();
+        drop(file);
+        // ...under a qcow2 base with 1 MiB of its own (a clone of a changed VM)...
+        let middle = dir.path().join("middle.qcow2");
+        create_overlay(&middle, "base.raw", DiskFormat::Raw, SIZE).unwrap();
+        let disk = Qcow2Disk::open(&middle, false).unwrap();
+        disk.write_at(&[b'm'; 1 << 20], 3 << 39).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        // ...under the top overlay, which wrote 64 KiB over the base's first MiB.
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "middle.qcow2", DiskFormat::Qcow2, SIZE).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        disk.write_at(&[b't'; 64 << 10], 0).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+
+        let out = dir.path().join("flat.raw");
+        let started = std::time::Instant::now();
+        flatten_to_raw(&top, &out, &NoProgress).unwrap();
+        let took = started.elapsed();
+        assert!(took.as_secs() < 30, "flattening took {took:?}");
+        assert_eq!(fs::metadata(&out).unwrap().len(), SIZE);
+        let allocated = crate::fsutil::allocated_bytes(&out).unwrap();
+        assert!(
+            (4 << 20..=8 << 20).contains(&allocated),
+            "{allocated} bytes allocated for 4 MiB of data"
+        );
+        let flat = File::open(&out).unwrap();
+        let read = |at: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            flat.read_exact_at(&mut buf, at).unwrap();
+            buf
+        };
+        assert!(read(0, 64 << 10).iter().all(|&b| b == b't'));
+        assert!(
+            read(64 << 10, (1 << 20) - (64 << 10))
+                .iter()
+                .all(|&b| b == b'b')
+        );
+        assert!(read(1 << 20, 4096).iter().all(|&b| b == 0));
+        assert!(read(3 << 39, 1 << 20).iter().all(|&b| b == b'm'));
+        assert!(read(1 << 40, 2 << 20).iter().all(|&b| b == b'B'));
+        assert!(read(SIZE - 4096, 4096).iter().all(|&b| b == 0));
+        eprintln!("flattened a 2 TiB chain holding 4 MiB in {took:?} ({allocated} bytes)");
+    }
+
+    #[test]
+    fn a_cancelled_flatten_leaves_nothing() {
+        struct CancelAtOnce;
+        impl Progress for CancelAtOnce {
+            fn update(&self, _: u64, _: u64) {}
+            fn cancelled(&self) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        fs::write(&base, vec![1u8; 8 << 20]).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 8 << 20).unwrap();
+        let out = dir.path().join("flat.raw");
+        let result = flatten_to_raw(&top, &out, &CancelAtOnce);
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert!(!out.exists());
     }
 
     #[test]

@@ -712,18 +712,21 @@ impl Library {
         let staging = self.begin_staging(name)?;
         let bundle = staging.bundle();
         let mut config = Library::clone_config(&source_config, name);
-        let total: u64 = source_config
-            .disks
-            .iter()
-            .map(|d| {
-                fs::metadata(entry.path.join(&d.file))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .sum();
+        // Progress counts what each copy reports: the file's length for a copy, the disk's
+        // size for an overlay flattened through its chain.
+        let progress_len = |d: &DiskConfig| {
+            let path = entry.path.join(&d.file);
+            if disk::backing_file(&path).ok().flatten().is_some() {
+                d.size
+            } else {
+                fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+            }
+        };
+        let total: u64 = source_config.disks.iter().map(progress_len).sum();
         let mut done_before = 0u64;
         for (index, disk_config) in config.disks.iter_mut().enumerate() {
             let src = entry.path.join(&disk_config.file);
+            let this_len = progress_len(disk_config);
             let offset = done_before;
             let sub = SubProgress {
                 inner: progress,
@@ -748,7 +751,7 @@ impl Library {
             tracing::debug!(?method, "cloned {}", src.display());
             let _: CopyMethod = method;
             disk_config.file = file;
-            done_before += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+            done_before += this_len;
         }
         copy_bundle_boot_files(&config, &entry.path, &bundle)?;
         config.validate()?;
@@ -1976,6 +1979,55 @@ mod tests {
         assert_eq!(count(library.bases_dir()), 1);
         guest_writes(&library, "new", b"the new clone");
         assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_full_clone_of_a_linked_clone_of_a_large_disk_is_sparse_and_fast() {
+        let (_dir, library) = library();
+        let kernel = library.root().join("kernel");
+        fs::write(&kernel, b"kernel").unwrap();
+        let mut spec = NewVm::with_defaults(
+            "big",
+            BootSource::Linux {
+                kernel,
+                initrd: None,
+                cmdline: String::new(),
+            },
+        );
+        spec.disk = NewDisk::Blank {
+            size: 2 << 40,
+            format: DiskFormat::Raw,
+        };
+        library.create(&spec, &NoProgress).unwrap();
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(first_disk(&library, "big"))
+            .unwrap();
+        raw.write_all_at(&[7u8; 2 << 20], 1 << 40).unwrap();
+        drop(raw);
+        linked(&library, "big", "linked");
+        guest_writes(&library, "linked", &[9u8; 1 << 20]);
+        let started = std::time::Instant::now();
+        library
+            .clone_vm("linked", "full", CloneMode::Full, &NoProgress)
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took.as_secs() < 30, "the full clone took {took:?}");
+        let full = first_disk(&library, "full");
+        assert_eq!(disk::backing_file(&full).unwrap(), None);
+        assert_eq!(fs::metadata(&full).unwrap().len(), 2 << 40);
+        let allocated = crate::fsutil::allocated_bytes(&full).unwrap();
+        assert!(
+            (3 << 20..=6 << 20).contains(&allocated),
+            "{allocated} bytes for 3 MiB of data"
+        );
+        let mut buf = vec![0u8; 2 << 20];
+        File::open(&full)
+            .unwrap()
+            .read_exact_at(&mut buf, 1 << 40)
+            .unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        assert_eq!(guest_reads(&library, "full", 4), [9u8; 4]);
     }
 
     #[test]
