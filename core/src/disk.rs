@@ -244,6 +244,8 @@ struct Qcow2Header {
     nb_snapshots: u32,
     /// Incompatible feature bits (version 3).
     incompatible_features: u64,
+    /// Where the header extensions start: the header's length (72 for version 2).
+    header_length: u32,
 }
 
 impl Qcow2Header {
@@ -251,6 +253,8 @@ impl Qcow2Header {
     const MIN_LEN: usize = 72;
     /// Bytes of a version 3 header up to and including its feature bits.
     const V3_FEATURES_END: usize = 80;
+    /// Bytes of a version 3 header up to and including its `header_length` field.
+    const V3_LEN: usize = 104;
     /// Incompatible feature: the image is marked corrupt.
     const CORRUPT: u64 = 1 << 1;
     /// Incompatible feature: guest data lives in an external data file.
@@ -274,6 +278,11 @@ impl Qcow2Header {
         } else {
             0
         };
+        let header_length = if version >= 3 && head.len() >= Qcow2Header::V3_LEN {
+            be32(100)
+        } else {
+            Qcow2Header::MIN_LEN as u32
+        };
         Ok(Qcow2Header {
             backing_file_offset: be64(8),
             backing_file_size: be32(16),
@@ -282,6 +291,7 @@ impl Qcow2Header {
             l1_table_offset: be64(40),
             nb_snapshots: be32(60),
             incompatible_features,
+            header_length,
         })
     }
 }
@@ -390,6 +400,81 @@ pub fn backing_file(path: &Path) -> Result<Option<String>> {
         path: path.to_path_buf(),
         why,
     })
+}
+
+/// Makes the qcow2 image `path` name `backing` as its backing file instead of the name it
+/// has, in place and atomically, keeping the backing format it names. The caller guarantees
+/// that the new backing file has the same format and reads the same as the old one (e.g. the
+/// old one is an empty overlay over it), and that nothing has the image open.
+///
+/// The new name is written into unused space of the header cluster (after the header
+/// extensions and the old name, where the qcow2 format keeps nothing), and synced; then one
+/// 12-byte write of the header's backing name offset and length switches to it, and is
+/// synced. That write lies in the file's first sector, so a crash leaves the old name or the
+/// new one, both valid.
+pub fn set_backing_name(path: &Path, backing: &str) -> Result<()> {
+    let ctx = || format!("could not rename the backing file of `{}`", path.display());
+    let refuse = |why: &str| Error::InvalidInput(format!("{}: {why}", ctx()));
+    if backing.is_empty() || backing.len() > 1023 {
+        return Err(refuse("the new name is empty or longer than qcow2 allows"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+    let mut head = [0u8; Qcow2Header::V3_LEN];
+    if len < head.len() as u64 {
+        return Err(refuse("it is too short for a qcow2 header"));
+    }
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io(ctx(), e))?;
+    if !head.starts_with(&QCOW2_MAGIC) {
+        return Err(refuse("it is not a qcow2 image"));
+    }
+    let header = Qcow2Header::parse(&head).map_err(|why| refuse(&why))?;
+    if header.backing_file_offset == 0 || header.backing_file_size == 0 {
+        return Err(refuse("it has no backing file"));
+    }
+    if !(9..=21).contains(&header.cluster_bits) {
+        return Err(refuse("its cluster size is out of range"));
+    }
+    let cluster_size = 1u64 << header.cluster_bits;
+    // The header extensions end with an extension of type 0.
+    let mut at = u64::from(header.header_length);
+    loop {
+        if at + 8 > cluster_size.min(len) {
+            return Err(refuse("its header extensions run past the header cluster"));
+        }
+        let mut extension = [0u8; 8];
+        file.read_exact_at(&mut extension, at)
+            .map_err(|e| Error::io(ctx(), e))?;
+        let kind = u32::from_be_bytes(extension[..4].try_into().expect("4 bytes"));
+        let size = u64::from(u32::from_be_bytes(
+            extension[4..].try_into().expect("4 bytes"),
+        ));
+        at += 8;
+        if kind == 0 {
+            break;
+        }
+        at += size.div_ceil(8) * 8;
+    }
+    let used_end = at.max(header.backing_file_offset + u64::from(header.backing_file_size));
+    let new_at = used_end.div_ceil(8) * 8;
+    let new_end = new_at + backing.len() as u64;
+    if new_end > cluster_size || new_end > len {
+        return Err(refuse("its header cluster has no room for another name"));
+    }
+    file.write_all_at(backing.as_bytes(), new_at)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(ctx(), e))?;
+    let mut pointer = [0u8; 12];
+    pointer[..8].copy_from_slice(&new_at.to_be_bytes());
+    pointer[8..].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    file.write_all_at(&pointer, 8)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(ctx(), e))
 }
 
 /// Most files a disk's backing chain may have. Vivarium's own chains are as deep as the
@@ -1088,6 +1173,43 @@ mod tests {
         let out = dir.path().join("flat.raw");
         flatten_to_raw(&top, &out, &NoProgress).unwrap();
         assert_eq!(&fs::read(&out).unwrap()[..6], b"top!om");
+    }
+
+    #[test]
+    fn a_backing_name_is_switched_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..4].copy_from_slice(b"base");
+        fs::write(&base, &data).unwrap();
+        fs::hard_link(&base, dir.path().join("same-base.raw")).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 4 << 20).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        disk.write_at(b"top", 1 << 20).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        for round in 0..3 {
+            let name = if round % 2 == 0 {
+                "same-base.raw"
+            } else {
+                "base.raw"
+            };
+            set_backing_name(&top, name).unwrap();
+            assert_eq!(backing_file(&top).unwrap().as_deref(), Some(name));
+            let disk = Qcow2Disk::open(&top, true).unwrap();
+            let mut buf = [0u8; 4];
+            disk.read_at(&mut buf, 0).unwrap();
+            assert_eq!(&buf, b"base");
+            disk.read_at(&mut buf[..3], 1 << 20).unwrap();
+            assert_eq!(&buf[..3], b"top");
+        }
+        let raw = dir.path().join("plain.raw");
+        create(&raw, DiskFormat::Raw, 1 << 20).unwrap();
+        assert!(set_backing_name(&raw, "base.raw").is_err());
+        let alone = dir.path().join("alone.qcow2");
+        create(&alone, DiskFormat::Qcow2, 1 << 20).unwrap();
+        assert!(set_backing_name(&alone, "base.raw").is_err());
     }
 
     #[test]

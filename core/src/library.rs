@@ -906,6 +906,17 @@ impl Library {
                 .join("disks");
             fs::create_dir_all(&base_dir)
                 .map_err(|e| Error::io("could not create a base image folder", e))?;
+            // A changed disk of a library from before bases were reused may still reach its
+            // base through empty overlays: it names the lowest equal base before it becomes
+            // a base itself, so the chain is as deep as the changes.
+            if let Some(shorter) = self.shortened_backing(&current, disk_config.size)
+                && let Err(e) = disk::set_backing_name(&current, &shorter)
+            {
+                tracing::warn!(
+                    "could not shorten the backing chain of `{}`: {e}",
+                    current.display()
+                );
+            }
             // The base shares the parent's current disk file (a hard link, so instant);
             // base paths resolve the same from `vms/X/disks/` and `bases/Y/disks/`, so a
             // qcow2 overlay's own backing path stays valid when it becomes a base.
@@ -1038,46 +1049,69 @@ impl Library {
         Ok(())
     }
 
-    /// The base image that the disk file `disk` (of `size` bytes) reads exactly as, if there is
-    /// one: `disk` is a qcow2 overlay with nothing of its own (no cluster written since it was
-    /// made, see [`disk::qcow2_is_empty`]) over a base of this library of the same size.
-    /// Bases that are themselves such empty overlays are looked through to the base below
-    /// (libraries made before bases were reused have chains of them), so the answer is the
-    /// lowest base with the same contents. `None` when the disk changed, or is not an overlay
-    /// of a base: then a linked clone needs a new base.
-    fn unchanged_base(&self, disk: &Path, size: u64) -> Result<Option<UnchangedBase>> {
-        let mut found = None;
-        let mut current = disk.to_path_buf();
-        let same_size = |path: &Path| disk::probe(path).is_ok_and(|info| info.virtual_size == size);
-        if !same_size(&current) {
-            return Ok(None);
-        }
+    /// The bases that read exactly as the base file `base` (of `size` bytes), top first:
+    /// `base` itself, then, while the last one is an empty qcow2 overlay (see
+    /// [`disk::qcow2_is_empty`]) over another base of this library of the same size, that
+    /// base. Libraries made before bases were reused have chains of such empty bases, one per
+    /// clone. Empty when `base` is no base of this library of that size.
+    fn equal_bases(&self, base: &Path, size: u64) -> Result<Vec<UnchangedBase>> {
+        let mut equal = Vec::new();
+        let mut current = base.to_path_buf();
         for _ in 0..disk::MAX_CHAIN_DEPTH {
-            if !disk::qcow2_is_empty(&current)? {
-                break;
-            }
-            let Some(backing) = disk::backing_file(&current)? else {
+            let Some((id, file)) = self.base_file_of(&current) else {
                 break;
             };
-            let Some(dir) = current.parent() else { break };
-            let target = normalize(&dir.join(backing));
-            let Some((id, file)) = self.base_file_of(&target) else {
-                break;
-            };
-            let Ok(info) = disk::probe(&target) else {
+            let Ok(info) = disk::probe(&current) else {
                 break;
             };
             if info.virtual_size != size {
                 break;
             }
-            found = Some(UnchangedBase {
+            equal.push(UnchangedBase {
                 id,
                 file,
                 format: info.format,
             });
-            current = target;
+            if !disk::qcow2_is_empty(&current)? {
+                break;
+            }
+            let Some(below) = backing_target(&current)? else {
+                break;
+            };
+            current = below;
         }
-        Ok(found)
+        Ok(equal)
+    }
+
+    /// The base image that the disk file `disk` (of `size` bytes) reads exactly as, if there is
+    /// one: `disk` is a qcow2 overlay with nothing of its own (no cluster written since it was
+    /// made) over a base of this library of the same size; of the bases that read the same
+    /// ([`Library::equal_bases`]), the lowest. `None` when the disk changed, or is not an
+    /// overlay of a base: then a linked clone needs a new base.
+    fn unchanged_base(&self, disk: &Path, size: u64) -> Result<Option<UnchangedBase>> {
+        if !disk::probe(disk).is_ok_and(|info| info.virtual_size == size)
+            || !disk::qcow2_is_empty(disk)?
+        {
+            return Ok(None);
+        }
+        let Some(target) = backing_target(disk)? else {
+            return Ok(None);
+        };
+        Ok(self.equal_bases(&target, size)?.pop())
+    }
+
+    /// The backing name that the overlay `disk` (of `size` bytes) should have when it is not
+    /// the one it has: of the bases that read as the one it names ([`Library::equal_bases`]),
+    /// the lowest of the same format, in the normalised form. `None` when the disk is no
+    /// overlay of a base, or already names that one that way.
+    fn shortened_backing(&self, disk: &Path, size: u64) -> Option<String> {
+        let backing = disk::backing_file(disk).ok()??;
+        let target = backing_target(disk).ok()??;
+        let equal = self.equal_bases(&target, size).ok()?;
+        let format = equal.first()?.format;
+        let lowest = equal.iter().rev().find(|base| base.format == format)?;
+        let wanted = base_backing_path(lowest.id, &lowest.file);
+        (wanted != backing).then_some(wanted)
     }
 
     /// The base id and file name of `file` when it is a base image of this library
@@ -1627,6 +1661,15 @@ fn replace_with_empty_overlay(
     Ok(())
 }
 
+/// The file that the qcow2 overlay `disk` names as its backing file, resolved lexically from
+/// the overlay's folder (as [`Library::collect_unused_bases`] does); `None` without one.
+fn backing_target(disk: &Path) -> Result<Option<PathBuf>> {
+    let Some(backing) = disk::backing_file(disk)? else {
+        return Ok(None);
+    };
+    Ok(disk.parent().map(|dir| normalize(&dir.join(backing))))
+}
+
 /// Resolves `.` and `..` components without touching the file system.
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -1917,29 +1960,52 @@ mod tests {
         assert_eq!(guest_reads(&library, "before", 13), b"precious data");
     }
 
-    /// A linked clone exactly as Vivarium made them before bases were reused: a new base from
-    /// the parent's current disk every time, whether or not it changed.
+    /// A linked clone exactly as Vivarium made them before bases were reused: the parent's
+    /// current disk becomes a new base every time, whether or not it changed, and keeps the
+    /// backing name it has.
     fn linked_clone_making_a_new_base(library: &Library, parent: &str, name: &str) {
-        let _lock = library.lock_library().unwrap();
         let bundle = library.bundle_path(parent);
-        let config = read_config(&bundle).unwrap();
-        let journal = LinkedCloneJournal {
-            parent: parent.to_string(),
-            old_disks: vec![config.disks[0].file.clone()],
-            new_disks: vec![PathBuf::from(format!(
-                "disks/disk0-{}.qcow2",
-                &Uuid::new_v4().simple().to_string()[..8]
-            ))],
-            new_bases: vec![Uuid::new_v4()],
-            reused: Vec::new(),
-            clone_staging: Uuid::new_v4(),
-            clone_name: name.to_string(),
+        let mut config = read_config(&bundle).unwrap();
+        let disk = config.disks[0].clone();
+        let current = bundle.join(&disk.file);
+        let file_name = current.file_name().unwrap().to_string_lossy().into_owned();
+        let base_id = Uuid::new_v4();
+        let base_dir = library
+            .bases_dir()
+            .join(format!("{base_id}.{BASE_EXTENSION}/disks"));
+        fs::create_dir_all(&base_dir).unwrap();
+        fs::hard_link(&current, base_dir.join(&file_name)).unwrap();
+        let backing = base_backing_path(base_id, &file_name);
+        let overlay = PathBuf::from(format!(
+            "disks/disk0-{}.qcow2",
+            &Uuid::new_v4().simple().to_string()[..8]
+        ));
+        disk::create_overlay(&bundle.join(&overlay), &backing, disk.format, disk.size).unwrap();
+        let clone_bundle = library.bundle_path(name);
+        fs::create_dir_all(clone_bundle.join("disks")).unwrap();
+        disk::create_overlay(
+            &clone_bundle.join("disks/disk0.qcow2"),
+            &backing,
+            disk.format,
+            disk.size,
+        )
+        .unwrap();
+        let mut clone = Library::clone_config(&config, name);
+        clone.disks[0] = DiskConfig {
+            file: "disks/disk0.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            base: Some(base_id),
+            ..disk.clone()
         };
-        let (after, _) = library
-            .prepare_linked_clone(&bundle, &config, &journal, name)
-            .unwrap();
-        atomic_write(&bundle.join(CONFIG_FILE), after.to_toml().as_bytes()).unwrap();
-        library.finish_linked_clone(&journal).unwrap();
+        atomic_write(&clone_bundle.join(CONFIG_FILE), clone.to_toml().as_bytes()).unwrap();
+        config.disks[0] = DiskConfig {
+            file: overlay,
+            format: DiskFormat::Qcow2,
+            base: Some(base_id),
+            ..disk
+        };
+        atomic_write(&bundle.join(CONFIG_FILE), config.to_toml().as_bytes()).unwrap();
+        fs::remove_file(current).unwrap();
     }
 
     #[test]
@@ -1979,6 +2045,57 @@ mod tests {
         assert_eq!(count(library.bases_dir()), 1);
         guest_writes(&library, "new", b"the new clone");
         assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_changed_disk_over_a_chain_of_empty_bases_names_the_lowest_when_it_becomes_a_base() {
+        let (_dir, library) = library();
+        new_vm(&library, "p");
+        linked(&library, "p", "first");
+        guest_writes(&library, "p", b"second state!");
+        linked(&library, "p", "second");
+        // From here on, old-style clones: 60 empty qcow2 bases over the qcow2 base with
+        // "second state!", itself over the raw base.
+        for i in 0..60 {
+            linked_clone_making_a_new_base(&library, "p", &format!("old{i}"));
+        }
+        assert_eq!(
+            disk::backing_chain(&first_disk(&library, "p"))
+                .unwrap()
+                .len(),
+            63
+        );
+        guest_writes(&library, "p", b"third state!!");
+        let third = linked(&library, "p", "third");
+        // The changed disk became a base naming the lowest qcow2 base with its contents, so
+        // the chain is: new overlay, that base, the "second state!" base, the raw base.
+        for name in ["p", "third"] {
+            let disk = first_disk(&library, name);
+            let chain = disk::backing_chain(&disk).unwrap();
+            assert_eq!(chain.len(), 4, "{name}: {chain:?}");
+            for file in &chain[..3] {
+                assert_normalised(&disk::backing_file(file).unwrap().unwrap());
+            }
+            assert_eq!(guest_reads(&library, name, 13), b"third state!!");
+        }
+        assert_eq!(
+            third.disks[0].base,
+            read_config(&library.bundle_path("p")).unwrap().disks[0].base
+        );
+        for name in ["first", "old0", "old59"] {
+            let expected: &[u8] = if name == "first" {
+                b"precious data"
+            } else {
+                b"second state!"
+            };
+            assert_eq!(guest_reads(&library, name, 13), expected, "{name}");
+        }
+        assert_eq!(guest_reads(&library, "second", 13), b"second state!");
+        for i in 0..60 {
+            library.delete(&format!("old{i}")).unwrap();
+        }
+        assert_eq!(count(library.bases_dir()), 3, "raw, second, third");
+        assert_eq!(guest_reads(&library, "third", 13), b"third state!!");
     }
 
     #[test]

@@ -392,7 +392,11 @@ fn full_and_linked_clones_match_their_source_and_diverge_independently() {
     assert_qemu_img_ok(&["compare", &disk_of(&lib, "parent"), &changed]);
     lib.ok(&["clone", "linked", "grandchild", "--linked"]);
     assert_qemu_img_ok(&["check", &disk_of(&lib, "grandchild")]);
-    assert_eq!(bases(), 2, "the original disk, and the parent's changed one");
+    assert_eq!(
+        bases(),
+        2,
+        "the original disk, and the parent's changed one"
+    );
     assert_eq!(
         lib.json(&["info", "grandchild"])["config"]["disks"][0]["base"],
         info["config"]["disks"][0]["base"],
