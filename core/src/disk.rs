@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use imago::qcow2::Qcow2;
@@ -226,18 +226,84 @@ fn probe_qcow2(path: &Path, head: &[u8]) -> std::result::Result<ImageInfo, Strin
     })
 }
 
+/// The fields of a qcow2 header that Vivarium reads itself, at the byte offsets the qcow2
+/// specification gives them (versions 2 and 3; version 2 has no feature bits).
+#[derive(Debug, Clone, Copy)]
+struct Qcow2Header {
+    /// Where the backing file name starts in the file (0: no backing file).
+    backing_file_offset: u64,
+    /// Length of the backing file name in bytes.
+    backing_file_size: u32,
+    /// log2 of the cluster size.
+    cluster_bits: u32,
+    /// Entries in the L1 table.
+    l1_size: u32,
+    /// Where the L1 table starts in the file.
+    l1_table_offset: u64,
+    /// Internal snapshots in the image.
+    nb_snapshots: u32,
+    /// Incompatible feature bits (version 3).
+    incompatible_features: u64,
+    /// Where the header extensions start: the header's length (72 for version 2).
+    header_length: u32,
+}
+
+impl Qcow2Header {
+    /// Bytes of a version 2 header, the shortest there is.
+    const MIN_LEN: usize = 72;
+    /// Bytes of a version 3 header up to and including its feature bits.
+    const V3_FEATURES_END: usize = 80;
+    /// Bytes of a version 3 header up to and including its `header_length` field.
+    const V3_LEN: usize = 104;
+    /// Incompatible feature: the image is marked corrupt.
+    const CORRUPT: u64 = 1 << 1;
+    /// Incompatible feature: guest data lives in an external data file.
+    const EXTERNAL_DATA_FILE: u64 = 1 << 2;
+    /// Incompatible feature: L2 entries are 128 bits with subcluster bitmaps.
+    const EXTENDED_L2: u64 = 1 << 4;
+
+    /// Parses the start of a qcow2 file (its magic already checked).
+    fn parse(head: &[u8]) -> std::result::Result<Qcow2Header, String> {
+        if head.len() < Qcow2Header::MIN_LEN {
+            return Err("it is too short for a qcow2 header".into());
+        }
+        let be64 = |at: usize| u64::from_be_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+        let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+        let version = be32(4);
+        if !(2..=3).contains(&version) {
+            return Err(format!("its qcow2 version {version} is not 2 or 3"));
+        }
+        let incompatible_features = if version >= 3 && head.len() >= Qcow2Header::V3_FEATURES_END {
+            be64(72)
+        } else {
+            0
+        };
+        let header_length = if version >= 3 && head.len() >= Qcow2Header::V3_LEN {
+            be32(100)
+        } else {
+            Qcow2Header::MIN_LEN as u32
+        };
+        Ok(Qcow2Header {
+            backing_file_offset: be64(8),
+            backing_file_size: be32(16),
+            cluster_bits: be32(20),
+            l1_size: be32(36),
+            l1_table_offset: be64(40),
+            nb_snapshots: be32(60),
+            incompatible_features,
+            header_length,
+        })
+    }
+}
+
 /// Reads the backing file name from a qcow2 header (bytes 8..20 point at it).
 fn qcow2_backing_from_header(
     path: &Path,
     head: &[u8],
 ) -> std::result::Result<Option<String>, String> {
-    if head.len() < 72 {
-        return Err("it is too short for a qcow2 header".into());
-    }
-    let be64 = |at: usize| u64::from_be_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-    let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4 bytes"));
-    let offset = be64(8);
-    let size = be32(16) as usize;
+    let header = Qcow2Header::parse(head)?;
+    let offset = header.backing_file_offset;
+    let size = header.backing_file_size as usize;
     if offset == 0 || size == 0 {
         return Ok(None);
     }
@@ -253,6 +319,74 @@ fn qcow2_backing_from_header(
         .map_err(|_| "its backing file name is not UTF-8".into())
 }
 
+/// Whether `path` is a qcow2 image that holds nothing of its own: no cluster of it is allocated
+/// or marked as reading zeroes, so every guest read goes to its backing file and the disk's
+/// contents are exactly its backing file's (nothing was written since the overlay was made).
+///
+/// Read from the L1 and L2 tables on disk. Answers `false` for raw images and for qcow2
+/// images it cannot vouch for (internal snapshots, an external data file, extended L2
+/// entries, marked corrupt, tables outside the file): `false` is always the safe answer.
+/// Must not be asked while a VM writes the image (its unflushed tables are not on disk yet).
+pub fn qcow2_is_empty(path: &Path) -> Result<bool> {
+    let ctx = || format!("could not read the qcow2 tables of `{}`", path.display());
+    let file = File::open(path).map_err(|e| Error::io(ctx(), e))?;
+    let len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+    let mut head = [0u8; Qcow2Header::V3_FEATURES_END];
+    if len < head.len() as u64 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io(ctx(), e))?;
+    if !head.starts_with(&QCOW2_MAGIC) {
+        return Ok(false);
+    }
+    let Ok(header) = Qcow2Header::parse(&head) else {
+        return Ok(false);
+    };
+    let unvouched =
+        Qcow2Header::CORRUPT | Qcow2Header::EXTERNAL_DATA_FILE | Qcow2Header::EXTENDED_L2;
+    if header.nb_snapshots != 0
+        || header.incompatible_features & unvouched != 0
+        || !(9..=21).contains(&header.cluster_bits)
+    {
+        return Ok(false);
+    }
+    let cluster_size = 1u64 << header.cluster_bits;
+    let l1_bytes = u64::from(header.l1_size) * 8;
+    if header
+        .l1_table_offset
+        .checked_add(l1_bytes)
+        .is_none_or(|end| end > len)
+    {
+        return Ok(false);
+    }
+    let mut l1 = vec![0u8; l1_bytes as usize];
+    file.read_exact_at(&mut l1, header.l1_table_offset)
+        .map_err(|e| Error::io(ctx(), e))?;
+    // Bits 9..=55 of an L1 entry are the offset of its L2 table; 0 means no table, so every
+    // cluster it covers is unallocated.
+    const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+    let mut l2 = vec![0u8; cluster_size as usize];
+    for entry in l1.chunks_exact(8) {
+        let entry = u64::from_be_bytes(entry.try_into().expect("8 bytes"));
+        if entry == 0 {
+            continue;
+        }
+        let l2_offset = entry & OFFSET_MASK;
+        if l2_offset == 0 || l2_offset.saturating_add(cluster_size) > len {
+            return Ok(false);
+        }
+        file.read_exact_at(&mut l2, l2_offset)
+            .map_err(|e| Error::io(ctx(), e))?;
+        // An L2 entry of 0 is an unallocated cluster; anything else (data, compressed, a zero
+        // flag) is something this image holds of its own.
+        if l2.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The backing file named in a qcow2 image's header (`None` for raw images and qcow2 images
 /// without a backing file).
 pub fn backing_file(path: &Path) -> Result<Option<String>> {
@@ -266,6 +400,221 @@ pub fn backing_file(path: &Path) -> Result<Option<String>> {
         path: path.to_path_buf(),
         why,
     })
+}
+
+/// Makes the qcow2 image `path` name `backing` as its backing file instead of the name it
+/// has, in place and atomically, keeping the backing format it names. The caller guarantees
+/// that the new backing file has the same format and reads the same as the old one (e.g. the
+/// old one is an empty overlay over it), and that nothing has the image open.
+///
+/// The new name is written into unused space of the header cluster (after the header
+/// extensions and the old name, where the qcow2 format keeps nothing), and synced; then one
+/// 12-byte write of the header's backing name offset and length switches to it, and is
+/// synced. That write lies in the file's first sector, so a crash leaves the old name or the
+/// new one, both valid.
+pub fn set_backing_name(path: &Path, backing: &str) -> Result<()> {
+    let ctx = || format!("could not rename the backing file of `{}`", path.display());
+    let refuse = |why: &str| Error::InvalidInput(format!("{}: {why}", ctx()));
+    if backing.is_empty() || backing.len() > 1023 {
+        return Err(refuse("the new name is empty or longer than qcow2 allows"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+    let mut head = [0u8; Qcow2Header::V3_LEN];
+    if len < head.len() as u64 {
+        return Err(refuse("it is too short for a qcow2 header"));
+    }
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io(ctx(), e))?;
+    if !head.starts_with(&QCOW2_MAGIC) {
+        return Err(refuse("it is not a qcow2 image"));
+    }
+    let header = Qcow2Header::parse(&head).map_err(|why| refuse(&why))?;
+    if header.backing_file_offset == 0 || header.backing_file_size == 0 {
+        return Err(refuse("it has no backing file"));
+    }
+    if !(9..=21).contains(&header.cluster_bits) {
+        return Err(refuse("its cluster size is out of range"));
+    }
+    let cluster_size = 1u64 << header.cluster_bits;
+    // The header extensions end with an extension of type 0.
+    let mut at = u64::from(header.header_length);
+    loop {
+        if at + 8 > cluster_size.min(len) {
+            return Err(refuse("its header extensions run past the header cluster"));
+        }
+        let mut extension = [0u8; 8];
+        file.read_exact_at(&mut extension, at)
+            .map_err(|e| Error::io(ctx(), e))?;
+        let kind = u32::from_be_bytes(extension[..4].try_into().expect("4 bytes"));
+        let size = u64::from(u32::from_be_bytes(
+            extension[4..].try_into().expect("4 bytes"),
+        ));
+        at += 8;
+        if kind == 0 {
+            break;
+        }
+        at += size.div_ceil(8) * 8;
+    }
+    let used_end = at.max(header.backing_file_offset + u64::from(header.backing_file_size));
+    let new_at = used_end.div_ceil(8) * 8;
+    let new_end = new_at + backing.len() as u64;
+    if new_end > cluster_size || new_end > len {
+        return Err(refuse("its header cluster has no room for another name"));
+    }
+    file.write_all_at(backing.as_bytes(), new_at)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(ctx(), e))?;
+    let mut pointer = [0u8; 12];
+    pointer[..8].copy_from_slice(&new_at.to_be_bytes());
+    pointer[8..].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    file.write_all_at(&pointer, 8)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(ctx(), e))
+}
+
+/// Most files a disk's backing chain may have. Vivarium's own chains are as deep as the
+/// number of times a VM's disk changed between linked clones; a deeper chain is refused as
+/// damaged (one that loops through other names would otherwise never end).
+pub const MAX_CHAIN_DEPTH: usize = 1024;
+
+/// One file of a disk's backing chain, opened for reading (and writing, for a writable top).
+enum ChainLevel {
+    /// A qcow2 image, opened without its backing file (the chain attaches it).
+    Qcow2(Box<Qcow2<imago::file::File>>),
+    /// A raw image: the bottom of the chain.
+    Raw(imago::raw::Raw<imago::file::File>),
+}
+
+/// The path of the backing file `name` that the image `image` names, resolved as qcow2 defines
+/// it (relative to the image's folder) from the image's real folder, and made canonical.
+///
+/// Joining names without resolving them (as a qcow2 library does) makes the path longer by
+/// one `../../../bases/<id>.vivbase/disks/` per level, until a deep chain passes `PATH_MAX`;
+/// a canonical path is never longer than the real one.
+fn resolve_backing(image: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let name = Path::new(name);
+    let joined = if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        let dir = match image.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        dir.join(name)
+    };
+    fs::canonicalize(&joined).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "the backing file `{}` of `{}` cannot be opened: {e}",
+                name.display(),
+                image.display()
+            ),
+        )
+    })
+}
+
+/// Opens every file of the chain of `path`, top first, each backing file resolved with
+/// [`resolve_backing`]. Only the top is opened for writing, and only if `writable`.
+fn open_chain_levels(path: &Path, writable: bool) -> std::io::Result<Vec<(PathBuf, ChainLevel)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut levels = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut current = fs::canonicalize(path)?;
+    // The format the file above names for this one (`None`: probe it).
+    let mut named_format: Option<String> = None;
+    loop {
+        let meta = fs::metadata(&current)?;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return Err(std::io::Error::other(format!(
+                "the backing chain of `{}` loops back to `{}`",
+                path.display(),
+                current.display()
+            )));
+        }
+        if levels.len() >= MAX_CHAIN_DEPTH {
+            return Err(std::io::Error::other(format!(
+                "the backing chain of `{}` is deeper than {MAX_CHAIN_DEPTH} files",
+                path.display()
+            )));
+        }
+        let write = writable && levels.is_empty();
+        let is_qcow2 = match named_format.as_deref() {
+            Some("qcow2") => true,
+            Some("raw") | Some("file") => false,
+            Some(other) => {
+                return Err(std::io::Error::other(format!(
+                    "the backing file `{}` is named with the format `{other}`, which is \
+                     neither raw nor qcow2",
+                    current.display()
+                )));
+            }
+            None => {
+                let mut magic = [0u8; 4];
+                File::open(&current)?
+                    .read_exact_at(&mut magic, 0)
+                    .map(|()| magic == QCOW2_MAGIC)
+                    .unwrap_or(false)
+            }
+        };
+        if !is_qcow2 {
+            let raw = imago::raw::Raw::<imago::file::File>::builder_path(&current)
+                .write(write)
+                .open(PermissiveImplicitOpenGate::default())?;
+            levels.push((current, ChainLevel::Raw(raw)));
+            return Ok(levels);
+        }
+        let image = Qcow2::<imago::file::File>::builder_path(&current)
+            .backing(None)
+            .write(write)
+            .open(PermissiveImplicitOpenGate::default())?;
+        let backing = image.implicit_backing_file().cloned();
+        named_format = image.implicit_backing_format().cloned();
+        let next = match &backing {
+            Some(name) => Some(resolve_backing(&current, name)?),
+            None => None,
+        };
+        levels.push((current, ChainLevel::Qcow2(Box::new(image))));
+        match next {
+            Some(next) => current = next,
+            None => return Ok(levels),
+        }
+    }
+}
+
+/// Opens the image `path` with its whole backing chain as one disk, each backing file found
+/// from the real folder of the file that names it (see [`resolve_backing`]), so a chain of
+/// any depth opens with short paths. Only the top is writable, and only if `writable`.
+fn open_chain(path: &Path, writable: bool) -> std::io::Result<FormatAccess<imago::file::File>> {
+    let mut lower: Option<FormatAccess<imago::file::File>> = None;
+    for (_, level) in open_chain_levels(path, writable)?.into_iter().rev() {
+        lower = Some(match level {
+            ChainLevel::Raw(raw) => FormatAccess::new(raw),
+            ChainLevel::Qcow2(mut image) => {
+                image.set_backing(lower.take());
+                FormatAccess::new(*image)
+            }
+        });
+    }
+    lower.ok_or_else(|| std::io::Error::other("an empty backing chain"))
+}
+
+/// The files of the backing chain of the disk image `path`, top first: `path` itself (made
+/// canonical), then each backing file down to one without a backing file. Fails when a file is
+/// missing or damaged, when the chain loops, or when it is deeper than [`MAX_CHAIN_DEPTH`].
+pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
+    let levels = open_chain_levels(path, false).map_err(|e| {
+        Error::io(
+            format!("could not follow the backing chain of `{}`", path.display()),
+            e,
+        )
+    })?;
+    Ok(levels.into_iter().map(|(path, _)| path).collect())
 }
 
 /// How a copy was made.
@@ -390,12 +739,19 @@ fn next_data_extent(file: &File, from: u64, len: u64) -> std::io::Result<Option<
 
 /// Copies `len` bytes at `offset` from `input` to the same offset of `output`, in the kernel
 /// where possible (`copy_file_range`), else through a buffer.
-#[cfg(target_os = "linux")]
 fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    copy_range_to(input, offset, output, offset, len)
+}
+
+/// Copies `len` bytes at `from` in `input` to `to` in `output`, in the kernel where possible
+/// (`copy_file_range`, which also shares blocks where the file system can), else through a
+/// buffer.
+#[cfg(target_os = "linux")]
+fn copy_range_to(input: &File, from: u64, output: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut copied = 0u64;
     while copied < len {
-        let mut off_in = (offset + copied) as libc::loff_t;
-        let mut off_out = off_in;
+        let mut off_in = (from + copied) as libc::loff_t;
+        let mut off_out = (to + copied) as libc::loff_t;
         // SAFETY: both descriptors are open and owned by the caller; the offsets are local
         // variables that outlive the call; no user buffers are involved.
         let n = unsafe {
@@ -424,7 +780,13 @@ fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Re
             | Some(libc::ENOSYS)
             | Some(libc::EOPNOTSUPP)
             | Some(libc::EINVAL) => {
-                return copy_range_buffered(input, output, offset + copied, len - copied);
+                return copy_range_buffered(
+                    input,
+                    from + copied,
+                    output,
+                    to + copied,
+                    len - copied,
+                );
             }
             Some(libc::EINTR) => continue,
             _ => return Err(err),
@@ -433,27 +795,36 @@ fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Re
     Ok(())
 }
 
-/// Copies `len` bytes at `offset` through a buffer (systems without `copy_file_range`).
+/// Copies `len` bytes at `from` through a buffer (systems without `copy_file_range`).
 #[cfg(not(target_os = "linux"))]
-fn copy_range(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    copy_range_buffered(input, output, offset, len)
+fn copy_range_to(input: &File, from: u64, output: &File, to: u64, len: u64) -> std::io::Result<()> {
+    copy_range_buffered(input, from, output, to, len)
 }
 
-fn copy_range_buffered(input: &File, output: &File, offset: u64, len: u64) -> std::io::Result<()> {
+fn copy_range_buffered(
+    input: &File,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; (1 << 20).min(len as usize)];
     let mut at = 0u64;
     while at < len {
         let n = buf.len().min((len - at) as usize);
-        input.read_exact_at(&mut buf[..n], offset + at)?;
-        output.write_all_at(&buf[..n], offset + at)?;
+        input.read_exact_at(&mut buf[..n], from + at)?;
+        output.write_all_at(&buf[..n], to + at)?;
         at += n as u64;
     }
     Ok(())
 }
 
 /// Reads the qcow2 image `src` through its whole backing chain and writes the disk's contents
-/// to the new raw file `dst`, leaving zero ranges as holes. On error or cancel, `dst` is
-/// removed.
+/// to the new raw file `dst`, as sparse as the chain: only what some file of the chain holds
+/// is read and written. The chain's allocation maps say where that is (a qcow2 file's
+/// clusters, a raw base's data extents by `SEEK_DATA`/`SEEK_HOLE`); data is copied in the
+/// kernel (`copy_file_range`) and ranges no file holds stay holes, so an empty 2 TiB overlay
+/// is flattened in moments. On error or cancel, `dst` is removed.
 pub fn flatten_to_raw(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyMethod> {
     let result = flatten_inner(src, dst, progress);
     if result.is_err() {
@@ -470,11 +841,7 @@ fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> 
             dst.display()
         )
     };
-    let image = Qcow2::<imago::file::File>::builder_path(src)
-        .write(false)
-        .open(PermissiveImplicitOpenGate::default())
-        .map_err(|e| Error::io(ctx(), e))?;
-    let access = FormatAccess::new(image);
+    let access = open_chain(src, false).map_err(|e| Error::io(ctx(), e))?;
     let size = access.size();
     let output = OpenOptions::new()
         .write(true)
@@ -482,30 +849,60 @@ fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> 
         .open(dst)
         .map_err(|e| Error::io(ctx(), e))?;
     output.set_len(size).map_err(|e| Error::io(ctx(), e))?;
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    // The chain's files, opened again by name for their holes and for kernel copies.
+    let mut files: std::collections::HashMap<PathBuf, (File, u64)> = Default::default();
     let mut offset = 0u64;
     progress.update(0, size);
     while offset < size {
         if progress.cancelled() {
             return Err(Error::Cancelled);
         }
-        let want = (size - offset).min(COPY_CHUNK);
         let (mapping, len) = access
-            .get_mapping(offset, want)
+            .get_mapping(offset, size - offset)
             .map_err(|e| Error::io(ctx(), e))?;
-        let len = len.min(want);
+        let len = len.min(size - offset);
         match mapping {
-            Mapping::Zero { .. } => {}
             Mapping::Eof { .. } => break,
+            Mapping::Zero { .. } => {}
+            Mapping::Raw {
+                storage,
+                offset: host,
+                ..
+            } if storage.get_filename().is_some() => {
+                let name = storage.get_filename().expect("checked above");
+                if !files.contains_key(&name) {
+                    let file = File::open(&name).map_err(|e| Error::io(ctx(), e))?;
+                    let file_len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+                    files.insert(name.clone(), (file, file_len));
+                }
+                let (file, file_len) = &files[&name];
+                copy_data_extents(file, *file_len, host, &output, offset, len, size, progress)
+                    .map_err(|e| match e {
+                        CopyStop::Cancelled => Error::Cancelled,
+                        CopyStop::Io(e) => Error::io(ctx(), e),
+                    })?;
+            }
             _ => {
-                let chunk = &mut buf[..len as usize];
-                access
-                    .read(&mut *chunk, offset)
-                    .map_err(|e| Error::io(ctx(), e))?;
-                if chunk.iter().any(|&b| b != 0) {
-                    output
-                        .write_all_at(chunk, offset)
+                // Data only the format driver can decode (compressed clusters), or a file
+                // without a name: read through the chain, write what is not zero.
+                let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
+                let mut at = 0u64;
+                while at < len {
+                    if progress.cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    let n = (len - at).min(COPY_CHUNK) as usize;
+                    let chunk = &mut buf[..n];
+                    access
+                        .read(&mut *chunk, offset + at)
                         .map_err(|e| Error::io(ctx(), e))?;
+                    if chunk.iter().any(|&b| b != 0) {
+                        output
+                            .write_all_at(chunk, offset + at)
+                            .map_err(|e| Error::io(ctx(), e))?;
+                    }
+                    at += n as u64;
+                    progress.update(offset + at, size);
                 }
             }
         }
@@ -519,6 +916,54 @@ fn flatten_inner(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<()> 
         progress.update(offset, size);
     }
     output.sync_all().map_err(|e| Error::io(ctx(), e))
+}
+
+/// Why [`copy_data_extents`] stopped early.
+enum CopyStop {
+    /// The user cancelled.
+    Cancelled,
+    /// Reading or writing failed.
+    Io(std::io::Error),
+}
+
+/// Copies the data extents of `file` (of `file_len` bytes) within `len` bytes from `from` to
+/// `output` at `to` onward, leaving its holes (and whatever lies past its end) as holes.
+#[allow(clippy::too_many_arguments)]
+fn copy_data_extents(
+    file: &File,
+    file_len: u64,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+    total: u64,
+    progress: &dyn Progress,
+) -> std::result::Result<(), CopyStop> {
+    let end = from.saturating_add(len).min(file_len);
+    let mut position = from;
+    while position < end {
+        let Some((start, stop)) =
+            next_data_extent(file, position, file_len).map_err(CopyStop::Io)?
+        else {
+            break;
+        };
+        if start >= end {
+            break;
+        }
+        let stop = stop.min(end);
+        let mut at = start;
+        while at < stop {
+            if progress.cancelled() {
+                return Err(CopyStop::Cancelled);
+            }
+            let n = (stop - at).min(COPY_CHUNK);
+            copy_range_to(file, at, output, to + (at - from), n).map_err(CopyStop::Io)?;
+            at += n;
+            progress.update(to + (at - from), total);
+        }
+        position = stop;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -635,6 +1080,231 @@ mod tests {
     }
 
     #[test]
+    fn an_overlay_is_empty_until_the_guest_writes_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        create(&base, DiskFormat::Raw, 64 << 20).unwrap();
+        assert!(
+            !qcow2_is_empty(&base).unwrap(),
+            "a raw disk is not an overlay"
+        );
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 64 << 20).unwrap();
+        assert!(qcow2_is_empty(&top).unwrap());
+        // Opening and closing it for writing, reading, flushing: still nothing of its own.
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        let mut buf = [0u8; 512];
+        disk.read_at(&mut buf, 40 << 20).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        assert!(qcow2_is_empty(&top).unwrap());
+        // One sector written far into the disk (its L2 table is not the first one).
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        disk.write_at(&[1u8; 512], 40 << 20).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        assert!(!qcow2_is_empty(&top).unwrap());
+        // Zeroes written are a change too: they hide whatever the base has there.
+        let zeroed = dir.path().join("zeroed.qcow2");
+        create_overlay(&zeroed, "base.raw", DiskFormat::Raw, 64 << 20).unwrap();
+        let disk = Qcow2Disk::open(&zeroed, false).unwrap();
+        disk.write_at(&[0u8; 65536], 0).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        assert!(!qcow2_is_empty(&zeroed).unwrap());
+    }
+
+    /// A chain laid out as a library lays it: a VM's overlay over a base, itself an overlay
+    /// over a base, and so on, each naming the next `../../../bases/<n>.vivbase/disks/d`.
+    fn library_shaped_chain(root: &Path, depth: usize) -> PathBuf {
+        let base_dir = |n: usize| root.join(format!("bases/{n:036}.vivbase/disks"));
+        fs::create_dir_all(base_dir(0)).unwrap();
+        let bottom = base_dir(0).join("d");
+        let mut data = vec![0u8; 4 << 20];
+        data[..6].copy_from_slice(b"bottom");
+        fs::write(&bottom, &data).unwrap();
+        let backing = |n: usize| format!("../../../bases/{n:036}.vivbase/disks/d");
+        for n in 1..depth {
+            fs::create_dir_all(base_dir(n)).unwrap();
+            let format = if n == 1 {
+                DiskFormat::Raw
+            } else {
+                DiskFormat::Qcow2
+            };
+            create_overlay(&base_dir(n).join("d"), &backing(n - 1), format, 4 << 20).unwrap();
+        }
+        let disks = root.join("vms/p.vivm/disks");
+        fs::create_dir_all(&disks).unwrap();
+        let top = disks.join("top.qcow2");
+        let format = if depth == 1 {
+            DiskFormat::Raw
+        } else {
+            DiskFormat::Qcow2
+        };
+        create_overlay(&top, &backing(depth - 1), format, 4 << 20).unwrap();
+        top
+    }
+
+    #[test]
+    fn a_deep_chain_opens_with_short_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        // 80 levels: joined without resolving, the deepest path would be about 80 times
+        // `../../../bases/<36>.vivbase/disks/` long, past PATH_MAX (4096).
+        let top = library_shaped_chain(dir.path(), 80);
+        let naive = Qcow2::<imago::file::File>::builder_path(&top)
+            .write(false)
+            .open(PermissiveImplicitOpenGate::default());
+        assert!(
+            naive.is_err(),
+            "joining backing names without resolving them fails on this chain"
+        );
+        let chain = backing_chain(&top).unwrap();
+        assert_eq!(chain.len(), 81);
+        let longest = chain.iter().map(|p| p.as_os_str().len()).max().unwrap();
+        let root_len = fs::canonicalize(dir.path()).unwrap().as_os_str().len();
+        assert!(longest < root_len + 100, "a path of {longest} bytes");
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        let mut buf = [0u8; 6];
+        disk.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"bottom");
+        disk.write_at(b"top!", 0).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        let out = dir.path().join("flat.raw");
+        flatten_to_raw(&top, &out, &NoProgress).unwrap();
+        assert_eq!(&fs::read(&out).unwrap()[..6], b"top!om");
+    }
+
+    #[test]
+    fn a_backing_name_is_switched_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..4].copy_from_slice(b"base");
+        fs::write(&base, &data).unwrap();
+        fs::hard_link(&base, dir.path().join("same-base.raw")).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 4 << 20).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        disk.write_at(b"top", 1 << 20).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        for round in 0..3 {
+            let name = if round % 2 == 0 {
+                "same-base.raw"
+            } else {
+                "base.raw"
+            };
+            set_backing_name(&top, name).unwrap();
+            assert_eq!(backing_file(&top).unwrap().as_deref(), Some(name));
+            let disk = Qcow2Disk::open(&top, true).unwrap();
+            let mut buf = [0u8; 4];
+            disk.read_at(&mut buf, 0).unwrap();
+            assert_eq!(&buf, b"base");
+            disk.read_at(&mut buf[..3], 1 << 20).unwrap();
+            assert_eq!(&buf[..3], b"top");
+        }
+        let raw = dir.path().join("plain.raw");
+        create(&raw, DiskFormat::Raw, 1 << 20).unwrap();
+        assert!(set_backing_name(&raw, "base.raw").is_err());
+        let alone = dir.path().join("alone.qcow2");
+        create(&alone, DiskFormat::Qcow2, 1 << 20).unwrap();
+        assert!(set_backing_name(&alone, "base.raw").is_err());
+    }
+
+    #[test]
+    fn a_backing_chain_that_loops_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.qcow2");
+        let b = dir.path().join("b.qcow2");
+        create_overlay(&a, "b.qcow2", DiskFormat::Qcow2, 1 << 20).unwrap();
+        create_overlay(&b, "a.qcow2", DiskFormat::Qcow2, 1 << 20).unwrap();
+        let err = backing_chain(&a).unwrap_err().to_string();
+        assert!(err.contains("loops"), "{err}");
+        assert!(Qcow2Disk::open(&a, true).is_err());
+        let missing = dir.path().join("c.qcow2");
+        create_overlay(&missing, "gone.raw", DiskFormat::Raw, 1 << 20).unwrap();
+        let err = backing_chain(&missing).unwrap_err().to_string();
+        assert!(err.contains("gone.raw"), "{err}");
+    }
+
+    #[test]
+    fn flattening_an_overlay_of_a_large_empty_base_follows_the_allocation_maps() {
+        const SIZE: u64 = 2 << 40;
+        let dir = tempfile::tempdir().unwrap();
+        // A 2 TiB raw base with 3 MiB of data in two places...
+        let base = dir.path().join("base.raw");
+        create(&base, DiskFormat::Raw, SIZE).unwrap();
+        let file = OpenOptions::new().write(true).open(&base).unwrap();
+        file.write_all_at(&[b'b'; 1 << 20], 0).unwrap();
+        file.write_all_at(&[b'B'; 2 << 20], 1 << 40).unwrap();
+        drop(file);
+        // ...under a qcow2 base with 1 MiB of its own (a clone of a changed VM)...
+        let middle = dir.path().join("middle.qcow2");
+        create_overlay(&middle, "base.raw", DiskFormat::Raw, SIZE).unwrap();
+        let disk = Qcow2Disk::open(&middle, false).unwrap();
+        disk.write_at(&[b'm'; 1 << 20], 3 << 39).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        // ...under the top overlay, which wrote 64 KiB over the base's first MiB.
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "middle.qcow2", DiskFormat::Qcow2, SIZE).unwrap();
+        let disk = Qcow2Disk::open(&top, false).unwrap();
+        disk.write_at(&[b't'; 64 << 10], 0).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+
+        let out = dir.path().join("flat.raw");
+        let started = std::time::Instant::now();
+        flatten_to_raw(&top, &out, &NoProgress).unwrap();
+        let took = started.elapsed();
+        assert!(took.as_secs() < 30, "flattening took {took:?}");
+        assert_eq!(fs::metadata(&out).unwrap().len(), SIZE);
+        let allocated = crate::fsutil::allocated_bytes(&out).unwrap();
+        assert!(
+            (4 << 20..=8 << 20).contains(&allocated),
+            "{allocated} bytes allocated for 4 MiB of data"
+        );
+        let flat = File::open(&out).unwrap();
+        let read = |at: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            flat.read_exact_at(&mut buf, at).unwrap();
+            buf
+        };
+        assert!(read(0, 64 << 10).iter().all(|&b| b == b't'));
+        assert!(
+            read(64 << 10, (1 << 20) - (64 << 10))
+                .iter()
+                .all(|&b| b == b'b')
+        );
+        assert!(read(1 << 20, 4096).iter().all(|&b| b == 0));
+        assert!(read(3 << 39, 1 << 20).iter().all(|&b| b == b'm'));
+        assert!(read(1 << 40, 2 << 20).iter().all(|&b| b == b'B'));
+        assert!(read(SIZE - 4096, 4096).iter().all(|&b| b == 0));
+        eprintln!("flattened a 2 TiB chain holding 4 MiB in {took:?} ({allocated} bytes)");
+    }
+
+    #[test]
+    fn a_cancelled_flatten_leaves_nothing() {
+        struct CancelAtOnce;
+        impl Progress for CancelAtOnce {
+            fn update(&self, _: u64, _: u64) {}
+            fn cancelled(&self) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        fs::write(&base, vec![1u8; 8 << 20]).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&top, "base.raw", DiskFormat::Raw, 8 << 20).unwrap();
+        let out = dir.path().join("flat.raw");
+        let result = flatten_to_raw(&top, &out, &CancelAtOnce);
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert!(!out.exists());
+    }
+
+    #[test]
     fn flatten_reads_through_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
@@ -663,21 +1333,15 @@ pub struct Qcow2Disk {
 }
 
 impl Qcow2Disk {
-    /// Opens `path` and its backing chain.
+    /// Opens `path` and its backing chain (of any depth: see [`backing_chain`]).
     pub fn open(path: &Path, read_only: bool) -> Result<Qcow2Disk> {
-        let image = Qcow2::<imago::file::File>::builder_path(path)
-            .write(!read_only)
-            .open(PermissiveImplicitOpenGate::default())
-            .map_err(|e| {
-                Error::io(
-                    format!("could not open the qcow2 disk `{}`", path.display()),
-                    e,
-                )
-            })?;
-        Ok(Qcow2Disk {
-            access: FormatAccess::new(image),
-            read_only,
-        })
+        let access = open_chain(path, !read_only).map_err(|e| {
+            Error::io(
+                format!("could not open the qcow2 disk `{}`", path.display()),
+                e,
+            )
+        })?;
+        Ok(Qcow2Disk { access, read_only })
     }
 
     /// Size the guest sees, in bytes.
@@ -786,7 +1450,7 @@ mod qcow2_stress_tests {
             .expect("the qcow2 disk hung (no answer within the limit)")
     }
 
-    fn base_with_pattern(dir: &Path, format: DiskFormat) -> (std::path::PathBuf, Vec<u8>) {
+    fn base_with_pattern(dir: &Path, format: DiskFormat) -> (PathBuf, Vec<u8>) {
         let mut rand = Rand(0x9e37_79b9_7f4a_7c15);
         let data: Vec<u8> = (0..SIZE).map(|_| rand.next() as u8).collect();
         let raw = dir.join("base.raw");

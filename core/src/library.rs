@@ -168,19 +168,63 @@ struct LibraryLock {
 }
 
 /// Record of a linked clone in progress, so that a crash can be finished or undone.
+///
+/// Each disk of the parent either gets a new base (its current file becomes the base, and
+/// the parent a new overlay over it) or, when the disk has not changed since its base was
+/// made, reuses that base (the parent keeps its disk; only the clone gets an overlay).
 #[derive(Debug, Serialize, Deserialize)]
 struct LinkedCloneJournal {
     parent: String,
     /// Disk files the parent uses before the operation (relative to its bundle).
     old_disks: Vec<PathBuf>,
-    /// Overlays the parent uses after it (relative to its bundle).
+    /// Disk files the parent uses after it (relative to its bundle): a new overlay, or the
+    /// same file as before for a disk whose base is reused.
     new_disks: Vec<PathBuf>,
-    /// Base folders created by the operation.
+    /// The base of each disk after the operation: created by it, or reused.
     new_bases: Vec<Uuid>,
+    /// The disks whose base is reused (it existed before, so undoing never removes it).
+    /// Journals written before bases were reused have none.
+    #[serde(default)]
+    reused: Vec<ReusedBase>,
     /// The staging folder (under `.staging/`) where the clone's bundle is built.
     clone_staging: Uuid,
     /// The clone's name.
     clone_name: String,
+}
+
+/// A disk of a linked clone whose parent had not changed it since its base was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReusedBase {
+    /// Index of the disk in the parent's configuration.
+    disk: usize,
+    /// The base's file name in `bases/<id>.vivbase/disks/` (the id is in `new_bases`).
+    file: String,
+    /// The base file's format.
+    format: DiskFormat,
+}
+
+impl LinkedCloneJournal {
+    /// How the disk at `index` reuses an existing base, if it does.
+    fn reused(&self, index: usize) -> Option<&ReusedBase> {
+        self.reused.iter().find(|reused| reused.disk == index)
+    }
+
+    /// Whether the operation gives the parent new disks (then the commit point is the
+    /// parent's `vm.toml`; otherwise it is the rename that adds the clone to the library).
+    fn changes_parent(&self) -> bool {
+        (0..self.old_disks.len()).any(|index| self.reused(index).is_none())
+    }
+}
+
+/// A base image that a disk already reads as, found by [`Library::unchanged_base`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnchangedBase {
+    /// The base's id (its folder `bases/<id>.vivbase`).
+    id: Uuid,
+    /// Its file name in the folder's `disks/`.
+    file: String,
+    /// Its format.
+    format: DiskFormat,
 }
 
 impl Library {
@@ -666,18 +710,21 @@ impl Library {
         let staging = self.begin_staging(name)?;
         let bundle = staging.bundle();
         let mut config = Library::clone_config(&source_config, name);
-        let total: u64 = source_config
-            .disks
-            .iter()
-            .map(|d| {
-                fs::metadata(entry.path.join(&d.file))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .sum();
+        // Progress counts what each copy reports: the file's length for a copy, the disk's
+        // size for an overlay flattened through its chain.
+        let progress_len = |d: &DiskConfig| {
+            let path = entry.path.join(&d.file);
+            if disk::backing_file(&path).ok().flatten().is_some() {
+                d.size
+            } else {
+                fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+            }
+        };
+        let total: u64 = source_config.disks.iter().map(progress_len).sum();
         let mut done_before = 0u64;
         for (index, disk_config) in config.disks.iter_mut().enumerate() {
             let src = entry.path.join(&disk_config.file);
+            let this_len = progress_len(disk_config);
             let offset = done_before;
             let sub = SubProgress {
                 inner: progress,
@@ -702,7 +749,7 @@ impl Library {
             tracing::debug!(?method, "cloned {}", src.display());
             let _: CopyMethod = method;
             disk_config.file = file;
-            done_before += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+            done_before += this_len;
         }
         copy_bundle_boot_files(&config, &entry.path, &bundle)?;
         config.validate()?;
@@ -731,22 +778,27 @@ impl Library {
         let result = self
             .prepare_linked_clone(&entry.path, &parent, &journal, name)
             .and_then(|(parent_after, clone)| {
-                // Commit point: the parent now runs on its overlay.
-                atomic_write(
-                    &entry.path.join(CONFIG_FILE),
-                    parent_after.to_toml().as_bytes(),
-                )?;
+                if journal.changes_parent() {
+                    // Commit point: the parent now runs on its overlays.
+                    atomic_write(
+                        &entry.path.join(CONFIG_FILE),
+                        parent_after.to_toml().as_bytes(),
+                    )?;
+                }
+                // With every base reused, the parent is untouched, and the commit point is
+                // the rename in here that adds the clone to the library.
                 self.finish_linked_clone(&journal)?;
+                Ok((parent_after, clone))
+            });
+        match result {
+            Ok((parent_after, clone)) => {
+                let _ = fs::remove_file(&journal_path);
+                let _ = sync_dir(&self.journal_dir());
+                self.normalize_reused_overlays(&entry.path, parent_after, &journal);
                 Ok(Outcome {
                     config: clone,
                     warnings: Vec::new(),
                 })
-            });
-        match result {
-            Ok(outcome) => {
-                let _ = fs::remove_file(&journal_path);
-                let _ = sync_dir(&self.journal_dir());
-                Ok(outcome)
             }
             Err(e) => {
                 // Undo whatever was done, from the journal, exactly as recovery would.
@@ -774,15 +826,28 @@ impl Library {
             old_disks: parent.disks.iter().map(|d| d.file.clone()).collect(),
             new_disks: Vec::new(),
             new_bases: Vec::new(),
+            reused: Vec::new(),
             clone_staging: journal_id,
             clone_name: name.to_string(),
         };
         let short = &journal_id.simple().to_string()[..8];
-        for (index, _) in parent.disks.iter().enumerate() {
-            journal
-                .new_disks
-                .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
-            journal.new_bases.push(Uuid::new_v4());
+        let parent_path = self.bundle_path(source);
+        for (index, disk_config) in parent.disks.iter().enumerate() {
+            let current = parent_path.join(&disk_config.file);
+            if let Some(base) = self.unchanged_base(&current, disk_config.size)? {
+                journal.new_disks.push(disk_config.file.clone());
+                journal.new_bases.push(base.id);
+                journal.reused.push(ReusedBase {
+                    disk: index,
+                    file: base.file,
+                    format: base.format,
+                });
+            } else {
+                journal
+                    .new_disks
+                    .push(PathBuf::from(format!("disks/disk{index}-{short}.qcow2")));
+                journal.new_bases.push(Uuid::new_v4());
+            }
         }
         let journal_path = self.journal_dir().join(format!("{journal_id}.toml"));
         let journal_text = toml::to_string(&journal).expect("journal serialises");
@@ -811,6 +876,24 @@ impl Library {
         let mut clone = Library::clone_config(parent, name);
         for (index, disk_config) in parent.disks.iter().enumerate() {
             let base_id = journal.new_bases[index];
+            let clone_file = PathBuf::from(format!("disks/disk{index}.qcow2"));
+            if let Some(reused) = journal.reused(index) {
+                // The parent's disk reads exactly as this base: the clone gets an overlay
+                // over it and the parent keeps its disk, so the chain does not grow.
+                disk::create_overlay(
+                    &staging_bundle.join(&clone_file),
+                    &base_backing_path(base_id, &reused.file),
+                    reused.format,
+                    disk_config.size,
+                )?;
+                clone.disks[index] = DiskConfig {
+                    file: clone_file,
+                    format: DiskFormat::Qcow2,
+                    base: Some(base_id),
+                    ..disk_config.clone()
+                };
+                continue;
+            }
             let current = parent_path.join(&disk_config.file);
             let file_name = current
                 .file_name()
@@ -821,6 +904,17 @@ impl Library {
                 .join("disks");
             fs::create_dir_all(&base_dir)
                 .map_err(|e| Error::io("could not create a base image folder", e))?;
+            // A changed disk of a library from before bases were reused may still reach its
+            // base through empty overlays: it names the lowest equal base before it becomes
+            // a base itself, so the chain is as deep as the changes.
+            if let Some(shorter) = self.shortened_backing(&current, disk_config.size)
+                && let Err(e) = disk::set_backing_name(&current, &shorter)
+            {
+                tracing::warn!(
+                    "could not shorten the backing chain of `{}`: {e}",
+                    current.display()
+                );
+            }
             // The base shares the parent's current disk file (a hard link, so instant);
             // base paths resolve the same from `vms/X/disks/` and `bases/Y/disks/`, so a
             // qcow2 overlay's own backing path stays valid when it becomes a base.
@@ -831,10 +925,7 @@ impl Library {
                 )
             })?;
             sync_dir(&base_dir).map_err(|e| Error::io("could not sync a base folder", e))?;
-            let backing = format!(
-                "../../../bases/{base_id}.{BASE_EXTENSION}/disks/{}",
-                file_name.to_string_lossy()
-            );
+            let backing = base_backing_path(base_id, &file_name.to_string_lossy());
             let parent_overlay = parent_path.join(&journal.new_disks[index]);
             disk::create_overlay(
                 &parent_overlay,
@@ -842,7 +933,6 @@ impl Library {
                 disk_config.format,
                 disk_config.size,
             )?;
-            let clone_file = PathBuf::from(format!("disks/disk{index}.qcow2"));
             disk::create_overlay(
                 &staging_bundle.join(&clone_file),
                 &backing,
@@ -877,6 +967,10 @@ impl Library {
     fn finish_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
         let parent_path = self.bundle_path(&journal.parent);
         for (index, old) in journal.old_disks.iter().enumerate() {
+            if journal.reused(index).is_some() {
+                // The parent keeps this disk, and the base was read-only already.
+                continue;
+            }
             let old_path = parent_path.join(old);
             if old_path.exists() {
                 fs::remove_file(&old_path).map_err(|e| {
@@ -915,24 +1009,34 @@ impl Library {
     }
 
     /// Finishes (after its commit point) or undoes (before it) an interrupted linked clone.
+    ///
+    /// When every base is reused, the parent never changes and the commit point is the rename
+    /// that adds the clone: a clone still in staging is removed (it may be incomplete), one
+    /// already in the library stays.
     fn recover_linked_clone(&self, journal: &LinkedCloneJournal) -> Result<()> {
         let parent_path = self.bundle_path(&journal.parent);
-        let committed = read_config(&parent_path)
-            .map(|config| {
-                config
-                    .disks
-                    .iter()
-                    .map(|d| &d.file)
-                    .eq(journal.new_disks.iter())
-            })
-            .unwrap_or(false);
+        let committed = journal.changes_parent()
+            && read_config(&parent_path)
+                .map(|config| {
+                    config
+                        .disks
+                        .iter()
+                        .map(|d| &d.file)
+                        .eq(journal.new_disks.iter())
+                })
+                .unwrap_or(false);
         if committed {
             return self.finish_linked_clone(journal);
         }
-        for new in &journal.new_disks {
-            let _ = fs::remove_file(parent_path.join(new));
+        for (index, new) in journal.new_disks.iter().enumerate() {
+            if journal.reused(index).is_none() {
+                let _ = fs::remove_file(parent_path.join(new));
+            }
         }
-        for base in &journal.new_bases {
+        for (index, base) in journal.new_bases.iter().enumerate() {
+            if journal.reused(index).is_some() {
+                continue;
+            }
             let dir = self.bases_dir().join(format!("{base}.{BASE_EXTENSION}"));
             if dir.exists() {
                 fs::remove_dir_all(&dir)
@@ -941,6 +1045,140 @@ impl Library {
         }
         let _ = fs::remove_dir_all(self.staging_dir().join(journal.clone_staging.to_string()));
         Ok(())
+    }
+
+    /// The bases that read exactly as the base file `base` (of `size` bytes), top first:
+    /// `base` itself, then, while the last one is an empty qcow2 overlay (see
+    /// [`disk::qcow2_is_empty`]) over another base of this library of the same size, that
+    /// base. Libraries made before bases were reused have chains of such empty bases, one per
+    /// clone. Empty when `base` is no base of this library of that size.
+    fn equal_bases(&self, base: &Path, size: u64) -> Result<Vec<UnchangedBase>> {
+        let mut equal = Vec::new();
+        let mut current = base.to_path_buf();
+        for _ in 0..disk::MAX_CHAIN_DEPTH {
+            let Some((id, file)) = self.base_file_of(&current) else {
+                break;
+            };
+            let Ok(info) = disk::probe(&current) else {
+                break;
+            };
+            if info.virtual_size != size {
+                break;
+            }
+            equal.push(UnchangedBase {
+                id,
+                file,
+                format: info.format,
+            });
+            if !disk::qcow2_is_empty(&current)? {
+                break;
+            }
+            let Some(below) = backing_target(&current)? else {
+                break;
+            };
+            current = below;
+        }
+        Ok(equal)
+    }
+
+    /// The base image that the disk file `disk` (of `size` bytes) reads exactly as, if there is
+    /// one: `disk` is a qcow2 overlay with nothing of its own (no cluster written since it was
+    /// made) over a base of this library of the same size; of the bases that read the same
+    /// ([`Library::equal_bases`]), the lowest. `None` when the disk changed, or is not an
+    /// overlay of a base: then a linked clone needs a new base.
+    fn unchanged_base(&self, disk: &Path, size: u64) -> Result<Option<UnchangedBase>> {
+        if !disk::probe(disk).is_ok_and(|info| info.virtual_size == size)
+            || !disk::qcow2_is_empty(disk)?
+        {
+            return Ok(None);
+        }
+        let Some(target) = backing_target(disk)? else {
+            return Ok(None);
+        };
+        Ok(self.equal_bases(&target, size)?.pop())
+    }
+
+    /// The backing name that the overlay `disk` (of `size` bytes) should have when it is not
+    /// the one it has: of the bases that read as the one it names ([`Library::equal_bases`]),
+    /// the lowest of the same format, in the normalised form. `None` when the disk is no
+    /// overlay of a base, or already names that one that way.
+    fn shortened_backing(&self, disk: &Path, size: u64) -> Option<String> {
+        let backing = disk::backing_file(disk).ok()??;
+        let target = backing_target(disk).ok()??;
+        let equal = self.equal_bases(&target, size).ok()?;
+        let format = equal.first()?.format;
+        let lowest = equal.iter().rev().find(|base| base.format == format)?;
+        let wanted = base_backing_path(lowest.id, &lowest.file);
+        (wanted != backing).then_some(wanted)
+    }
+
+    /// The base id and file name of `file` when it is a base image of this library
+    /// (`bases/<id>.vivbase/disks/<file>`, lexically normalised).
+    fn base_file_of(&self, file: &Path) -> Option<(Uuid, String)> {
+        let rest = file.strip_prefix(normalize(&self.bases_dir())).ok()?;
+        let parts: Vec<&str> = rest
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect::<Option<_>>()?;
+        let [folder, "disks", name] = parts.as_slice() else {
+            return None;
+        };
+        let id = folder.strip_suffix(&format!(".{BASE_EXTENSION}"))?;
+        Some((Uuid::parse_str(id).ok()?, name.to_string()))
+    }
+
+    /// After a linked clone that reused bases: points each reused parent disk straight at its
+    /// base with the short, normalised backing path, where it still reaches the base through
+    /// empty overlays or names it another way (libraries from before bases were reused), and
+    /// records the base in the parent's `vm.toml`. The disk is replaced by an equal empty
+    /// overlay with one rename, so a crash leaves the old or the new one, both right; a
+    /// failure only leaves the longer chain, which still works. Bases that nothing reaches
+    /// any more are then collected. Needs the library and parent locks held.
+    fn normalize_reused_overlays(
+        &self,
+        parent_path: &Path,
+        mut parent_after: VmConfig,
+        journal: &LinkedCloneJournal,
+    ) {
+        let mut repaired = false;
+        let mut config_changed = false;
+        for reused in &journal.reused {
+            let index = reused.disk;
+            let base_id = journal.new_bases[index];
+            let wanted = base_backing_path(base_id, &reused.file);
+            let Some(disk_config) = parent_after.disks.get_mut(index) else {
+                continue;
+            };
+            let current = parent_path.join(&disk_config.file);
+            if disk::backing_file(&current).ok().flatten().as_deref() != Some(wanted.as_str()) {
+                match replace_with_empty_overlay(&current, &wanted, reused.format, disk_config.size)
+                {
+                    Ok(()) => repaired = true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "could not shorten the backing chain of `{}`: {e}",
+                            current.display()
+                        );
+                        continue;
+                    }
+                }
+            }
+            if disk_config.base != Some(base_id) {
+                disk_config.base = Some(base_id);
+                config_changed = true;
+            }
+        }
+        if config_changed
+            && let Err(e) = atomic_write(
+                &parent_path.join(CONFIG_FILE),
+                parent_after.to_toml().as_bytes(),
+            )
+        {
+            tracing::warn!("could not record the parent's base in its vm.toml: {e}");
+        }
+        if repaired && let Err(e) = self.collect_unused_bases() {
+            tracing::warn!("could not remove unused base images: {e}");
+        }
     }
 
     /// Reserves `name` and returns a staging folder to build a bundle in. The name stays
@@ -1348,7 +1586,8 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// Removes temporary files left by an interrupted [`atomic_write`] in a bundle.
+/// Removes temporary files left in a bundle by an interrupted [`atomic_write`] of its
+/// configuration or [`replace_with_empty_overlay`] of a disk.
 fn remove_temporaries(bundle: &Path) {
     if let Ok(entries) = fs::read_dir(bundle) {
         for entry in entries.flatten() {
@@ -1359,6 +1598,71 @@ fn remove_temporaries(bundle: &Path) {
             }
         }
     }
+    if let Ok(entries) = fs::read_dir(bundle.join("disks")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(REPAIR_MARK) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Marks the temporary file of [`replace_with_empty_overlay`] (removed by recovery).
+const REPAIR_MARK: &str = ".repair-";
+
+/// The backing path that every overlay over a base names: relative, so it resolves the same
+/// from `vms/X.vivm/disks/` and from `bases/Y.vivbase/disks/`, and always this short.
+fn base_backing_path(base: Uuid, file: &str) -> String {
+    format!("../../../bases/{base}.{BASE_EXTENSION}/disks/{file}")
+}
+
+/// Replaces the empty qcow2 overlay `disk` by a new empty overlay of `size` bytes over
+/// `backing`, with one rename. The caller makes sure the two read the same (see
+/// [`Library::unchanged_base`]) and that nothing has the disk open.
+fn replace_with_empty_overlay(
+    disk: &Path,
+    backing: &str,
+    format: DiskFormat,
+    size: u64,
+) -> Result<()> {
+    if !disk::qcow2_is_empty(disk)? {
+        return Err(Error::InvalidInput(format!(
+            "`{}` holds data of its own",
+            disk.display()
+        )));
+    }
+    let (Some(dir), Some(name)) = (disk.parent(), disk.file_name()) else {
+        return Err(Error::InvalidInput(format!(
+            "`{}` is not a disk file",
+            disk.display()
+        )));
+    };
+    let temporary = dir.join(format!(
+        ".{}{REPAIR_MARK}{}",
+        name.to_string_lossy(),
+        Uuid::new_v4().simple()
+    ));
+    disk::create_overlay(&temporary, backing, format, size)?;
+    let renamed = fs::rename(&temporary, disk).and_then(|()| sync_dir(dir));
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&temporary);
+        return Err(Error::io(
+            format!("could not replace `{}`", disk.display()),
+            e,
+        ));
+    }
+    Ok(())
+}
+
+/// The file that the qcow2 overlay `disk` names as its backing file, resolved lexically from
+/// the overlay's folder (as [`Library::collect_unused_bases`] does); `None` without one.
+fn backing_target(disk: &Path) -> Result<Option<PathBuf>> {
+    let Some(backing) = disk::backing_file(disk)? else {
+        return Ok(None);
+    };
+    Ok(disk.parent().map(|dir| normalize(&dir.join(backing))))
 }
 
 /// Resolves `.` and `..` components without touching the file system.
@@ -1512,6 +1816,437 @@ mod tests {
         assert_eq!(count(library.bases_dir()), 1);
         assert_eq!(count(library.staging_dir()), 0);
         assert_eq!(count(library.journal_dir()), 0);
+    }
+
+    /// The first `len` bytes the guest of VM `name` reads from its first disk.
+    fn guest_reads(library: &Library, name: &str, len: usize) -> Vec<u8> {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        let path = library.bundle_path(name).join(&config.disks[0].file);
+        let mut buf = vec![0u8; len];
+        match config.disks[0].format {
+            DiskFormat::Raw => File::open(path)
+                .unwrap()
+                .read_exact_at(&mut buf, 0)
+                .unwrap(),
+            DiskFormat::Qcow2 => disk::Qcow2Disk::open(&path, true)
+                .unwrap()
+                .read_at(&mut buf, 0)
+                .unwrap(),
+        }
+        buf
+    }
+
+    /// Writes `data` at the start of VM `name`'s first disk, as its guest would.
+    fn guest_writes(library: &Library, name: &str, data: &[u8]) {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        let path = library.bundle_path(name).join(&config.disks[0].file);
+        let disk = disk::Qcow2Disk::open(&path, false).unwrap();
+        disk.write_at(data, 0).unwrap();
+        disk.flush().unwrap();
+    }
+
+    fn first_disk(library: &Library, name: &str) -> PathBuf {
+        let config = read_config(&library.bundle_path(name)).unwrap();
+        library.bundle_path(name).join(&config.disks[0].file)
+    }
+
+    fn linked(library: &Library, parent: &str, name: &str) -> VmConfig {
+        library
+            .clone_vm(parent, name, CloneMode::Linked, &NoProgress)
+            .unwrap()
+            .config
+    }
+
+    /// A backing path as every overlay over a base must name it.
+    fn assert_normalised(backing: &str) {
+        let rest = backing
+            .strip_prefix("../../../bases/")
+            .unwrap_or_else(|| panic!("not normalised: {backing}"));
+        let (folder, file) = rest.split_once(".vivbase/disks/").unwrap();
+        Uuid::parse_str(folder).unwrap();
+        assert!(!file.contains('/'), "{backing}");
+        assert!(backing.len() <= 100, "{backing}");
+    }
+
+    #[test]
+    fn linked_clones_of_an_unchanged_vm_share_one_base() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        let first = linked(&library, "parent", "c0");
+        assert_eq!(count(library.bases_dir()), 1);
+        let parent_disk = first_disk(&library, "parent");
+        let parent_config = read_config(&library.bundle_path("parent")).unwrap();
+        for i in 1..100 {
+            let clone = linked(&library, "parent", &format!("c{i}"));
+            assert_eq!(clone.disks[0].base, first.disks[0].base);
+        }
+        assert_eq!(count(library.bases_dir()), 1, "one base for all clones");
+        assert_eq!(
+            read_config(&library.bundle_path("parent")).unwrap(),
+            parent_config,
+            "the parent keeps its empty overlay"
+        );
+        assert_eq!(first_disk(&library, "parent"), parent_disk);
+        for name in ["parent", "c1", "c99"] {
+            let disk = first_disk(&library, name);
+            assert_eq!(disk::backing_chain(&disk).unwrap().len(), 2, "{name}");
+            assert_normalised(&disk::backing_file(&disk).unwrap().unwrap());
+            assert_eq!(guest_reads(&library, name, 13), b"precious data");
+        }
+        // A clone of a clone that never ran reads the same base too.
+        linked(&library, "c5", "grandchild");
+        assert_eq!(count(library.bases_dir()), 1);
+        let disk = first_disk(&library, "grandchild");
+        assert_eq!(disk::backing_chain(&disk).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_changed_vm_gets_a_new_base_and_chains_grow_with_changes_only() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "before");
+        guest_writes(&library, "parent", b"changed data!");
+        linked(&library, "parent", "after");
+        assert_eq!(count(library.bases_dir()), 2, "the change made a new base");
+        assert_eq!(guest_reads(&library, "before", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "after", 13), b"changed data!");
+        assert_eq!(guest_reads(&library, "parent", 13), b"changed data!");
+        // Ten rounds of (change, three clones): the depth follows the changes.
+        for round in 0..10 {
+            guest_writes(&library, "parent", format!("round {round:>6}!").as_bytes());
+            for i in 0..3 {
+                linked(&library, "parent", &format!("r{round}-{i}"));
+            }
+        }
+        assert_eq!(count(library.bases_dir()), 12);
+        let parent_chain = disk::backing_chain(&first_disk(&library, "parent")).unwrap();
+        assert_eq!(
+            parent_chain.len(),
+            13,
+            "raw base + 11 changed overlays + the top"
+        );
+        assert_eq!(guest_reads(&library, "r9-2", 13), b"round      9!");
+        assert_eq!(guest_reads(&library, "r4-0", 13), b"round      4!");
+        for file in parent_chain.iter().skip(1) {
+            if let Some(backing) = disk::backing_file(file).unwrap() {
+                assert_normalised(&backing);
+            }
+        }
+        // Deleting clones keeps every base some chain still reaches.
+        for round in 0..10 {
+            for i in 0..3 {
+                library.delete(&format!("r{round}-{i}")).unwrap();
+            }
+        }
+        assert_eq!(
+            count(library.bases_dir()),
+            12,
+            "the parent's chain needs them all"
+        );
+        assert_eq!(guest_reads(&library, "parent", 13), b"round      9!");
+        library.delete("parent").unwrap();
+        assert_eq!(
+            count(library.bases_dir()),
+            2,
+            "the bases of `before` and `after`"
+        );
+        library.delete("after").unwrap();
+        assert_eq!(count(library.bases_dir()), 1);
+        assert_eq!(guest_reads(&library, "before", 13), b"precious data");
+    }
+
+    /// A linked clone exactly as Vivarium made them before bases were reused: the parent's
+    /// current disk becomes a new base every time, whether or not it changed, and keeps the
+    /// backing name it has.
+    fn linked_clone_making_a_new_base(library: &Library, parent: &str, name: &str) {
+        let bundle = library.bundle_path(parent);
+        let mut config = read_config(&bundle).unwrap();
+        let disk = config.disks[0].clone();
+        let current = bundle.join(&disk.file);
+        let file_name = current.file_name().unwrap().to_string_lossy().into_owned();
+        let base_id = Uuid::new_v4();
+        let base_dir = library
+            .bases_dir()
+            .join(format!("{base_id}.{BASE_EXTENSION}/disks"));
+        fs::create_dir_all(&base_dir).unwrap();
+        fs::hard_link(&current, base_dir.join(&file_name)).unwrap();
+        let backing = base_backing_path(base_id, &file_name);
+        let overlay = PathBuf::from(format!(
+            "disks/disk0-{}.qcow2",
+            &Uuid::new_v4().simple().to_string()[..8]
+        ));
+        disk::create_overlay(&bundle.join(&overlay), &backing, disk.format, disk.size).unwrap();
+        let clone_bundle = library.bundle_path(name);
+        fs::create_dir_all(clone_bundle.join("disks")).unwrap();
+        disk::create_overlay(
+            &clone_bundle.join("disks/disk0.qcow2"),
+            &backing,
+            disk.format,
+            disk.size,
+        )
+        .unwrap();
+        let mut clone = Library::clone_config(&config, name);
+        clone.disks[0] = DiskConfig {
+            file: "disks/disk0.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            base: Some(base_id),
+            ..disk.clone()
+        };
+        atomic_write(&clone_bundle.join(CONFIG_FILE), clone.to_toml().as_bytes()).unwrap();
+        config.disks[0] = DiskConfig {
+            file: overlay,
+            format: DiskFormat::Qcow2,
+            base: Some(base_id),
+            ..disk
+        };
+        atomic_write(&bundle.join(CONFIG_FILE), config.to_toml().as_bytes()).unwrap();
+        fs::remove_file(current).unwrap();
+    }
+
+    #[test]
+    fn libraries_with_a_base_per_clone_keep_working_and_are_shortened_when_cloned() {
+        let (_dir, library) = library();
+        new_vm(&library, "p");
+        // 70 clones made the old way: the parent's chain is 71 files deep, past what a
+        // qcow2 library that joins backing names without resolving them can open.
+        for i in 0..70 {
+            linked_clone_making_a_new_base(&library, "p", &format!("old{i}"));
+        }
+        assert_eq!(count(library.bases_dir()), 70);
+        let deep = disk::backing_chain(&first_disk(&library, "p")).unwrap();
+        assert_eq!(deep.len(), 71);
+        let library = Library::open(library.root()).unwrap();
+        for name in ["p", "old0", "old69"] {
+            assert_eq!(guest_reads(&library, name, 13), b"precious data", "{name}");
+        }
+        // The next clone reuses the lowest base (all above it are empty overlays), and the
+        // parent's overlay is pointed straight at it.
+        let clone = linked(&library, "p", "new");
+        let parent_disk = first_disk(&library, "p");
+        assert_eq!(disk::backing_chain(&parent_disk).unwrap().len(), 2);
+        assert_normalised(&disk::backing_file(&parent_disk).unwrap().unwrap());
+        let new_disk = first_disk(&library, "new");
+        assert_eq!(disk::backing_chain(&new_disk).unwrap().len(), 2);
+        let parent_config = read_config(&library.bundle_path("p")).unwrap();
+        assert_eq!(parent_config.disks[0].base, clone.disks[0].base);
+        assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "new", 13), b"precious data");
+        // The old clones still need their bases; once they are gone, one base remains.
+        assert_eq!(count(library.bases_dir()), 70);
+        assert_eq!(guest_reads(&library, "old69", 13), b"precious data");
+        for i in 0..70 {
+            library.delete(&format!("old{i}")).unwrap();
+        }
+        assert_eq!(count(library.bases_dir()), 1);
+        guest_writes(&library, "new", b"the new clone");
+        assert_eq!(guest_reads(&library, "p", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_changed_disk_over_a_chain_of_empty_bases_names_the_lowest_when_it_becomes_a_base() {
+        let (_dir, library) = library();
+        new_vm(&library, "p");
+        linked(&library, "p", "first");
+        guest_writes(&library, "p", b"second state!");
+        linked(&library, "p", "second");
+        // From here on, old-style clones: 60 empty qcow2 bases over the qcow2 base with
+        // "second state!", itself over the raw base.
+        for i in 0..60 {
+            linked_clone_making_a_new_base(&library, "p", &format!("old{i}"));
+        }
+        assert_eq!(
+            disk::backing_chain(&first_disk(&library, "p"))
+                .unwrap()
+                .len(),
+            63
+        );
+        guest_writes(&library, "p", b"third state!!");
+        let third = linked(&library, "p", "third");
+        // The changed disk became a base naming the lowest qcow2 base with its contents, so
+        // the chain is: new overlay, that base, the "second state!" base, the raw base.
+        for name in ["p", "third"] {
+            let disk = first_disk(&library, name);
+            let chain = disk::backing_chain(&disk).unwrap();
+            assert_eq!(chain.len(), 4, "{name}: {chain:?}");
+            for file in &chain[..3] {
+                assert_normalised(&disk::backing_file(file).unwrap().unwrap());
+            }
+            assert_eq!(guest_reads(&library, name, 13), b"third state!!");
+        }
+        assert_eq!(
+            third.disks[0].base,
+            read_config(&library.bundle_path("p")).unwrap().disks[0].base
+        );
+        for name in ["first", "old0", "old59"] {
+            let expected: &[u8] = if name == "first" {
+                b"precious data"
+            } else {
+                b"second state!"
+            };
+            assert_eq!(guest_reads(&library, name, 13), expected, "{name}");
+        }
+        assert_eq!(guest_reads(&library, "second", 13), b"second state!");
+        for i in 0..60 {
+            library.delete(&format!("old{i}")).unwrap();
+        }
+        assert_eq!(count(library.bases_dir()), 3, "raw, second, third");
+        assert_eq!(guest_reads(&library, "third", 13), b"third state!!");
+    }
+
+    #[test]
+    fn a_full_clone_of_a_linked_clone_of_a_large_disk_is_sparse_and_fast() {
+        let (_dir, library) = library();
+        let kernel = library.root().join("kernel");
+        fs::write(&kernel, b"kernel").unwrap();
+        let mut spec = NewVm::with_defaults(
+            "big",
+            BootSource::Linux {
+                kernel,
+                initrd: None,
+                cmdline: String::new(),
+            },
+        );
+        spec.disk = NewDisk::Blank {
+            size: 2 << 40,
+            format: DiskFormat::Raw,
+        };
+        library.create(&spec, &NoProgress).unwrap();
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(first_disk(&library, "big"))
+            .unwrap();
+        raw.write_all_at(&[7u8; 2 << 20], 1 << 40).unwrap();
+        drop(raw);
+        linked(&library, "big", "linked");
+        guest_writes(&library, "linked", &[9u8; 1 << 20]);
+        let started = std::time::Instant::now();
+        library
+            .clone_vm("linked", "full", CloneMode::Full, &NoProgress)
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took.as_secs() < 30, "the full clone took {took:?}");
+        let full = first_disk(&library, "full");
+        assert_eq!(disk::backing_file(&full).unwrap(), None);
+        assert_eq!(fs::metadata(&full).unwrap().len(), 2 << 40);
+        let allocated = crate::fsutil::allocated_bytes(&full).unwrap();
+        assert!(
+            (3 << 20..=6 << 20).contains(&allocated),
+            "{allocated} bytes for 3 MiB of data"
+        );
+        let mut buf = vec![0u8; 2 << 20];
+        File::open(&full)
+            .unwrap()
+            .read_exact_at(&mut buf, 1 << 40)
+            .unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        assert_eq!(guest_reads(&library, "full", 4), [9u8; 4]);
+    }
+
+    #[test]
+    fn a_linked_clone_reusing_a_base_interrupted_before_its_rename_is_undone() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let parent = read_config(&library.bundle_path("parent")).unwrap();
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "second")
+            .unwrap();
+        assert_eq!(journal.reused.len(), 1, "the parent did not change");
+        assert!(!journal.changes_parent());
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "second")
+            .unwrap();
+        // "Crash": the clone is staged, not yet in the library.
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["first", "parent"]);
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 1, "the reused base is kept");
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
+        assert_eq!(guest_reads(&library, "first", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_linked_clone_reusing_a_base_interrupted_after_its_rename_is_kept() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let parent = read_config(&library.bundle_path("parent")).unwrap();
+        let (journal, _) = library
+            .plan_linked_clone("parent", &parent, "second")
+            .unwrap();
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "second")
+            .unwrap();
+        // The commit point of a clone that reuses every base: its bundle enters the library.
+        fs::rename(
+            library
+                .staging_dir()
+                .join(journal.clone_staging.to_string())
+                .join("bundle"),
+            library.bundle_path("second"),
+        )
+        .unwrap();
+        let library = Library::open(library.root()).unwrap();
+        let names: Vec<String> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["first", "parent", "second"]);
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 1);
+        assert_eq!(count(library.staging_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "second", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_journal_from_before_bases_were_reused_still_recovers() {
+        let (_dir, library) = library();
+        let parent = new_vm(&library, "parent");
+        let (journal, path) = library
+            .plan_linked_clone("parent", &parent, "child")
+            .unwrap();
+        library
+            .prepare_linked_clone(&library.bundle_path("parent"), &parent, &journal, "child")
+            .unwrap();
+        // Such a journal has no `reused` key.
+        let text = fs::read_to_string(&path).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|line| !line.starts_with("reused"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_ne!(old, text);
+        fs::write(&path, old).unwrap();
+        let library = Library::open(library.root()).unwrap();
+        assert_eq!(read_config(&library.bundle_path("parent")).unwrap(), parent);
+        assert_eq!(count(library.bases_dir()), 0);
+        assert_eq!(count(library.journal_dir()), 0);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
+    }
+
+    #[test]
+    fn a_repair_interrupted_before_its_rename_leaves_no_file() {
+        let (_dir, library) = library();
+        new_vm(&library, "parent");
+        linked(&library, "parent", "first");
+        let disks = library.bundle_path("parent").join("disks");
+        let leftover = disks.join(format!(".disk0-x.qcow2{REPAIR_MARK}0123"));
+        fs::write(&leftover, b"half-made overlay").unwrap();
+        let library = Library::open(library.root()).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(count(disks), 1);
+        assert_eq!(guest_reads(&library, "parent", 13), b"precious data");
     }
 
     #[test]

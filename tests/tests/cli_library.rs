@@ -383,11 +383,29 @@ fn full_and_linked_clones_match_their_source_and_diverge_independently() {
     );
     assert_qemu_img_ok(&["compare", "-F", "raw", &linked_overlay, &reference]);
 
-    // A linked clone of a linked clone, then the middle generations go away.
+    let bases = || fs::read_dir(lib.home().join("bases")).unwrap().count();
+    // A linked clone of the changed parent takes a new base (the changed overlay); one of
+    // the unchanged `linked` reuses the base `linked` reads (its overlay stays empty).
+    lib.ok(&["clone", "parent", "changed", "--linked"]);
+    let changed = disk_of(&lib, "changed");
+    assert_qemu_img_ok(&["check", &changed]);
+    assert_qemu_img_ok(&["compare", &disk_of(&lib, "parent"), &changed]);
     lib.ok(&["clone", "linked", "grandchild", "--linked"]);
     assert_qemu_img_ok(&["check", &disk_of(&lib, "grandchild")]);
+    assert_eq!(
+        bases(),
+        2,
+        "the original disk, and the parent's changed one"
+    );
+    assert_eq!(
+        lib.json(&["info", "grandchild"])["config"]["disks"][0]["base"],
+        info["config"]["disks"][0]["base"],
+        "the grandchild shares the base of its unchanged parent"
+    );
+    // Then the middle generations go away.
     lib.ok(&["delete", "linked"]);
     lib.ok(&["delete", "parent"]);
+    lib.ok(&["delete", "changed"]);
     let grandchild = disk_of(&lib, "grandchild");
     assert_qemu_img_ok(&["compare", "-F", "raw", &grandchild, &reference]);
 
@@ -406,12 +424,7 @@ fn full_and_linked_clones_match_their_source_and_diverge_independently() {
     ]);
 
     // Bases live exactly as long as a VM uses them.
-    let bases = || fs::read_dir(lib.home().join("bases")).unwrap().count();
-    assert_eq!(
-        bases(),
-        2,
-        "grandchild still uses both generations of bases"
-    );
+    assert_eq!(bases(), 1, "grandchild still uses the original base");
     lib.ok(&["delete", "grandchild"]);
     assert_eq!(bases(), 0);
     assert_qemu_img_ok(&[
