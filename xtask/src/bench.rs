@@ -26,7 +26,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("app") => crate::bench_app::run(),
         Some("display") => crate::bench_display::run(),
         Some("installer") => crate::bench_installer::run(),
-        _ => Err("usage: cargo xtask bench clone|boot|app|display|installer".into()),
+        Some("firmware") => crate::bench_firmware::run(),
+        _ => Err("usage: cargo xtask bench clone|boot|app|display|installer|firmware".into()),
     }
 }
 

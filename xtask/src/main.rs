@@ -16,6 +16,7 @@ mod bench;
 mod bench_app;
 mod bench_boot;
 mod bench_display;
+mod bench_firmware;
 mod bench_installer;
 mod fixtures;
 mod rig;
