@@ -791,7 +791,8 @@ fn finish(child: &mut Child, grace: Duration) {
 /// The guest fixtures for the rig test `test`, or `None` after saying loudly why the test is
 /// skipped (no QEMU, no fixtures, or `extra`, another missing prerequisite of the test). With
 /// `VIVARIUM_REQUIRE_RIG=1` (as `cargo xtask test` sets) a missing prerequisite fails the
-/// test instead: CI must not count a rig test that could not run as passed.
+/// test instead: CI must not count a rig test that could not run as passed ([`crate::gate`]).
+#[track_caller]
 pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
     let prerequisites = missing_prerequisite()
         .or(extra)
@@ -799,13 +800,8 @@ pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
         .unwrap_or_else(Fixtures::locate);
     match prerequisites {
         Ok(fixtures) => Some(fixtures),
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
         Err(reason) => {
-            crate::guest_disk::loud(&format!(
-                "SKIPPED: {test}: {reason} (cargo xtask test sets this up)"
-            ));
+            crate::gate::skip(test, &format!("{reason} (cargo xtask test sets this up)"));
             None
         }
     }
