@@ -1,6 +1,6 @@
 //! The one rule for tests that cannot run on every machine: a usable `/dev/kvm` (the
 //! hand-made guests and the VM processes that run them), the nested rig and its fixtures, the
-//! installer ISO, `passt`, a real X server.
+//! installer ISO, the BIOS disk, firmware files, `passt`, a real X server.
 //!
 //! When a prerequisite is missing the test is skipped, and says so loudly past the harness's
 //! output capture (`SKIPPED: <test>: <reason>`; libtest cannot mark a test skipped at run
@@ -82,6 +82,18 @@ pub fn program_missing(program: &str, package: &str) -> Option<String> {
     })
 }
 
+/// Why the file at `path` (firmware, say) cannot be used (it is missing), with the Debian
+/// package that has it.
+pub fn file_missing(path: impl AsRef<std::path::Path>, package: &str) -> Option<String> {
+    let path = path.as_ref();
+    (!path.is_file()).then(|| {
+        format!(
+            "{} is missing (Debian package {package}; cargo xtask test installs it)",
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +104,10 @@ mod tests {
         assert!(missing.contains("vivarium-no-such-program"), "{missing}");
         assert!(missing.contains("Debian package nothing"), "{missing}");
         assert_eq!(program_missing("sh", "dash"), None);
+        let gone = file_missing("/nonexistent/bios.bin", "seabios").unwrap();
+        assert!(gone.contains("/nonexistent/bios.bin is missing"), "{gone}");
+        assert!(gone.contains("Debian package seabios"), "{gone}");
+        assert_eq!(file_missing("/proc/self/status", "procps"), None);
     }
 
     #[test]
