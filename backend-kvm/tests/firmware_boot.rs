@@ -19,6 +19,7 @@ use vivarium_core::backend::{
     RunningMachine,
 };
 use vivarium_core::config::DiskFormat;
+use vivarium_e2e::gate;
 
 /// Debian's SeaBIOS image.
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -42,27 +43,16 @@ impl Capture {
     }
 }
 
-/// Fails (under `cargo xtask test`, which sets `VIVARIUM_REQUIRE_RIG`) or says loudly why
-/// the test cannot run here.
-fn cannot_run(why: &str) {
-    if std::env::var_os("VIVARIUM_REQUIRE_RIG").is_some() {
-        panic!("this test must run under `cargo xtask test`, but {why}");
-    }
-    println!("SKIPPED: {why}");
-}
-
-/// The backend and the BIOS image, or `None` after saying why not.
-fn setup() -> Option<(KvmBackend, PathBuf)> {
+/// The backend and the BIOS image, or `None` after saying loudly why test `test` cannot run
+/// here (or failing it, where every test must run: the suite's one rule,
+/// `vivarium_e2e::gate`).
+#[track_caller]
+fn setup(test: &str) -> Option<(KvmBackend, PathBuf)> {
+    let test = format!("firmware_boot::{test}");
     let backend = KvmBackend::new();
     let support = backend.probe();
-    if !support.can_run() {
-        cannot_run(&format!("no usable /dev/kvm: {}", support.explain()));
-        return None;
-    }
-    if !Path::new(SEABIOS).is_file() {
-        cannot_run(&format!(
-            "{SEABIOS} is missing: install the `seabios` package"
-        ));
+    let unusable = (!support.can_run()).then(|| support.explain());
+    if !gate::kvm(&test, unusable) || !gate::runs(&test, gate::file_missing(SEABIOS, "seabios")) {
         return None;
     }
     Some((backend, PathBuf::from(SEABIOS)))
@@ -177,7 +167,7 @@ fn boot(
 
 #[test]
 fn seabios_boots_the_first_disk() {
-    let Some((backend, bios)) = setup() else {
+    let Some((backend, bios)) = setup("seabios_boots_the_first_disk") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +188,9 @@ fn seabios_boots_the_first_disk() {
 
 #[test]
 fn an_empty_disk_falls_through_to_the_cd_and_a_bootable_one_wins() {
-    let Some((backend, bios)) = setup() else {
+    let Some((backend, bios)) =
+        setup("an_empty_disk_falls_through_to_the_cd_and_a_bootable_one_wins")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -234,7 +226,7 @@ fn an_empty_disk_falls_through_to_the_cd_and_a_bootable_one_wins() {
 
 #[test]
 fn boot_from_cd_once_puts_the_cd_first() {
-    let Some((backend, bios)) = setup() else {
+    let Some((backend, bios)) = setup("boot_from_cd_once_puts_the_cd_first") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +248,8 @@ fn boot_from_cd_once_puts_the_cd_first() {
 
 #[test]
 fn a_linked_clone_boots_through_firmware_like_its_parent() {
-    let Some((backend, bios)) = setup() else {
+    let Some((backend, bios)) = setup("a_linked_clone_boots_through_firmware_like_its_parent")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -282,7 +275,7 @@ fn a_linked_clone_boots_through_firmware_like_its_parent() {
 
 #[test]
 fn the_second_disk_boots_when_the_order_names_it() {
-    let Some((backend, bios)) = setup() else {
+    let Some((backend, bios)) = setup("the_second_disk_boots_when_the_order_names_it") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -4,13 +4,14 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vivarium_backend_kvm::KvmBackend;
 use vivarium_core::backend::{
     Backend, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
 };
 use vivarium_devices::i8042::{Key, MouseButtons};
+use vivarium_e2e::{gate, wait};
 
 /// Where the guests are loaded and entered.
 const LOAD: u64 = 0x1000;
@@ -29,33 +30,49 @@ impl Write for Capture {
 }
 
 impl Capture {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
-    fn wait_for(&self, what: &str, timeout: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            if self.text().contains(what) {
-                return true;
+    /// Waits (at most `timeout`) until the guest has written `what`.
+    #[track_caller]
+    fn wait_for(&self, what: &str, timeout: Duration) {
+        wait::poll(&format!("{what:?} on the serial port"), timeout, || {
+            let text = self.text();
+            if text.contains(what) {
+                Ok(())
+            } else {
+                Err(format!("{text:?}"))
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
+        })
+    }
+    /// Waits (at most `timeout`) until what the guest wrote satisfies `done`.
+    #[track_caller]
+    fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&[u8]) -> bool) {
+        wait::poll(what, timeout, || {
+            let bytes = self.bytes();
+            if done(&bytes) {
+                Ok(())
+            } else {
+                Err(format!("the serial port had {bytes:02x?}"))
+            }
+        })
     }
 }
 
-/// Returns the backend, or None after saying loudly why these tests cannot run here.
-fn backend() -> Option<KvmBackend> {
+/// Returns the backend, or `None` after saying loudly why test `test` cannot run here (or
+/// failing it, where every test must run: the suite's one rule, `vivarium_e2e::gate`).
+#[track_caller]
+fn backend(test: &str) -> Option<KvmBackend> {
     let backend = KvmBackend::new();
     let support = backend.probe();
-    if !support.can_run() {
-        println!("SKIPPED: no usable /dev/kvm: {}", support.explain());
-        return None;
-    }
-    Some(backend)
+    let unusable = (!support.can_run()).then(|| support.explain());
+    gate::kvm(&format!("handmade_guests::{test}"), unusable).then_some(backend)
 }
 
 fn start(backend: &KvmBackend, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMachine>, Capture) {
@@ -97,17 +114,16 @@ const HALT_FOREVER: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfc];
 
 #[test]
 fn a_guest_writes_to_the_serial_port_and_the_host_powers_it_off() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("a_guest_writes_to_the_serial_port_and_the_host_powers_it_off")
+    else {
+        return;
+    };
     let (machine, out) = start(
         &backend,
         print_then("Hello from a hand-made guest\n", &HALT_FOREVER),
         1,
     );
-    assert!(
-        out.wait_for("Hello from a hand-made guest\n", Duration::from_secs(20)),
-        "serial output: {:?}",
-        out.text()
-    );
+    out.wait_for("Hello from a hand-made guest\n", Duration::from_secs(20));
     machine.request(ControlRequest::PowerOff).unwrap();
     assert_eq!(machine.wait(), MachineExit::PoweredOff);
     assert!(
@@ -118,27 +134,28 @@ fn a_guest_writes_to_the_serial_port_and_the_host_powers_it_off() {
 
 #[test]
 fn the_i8042_reset_command_reboots_the_machine() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("the_i8042_reset_command_reboots_the_machine") else {
+        return;
+    };
     // Print, then `mov al, 0xfe; out 0x64, al` and halt (the reset should come first).
     let mut tail = vec![0xb0, 0xfe, 0xe6, 0x64];
     tail.extend_from_slice(&HALT_FOREVER);
     let (machine, out) = start(&backend, print_then("boot\n", &tail), 1);
-    let started = Instant::now();
-    while out.text().matches("boot\n").count() < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the guest did not reboot: {:?}",
-            out.text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    out.wait_until(
+        "three boots (the reset reboots the guest)",
+        Duration::from_secs(30),
+        |bytes| String::from_utf8_lossy(bytes).matches("boot\n").count() >= 3,
+    );
     machine.request(ControlRequest::PowerOff).unwrap();
     assert_eq!(machine.wait(), MachineExit::PoweredOff);
 }
 
 #[test]
 fn a_triple_fault_ends_the_machine_as_crashed_with_its_registers() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("a_triple_fault_ends_the_machine_as_crashed_with_its_registers")
+    else {
+        return;
+    };
     // lidt [idt] with a zero limit, then int3: no handler, no double-fault handler: the CPU
     // shuts down (a triple fault). The IDT descriptor follows the code.
     let mut tail = vec![0x0f, 0x01, 0x1e, 0, 0, 0xcc];
@@ -162,31 +179,32 @@ fn a_triple_fault_ends_the_machine_as_crashed_with_its_registers() {
 
 #[test]
 fn pause_stops_the_guest_and_resume_continues_it() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("pause_stops_the_guest_and_resume_continues_it") else {
+        return;
+    };
     // mov dx, 0x3f8; mov al, '.'; out dx, al; jmp back to the out: an endless stream of dots.
     let code = vec![0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xeb, 0xfd];
     let (machine, out) = start(&backend, code, 2);
-    assert!(out.wait_for("....", Duration::from_secs(20)));
+    out.wait_for("....", Duration::from_secs(20));
     machine.request(ControlRequest::Pause).unwrap();
     let paused_at = out.len();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(out.len(), paused_at, "no output while paused");
     machine.request(ControlRequest::Resume).unwrap();
-    let started = Instant::now();
-    while out.len() == paused_at {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "resume did not continue the guest"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    out.wait_until(
+        "more dots after the resume",
+        Duration::from_secs(10),
+        |bytes| bytes.len() > paused_at,
+    );
     machine.request(ControlRequest::PowerOff).unwrap();
     assert_eq!(machine.wait(), MachineExit::PoweredOff);
 }
 
 #[test]
 fn bad_machines_are_refused_with_clear_errors() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("bad_machines_are_refused_with_clear_errors") else {
+        return;
+    };
     let spec = |boot, memory_mib| MachineSpec {
         cpus: 1,
         memory_mib,
@@ -244,7 +262,9 @@ fn bad_machines_are_refused_with_clear_errors() {
 
 #[test]
 fn pci_configuration_space_answers_through_port_io() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("pci_configuration_space_answers_through_port_io") else {
+        return;
+    };
     // For slot 0 (host bridge) and slot 1 (first virtio device): write the address to
     // 0xcf8, read the vendor/device dword from 0xcfc, send its four bytes to COM1.
     let mut code = Vec::new();
@@ -262,16 +282,10 @@ fn pci_configuration_space_answers_through_port_io() {
     }
     code.extend_from_slice(&HALT_FOREVER);
     let (machine, out) = start(&backend, code, 1);
-    let started = Instant::now();
-    while out.len() < 8 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            out.0.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let bytes = out.0.lock().unwrap().clone();
+    out.wait_until("the two ids (8 bytes)", Duration::from_secs(20), |bytes| {
+        bytes.len() >= 8
+    });
+    let bytes = out.bytes();
     let id = |b: &[u8]| {
         (
             u16::from_le_bytes([b[0], b[1]]),
@@ -290,7 +304,9 @@ fn pci_configuration_space_answers_through_port_io() {
 
 #[test]
 fn the_acpi_power_button_reaches_the_guest_and_s5_powers_off() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("the_acpi_power_button_reaches_the_guest_and_s5_powers_off") else {
+        return;
+    };
     let mut tail = vec![
         0xba, 0x02, 0x06, // mov dx, 0x602 (PM1a enable)
         0xb8, 0x00, 0x01, // mov ax, PWRBTN_EN
@@ -308,11 +324,7 @@ fn the_acpi_power_button_reaches_the_guest_and_s5_powers_off() {
     ];
     tail.extend_from_slice(&HALT_FOREVER);
     let (machine, out) = start(&backend, print_then("armed\n", &tail), 1);
-    assert!(
-        out.wait_for("armed\n", Duration::from_secs(20)),
-        "{:?}",
-        out.text()
-    );
+    out.wait_for("armed\n", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(50));
     assert!(!out.text().contains('B'), "no button press yet");
     machine.request(ControlRequest::PowerButton).unwrap();
@@ -336,7 +348,11 @@ const FORWARD_ONE_I8042_BYTE: [u8; 9] = [
 
 #[test]
 fn the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) =
+        backend("the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io")
+    else {
+        return;
+    };
     let mut code = vec![0xba, 0xf8, 0x03]; // mov dx, 0x3f8
     // Controller self test (0xaa on port 0x64): 0x55.
     code.extend_from_slice(&[0xb0, 0xaa, 0xe6, 0x64]);
@@ -354,17 +370,11 @@ fn the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io() {
     }
     code.extend_from_slice(&HALT_FOREVER);
     let (machine, out) = start(&backend, code, 1);
-    let started = Instant::now();
-    while out.len() < 6 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:02x?}",
-            out.0.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    out.wait_until("six answers", Duration::from_secs(20), |bytes| {
+        bytes.len() >= 6
+    });
     assert_eq!(
-        *out.0.lock().unwrap(),
+        out.bytes(),
         [0x55, 0x45, 0x00, 0xfa, 0xab, 0x41],
         "self test, configuration (translation, system flag, keyboard interrupt), \
          interface test, ACK, identity AB 83 translated to AB 41"
@@ -375,7 +385,9 @@ fn the_i8042_answers_its_self_test_and_keyboard_identify_through_port_io() {
 
 #[test]
 fn host_keys_and_mouse_movement_reach_the_guest() {
-    let Some(backend) = backend() else { return };
+    let Some(backend) = backend("host_keys_and_mouse_movement_reach_the_guest") else {
+        return;
+    };
     // Enable the keyboard (0xf4 to port 0x60) and mouse reporting (0xd4, 0xf4), then
     // forward every byte forever.
     let mut tail = vec![
@@ -402,15 +414,11 @@ fn host_keys_and_mouse_movement_reach_the_guest() {
         .expect("the machine starts");
     let mut expected = b"ready\n".to_vec();
     expected.extend_from_slice(&[0xfa, 0xfa]); // the keyboard's and the mouse's ACKs
-    let started = Instant::now();
-    while *out.0.lock().unwrap() != expected {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:02x?}",
-            out.0.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    out.wait_until(
+        "the banner and both ACKs",
+        Duration::from_secs(20),
+        |bytes| bytes == expected.as_slice(),
+    );
     let input = machine
         .ps2_input()
         .expect("a running machine has PS/2 input");
@@ -423,16 +431,12 @@ fn host_keys_and_mouse_movement_reach_the_guest() {
     input.mouse_motion(5, -3, 0, left).unwrap();
     // Set 1 make and break of A, then a packet: left button, 5 right, 3 up.
     expected.extend_from_slice(&[0x1e, 0x9e, 0x09, 0x05, 0x03]);
-    let started = Instant::now();
-    while out.len() < expected.len() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:02x?}",
-            out.0.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(*out.0.lock().unwrap(), expected);
+    out.wait_until(
+        "the key's codes and the mouse packet",
+        Duration::from_secs(20),
+        |bytes| bytes.len() >= expected.len(),
+    );
+    assert_eq!(out.bytes(), expected);
     machine.request(ControlRequest::PowerOff).unwrap();
     assert_eq!(machine.wait(), MachineExit::PoweredOff);
     assert!(

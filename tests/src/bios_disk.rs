@@ -101,16 +101,14 @@ impl BiosDisk {
 }
 
 /// The disk for test `test`, or `None` after saying loudly why it is skipped; fails instead
-/// under `VIVARIUM_REQUIRE_RIG=1`.
+/// under `VIVARIUM_REQUIRE_RIG=1` ([`crate::gate`]).
+#[track_caller]
 pub fn bios_disk_or_skip(test: &str) -> Option<BiosDisk> {
     let found = crate::fixtures::default_dir().and_then(|d| BiosDisk::open(&d));
     match found {
         Ok(disk) => Some(disk),
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but {test} cannot run: {reason}")
-        }
         Err(reason) => {
-            crate::guest_disk::loud(&format!("SKIPPED: {test}: {reason}"));
+            crate::gate::skip(test, &reason);
             None
         }
     }

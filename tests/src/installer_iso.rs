@@ -180,14 +180,12 @@ impl InstallerIso {
 /// The installer ISO for the test `test`, or `None` after saying loudly why the test is
 /// skipped. With `VIVARIUM_REQUIRE_RIG=1` (as `cargo xtask test` sets, after building it) a
 /// missing ISO fails the test instead.
+#[track_caller]
 pub fn installer_iso_or_skip(test: &str) -> Option<InstallerIso> {
     match InstallerIso::locate() {
         Ok(iso) => Some(iso),
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but {test} cannot run: {reason}")
-        }
         Err(reason) => {
-            crate::guest_disk::loud(&format!("SKIPPED: {test}: {reason}"));
+            crate::gate::skip(test, &reason);
             None
         }
     }

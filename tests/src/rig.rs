@@ -43,15 +43,27 @@ pub const READY_MARKER: &str = "VIVARIUM-RIG-READY";
 
 /// Marker of the script's end: `VIVARIUM-RIG-EXIT <code>`.
 pub const EXIT_MARKER: &str = "VIVARIUM-RIG-EXIT";
-/// A shell function for rig scripts: `wait_for FILE TEXT` waits up to 120 s for TEXT to
-/// appear in FILE (a VM's serial log, say), and otherwise prints a rig mark and fails.
-pub const WAIT_FOR_SH: &str = r#"wait_for() { # FILE TEXT: wait up to 120 s for TEXT in FILE
+/// A shell function for rig scripts, the rig's own bounded wait ([`crate::wait`] on the host):
+/// `wait_for FILE TEXT [SECONDS [COUNT]]` waits up to SECONDS (default 120) until FILE (a VM's
+/// serial log, a console's output) has COUNT (default 1) lines matching TEXT (a `grep`
+/// pattern), and otherwise prints a rig mark saying what it awaited and the end of FILE (as
+/// `VIVARIUM-RIG-SEEN` lines, escape codes taken out), and fails.
+///
+/// A line is matched as soon as its first bytes are there: when the script reads values out of
+/// the line it waited for, TEXT goes to the line's end (a field of fixed length, or a last
+/// field the writer adds for this).
+pub const WAIT_FOR_SH: &str = r#"wait_for() { # FILE TEXT [SECONDS [COUNT]]: wait for COUNT lines matching TEXT in FILE
     n=0
-    while [ $n -lt 240 ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
+    while [ $n -lt $(( ${3:-120} * 2 )) ]; do
+        c=$(grep -c -e "$2" "$1" 2>/dev/null)
+        [ "${c:-0}" -ge "${4:-1}" ] && return 0
         usleep 500000; n=$((n+1))
     done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
+    echo "VIVARIUM-RIG-MARK gave up waiting ${3:-120} s for ${4:-1} line(s) matching '$2' in $1 (found ${c:-0}); it ends with:"
+    esc=$(printf '\033')
+    tail -c 3000 "$1" 2>/dev/null | sed "s/$esc\[[0-9;?]*[A-Za-z]/ /g" | tr -d '\033' \
+        | tr '\r' '\n' | grep -v '^ *$' | tail -n 20 \
+        | sed -e 's/VIVARIUM-RESULT/(result)/g' -e 's/^/VIVARIUM-RIG-SEEN /'
     return 1
 }"#;
 
@@ -791,7 +803,8 @@ fn finish(child: &mut Child, grace: Duration) {
 /// The guest fixtures for the rig test `test`, or `None` after saying loudly why the test is
 /// skipped (no QEMU, no fixtures, or `extra`, another missing prerequisite of the test). With
 /// `VIVARIUM_REQUIRE_RIG=1` (as `cargo xtask test` sets) a missing prerequisite fails the
-/// test instead: CI must not count a rig test that could not run as passed.
+/// test instead: CI must not count a rig test that could not run as passed ([`crate::gate`]).
+#[track_caller]
 pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
     let prerequisites = missing_prerequisite()
         .or(extra)
@@ -799,13 +812,8 @@ pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
         .unwrap_or_else(Fixtures::locate);
     match prerequisites {
         Ok(fixtures) => Some(fixtures),
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the rig cannot run: {reason}")
-        }
         Err(reason) => {
-            crate::guest_disk::loud(&format!(
-                "SKIPPED: {test}: {reason} (cargo xtask test sets this up)"
-            ));
+            crate::gate::skip(test, &format!("{reason} (cargo xtask test sets this up)"));
             None
         }
     }

@@ -3,31 +3,15 @@
 //! about a process (open files, memory).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::guest_disk::loud;
 use crate::vivarium::TempLibrary;
 
-/// Whether this host's `/dev/kvm` runs guests; if not, says loudly why the test is skipped.
-/// With `VIVARIUM_REQUIRE_KVM=1` a host without KVM fails the test instead.
-pub fn kvm_usable(test: &str) -> bool {
-    let library = TempLibrary::new();
-    let host = library.json(&["host"]);
-    if host["can_run"].as_bool() == Some(true) {
-        return true;
-    }
-    let why = host["explain"]
-        .as_str()
-        .unwrap_or("no hypervisor")
-        .to_string();
-    if std::env::var("VIVARIUM_REQUIRE_KVM").is_ok_and(|v| v == "1") {
-        panic!("VIVARIUM_REQUIRE_KVM=1 but this host cannot run VMs: {why}");
-    }
-    loud(&format!("SKIPPED: {test}: this host cannot run VMs: {why}"));
-    false
-}
+/// The gate of the tests that run VM processes: whether this host's `/dev/kvm` runs guests
+/// (one rule for every such test, [`crate::gate`]).
+pub use crate::gate::kvm_usable;
 
 /// Creates VM `name` in `library` that boots the hand-made guest (1 CPU, 32 MiB, no disk, no
 /// network, no display).
@@ -132,13 +116,33 @@ pub fn status(library: &TempLibrary, name: &str) -> Value {
     library.json(&["status", name])
 }
 
-/// Waits until `check` holds, polling; panics with `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until `check` holds, polling; fails with `what` after `timeout` ([`crate::wait`]).
+pub use crate::wait::until as wait_until;
+
+/// Waits until the serial log of VM `name` contains `needle` (at most `timeout`), and
+/// returns the log then.
+#[track_caller]
+pub fn wait_for_serial(
+    library: &TempLibrary,
+    name: &str,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    let log = library.bundle(name).join("logs/serial.log");
+    crate::wait::for_text(&log, &[needle], timeout)
+}
+
+/// Waits until the VM log of VM `name` contains every one of `needles` (at most `timeout`),
+/// and returns the log then.
+#[track_caller]
+pub fn wait_for_vm_log(
+    library: &TempLibrary,
+    name: &str,
+    needles: &[&str],
+    timeout: Duration,
+) -> String {
+    let log = library.bundle(name).join("logs/vm.log");
+    crate::wait::for_text(&log, needles, timeout)
 }
 
 /// Whether process `pid` exists and any of its threads is not a zombie. (Killed, the thread

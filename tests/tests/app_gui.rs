@@ -492,9 +492,10 @@ fn start_console_and_power_off_through_a_real_vm_process() {
     });
     // A VM without a display has no Screen tab; starting it from the app opens the console,
     // which shows the guest's banner.
+    wait_until(&mut harness, "the Console tab", |h| has_label(h, "Console"));
     assert!(
-        has_label(&harness, "Console") && harness.query_by_label("Screen").is_none(),
-        "the tabs are there, with no Screen tab without a display"
+        harness.query_by_label("Screen").is_none(),
+        "no Screen tab without a display"
     );
     let banner = BANNER.trim();
     wait_until(&mut harness, "the guest's banner in the console", |h| {
@@ -529,7 +530,9 @@ fn start_console_and_power_off_through_a_real_vm_process() {
     // The CD/DVD row of the running VM shows the disc in the drive now: Eject empties it,
     // and a disc inserted by anyone (here the CLI) shows up.
     click(&mut harness, "Overview");
-    assert!(has_label(&harness, "disc-a.iso"));
+    wait_until(&mut harness, "the disc in the drive shown", |h| {
+        has_label(h, "disc-a.iso")
+    });
     click_button(&mut harness, "Eject");
     wait_until(&mut harness, "the drive empty", |h| has_label(h, "Empty"));
     assert!(!has_label(&harness, "disc-a.iso"));
@@ -555,9 +558,8 @@ fn start_console_and_power_off_through_a_real_vm_process() {
         ),
         other => panic!("expected stopped, got {other:?}"),
     }
-    assert!(
-        harness
-            .query_by_label_contains("Ended just now, powered off")
+    wait_until(&mut harness, "the last run's end shown", |h| {
+        h.query_by_label_contains("Ended just now, powered off")
             .is_some()
-    );
+    });
 }

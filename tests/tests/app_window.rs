@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vivarium_e2e::gate;
 use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::vivarium::{TempLibrary, binary};
 use vivarium_e2e::vm_process::{
@@ -34,11 +35,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Starts Xvfb on a free display; returns it and the display name.
@@ -167,15 +163,15 @@ fn make_library(library: &TempLibrary) {
 
 #[test]
 fn the_app_in_a_real_window_with_screenshots() {
-    let tools = ["Xvfb", "xdotool", "import"];
-    if let Some(missing) = tools.iter().find(|t| !have(t)) {
-        let message = format!(
-            "SKIPPED: app_window: `{missing}` is not installed (Debian: xvfb xdotool imagemagick)"
-        );
-        if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") {
-            panic!("{message}");
-        }
-        loud(&message);
+    let tools = [
+        ("Xvfb", "xvfb"),
+        ("xdotool", "xdotool"),
+        ("import", "imagemagick"),
+    ];
+    let missing = tools
+        .iter()
+        .find_map(|(program, package)| gate::program_missing(program, package));
+    if !gate::runs("app_window", missing) {
         return;
     }
     let library = TempLibrary::new();

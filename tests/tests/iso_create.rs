@@ -10,17 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vivarium_e2e::fixtures::Fixtures;
+use vivarium_e2e::gate;
 use vivarium_e2e::vivarium::TempLibrary;
 
 const INVALID: i32 = 5;
 
 fn prerequisites() -> Result<Fixtures, String> {
-    let xorriso = Command::new("xorriso")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !xorriso {
-        return Err("xorriso is not installed (Debian package xorriso)".into());
+    if let Some(reason) = gate::program_missing("xorriso", "xorriso") {
+        return Err(reason);
     }
     Fixtures::locate()
 }
@@ -123,11 +120,8 @@ fn assert_nothing_created(lib: &TempLibrary) {
 fn create_from_a_debian_like_iso() {
     let fixtures = match prerequisites() {
         Ok(fixtures) => fixtures,
-        Err(reason) if std::env::var("VIVARIUM_REQUIRE_RIG").is_ok_and(|v| v == "1") => {
-            panic!("VIVARIUM_REQUIRE_RIG=1 but the ISO test cannot run: {reason}")
-        }
         Err(reason) => {
-            eprintln!("\n*** SKIPPED create_from_a_debian_like_iso: {reason} ***\n");
+            gate::skip("iso_create::create_from_a_debian_like_iso", &reason);
             return;
         }
     };
@@ -230,9 +224,15 @@ fn bad_isos_are_refused_and_nothing_is_created() {
         assert_nothing_created(&lib);
     }
 
-    let Ok(fixtures) = prerequisites() else {
-        eprintln!("\n*** SKIPPED the truncated-ISO part: no xorriso or guest fixtures ***\n");
-        return;
+    let fixtures = match prerequisites() {
+        Ok(fixtures) => fixtures,
+        Err(reason) => {
+            gate::skip(
+                "iso_create::bad_isos_are_refused_and_nothing_is_created (the truncated ISO)",
+                &reason,
+            );
+            return;
+        }
     };
     let iso = debian_like_iso(&scratch, &fixtures);
     let bytes = fs::read(&iso).unwrap();

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use vivarium_e2e::gate;
 use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::installer_iso;
 use vivarium_e2e::rig::{self, Rig};
@@ -90,11 +91,10 @@ fn the_installer_iso_boots_through_seabios_and_isolinux_and_enter_starts_it() {
     let Some(iso) = installer_iso::installer_iso_or_skip("rig_firmware_installer") else {
         return;
     };
-    if !Path::new(SEABIOS_DIR).join("bios-256k.bin").is_file() {
-        let why =
-            format!("rig_firmware_installer: {SEABIOS_DIR} has no SeaBIOS: install `seabios`");
-        assert!(std::env::var_os("VIVARIUM_REQUIRE_RIG").is_none(), "{why}");
-        loud(&format!("SKIPPED: {why}"));
+    if !gate::runs(
+        "rig_firmware_installer",
+        gate::file_missing(Path::new(SEABIOS_DIR).join("bios-256k.bin"), "seabios"),
+    ) {
         return;
     }
     let scratch = tempfile::tempdir().expect("a temporary folder");

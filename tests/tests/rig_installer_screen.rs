@@ -38,10 +38,12 @@ const NEWT_GREY: &str = "#aaaaaa";
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
     let carry = rig::CARRY_SH;
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 {carry}
+{wait_for}
 # settled OUT [DIFFERENT_FROM]: wait (up to 10 minutes) for an installer screen (mostly newt's
 # grey dialog) that two screenshots 3 s apart agree on (and that differs from DIFFERENT_FROM),
 # save it as OUT.
@@ -81,10 +83,9 @@ sleep 3
 $V key installer enter || exit 15
 sleep 3
 $V type installer 'echo CD-DRIVES: $(list-devices cd) > /dev/ttyS0; mkdir -p /m; mount -t iso9660 -o ro /dev/sr0 /m && echo CD-INFO: $(cat /m/.disk/info) > /dev/ttyS0' --key enter || exit 16
-n=0
-while ! grep -q 'CD-INFO: ' "$S" 2>/dev/null && [ $n -lt 60 ]; do sleep 2; n=$((n+1)); done
+# The disc's info line comes last, after the drives' line: wait for the part that is checked.
+wait_for "$S" 'CD-INFO: Debian GNU/Linux 12' 120 && echo "VIVARIUM-RESULT cd_info=yes"
 sed -n 's/^CD-DRIVES: *\(.*\)$/VIVARIUM-RESULT cd_drives=\1/p' "$S" | tr -d '\r'
-grep -q 'CD-INFO: Debian GNU/Linux 12' "$S" && echo "VIVARIUM-RESULT cd_info=yes"
 tr -d '\r' < "$S" | tail -n 5
 $V screenshot installer /tmp/shell.png && carry shell /tmp/shell.png
 $V stop --force installer > /dev/null

@@ -32,20 +32,13 @@ const CD_BYTES: usize = 3 << 20;
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
     let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio,rtc,input";
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 base="console=ttyS0 quiet panic=-1"
-wait_for() {{ # FILE TEXT COUNT: wait up to 120 s for COUNT lines containing TEXT
-    n=0
-    while [ $n -lt 120 ]; do
-        c=$(grep -c "$2" "$1" 2>/dev/null)
-        [ "${{c:-0}}" -ge "$3" ] && return 0
-        sleep 1; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-}}
+{wait_for}
 stop_vm() {{ # PID SIGNAL: send SIGNAL, give the VM 60 s to stop; returns its exit code
     kill -"$2" "$1"
     n=0
@@ -75,7 +68,7 @@ $V set guest --disk-read-only on --iso "$VIVARIUM_RIG_FILES/cd.img" \
     --cmdline "$base vivarium.checks=blk-ro,cdrom-sha256,blk-size,virtio vivarium.ro_dev=vda vivarium.blk_dev=sr0 vivarium.cd_len={CD_BYTES} vivarium.then=reboot" || exit 11
 $V run guest > boot2.log 2>&1 &
 pid=$!
-wait_for boot2.log VIVARIUM-GUEST-DONE 2
+wait_for boot2.log VIVARIUM-GUEST-DONE 120 2
 stop_vm $pid INT
 echo "VIVARIUM-RESULT boot2_exit=$?"
 echo "VIVARIUM-RESULT boot2_boots=$(grep -c VIVARIUM-GUEST-READY boot2.log)"
@@ -93,7 +86,7 @@ sum_after=$(sha256sum "$D" | cut -d' ' -f1)
 $V set guest --disk-read-only off --cmdline "$base vivarium.then=acpi-wait" || exit 12
 $V run guest > boot3.log 2>&1 &
 pid=$!
-wait_for boot3.log VIVARIUM-GUEST-WAITING 1
+wait_for boot3.log VIVARIUM-GUEST-WAITING
 echo "VIVARIUM-RIG-MARK boot3-button"
 stop_vm $pid TERM
 echo "VIVARIUM-RESULT boot3_exit=$?"

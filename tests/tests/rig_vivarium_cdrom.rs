@@ -47,15 +47,17 @@ guest 'echo CD""RESULT boot_size=$(blockdev --getsize64 /dev/sr0)'
 wait_for "$S" "CDRESULT boot_size"
 
 # While a guest process holds the disc open, Linux locks the drive: the eject is refused.
-guest 'sleep 600 < /dev/sr0 & echo CD""RESULT holder=started'
-wait_for "$S" "CDRESULT holder"
-sleep 1
+# (The guest announces the holder once it has the disc open: Linux locked the drive then.)
+guest 'sleep 600 < /dev/sr0 & h=$!; n=0; while ! ls -l /proc/$h/fd 2>/dev/null | grep -q /dev/sr0 && [ $n -lt 100 ]; do usleep 100000; n=$((n+1)); done; ls -l /proc/$h/fd 2>/dev/null | grep -q /dev/sr0 && echo CD""RESULT holder=started || echo CD""RESULT holder=not-open'
+wait_for "$S" "CDRESULT holder=" || exit 14
 $V eject guest 2> locked.err
 echo "VIVARIUM-RESULT locked_eject_exit=$?"
 grep -q "locked the CD-ROM drive" locked.err && echo "VIVARIUM-RESULT locked_reason=yes"
 cat locked.err
-guest 'kill $(pidof sleep); sleep 1; echo CD""RESULT holder=stopped'
-wait_for "$S" "holder=stopped"
+# Once the holder has closed the disc (its files are gone), Linux has unlocked the drive.
+guest 'h=$(pidof sleep); kill $h; n=0; while ls /proc/$h/fd 2>/dev/null | grep -q . && [ $n -lt 100 ]; do usleep 100000; n=$((n+1)); done; echo CD""RESULT holder=stopped'
+# (CDRESULT, not the command's own text: the shell echoes the command line as it is typed.)
+wait_for "$S" "CDRESULT holder=stopped" || exit 15
 
 $V eject guest
 echo "VIVARIUM-RESULT eject_exit=$?"
@@ -65,7 +67,8 @@ wait_for "$S" "CDRESULT ejected_read"
 $V insert guest "$VIVARIUM_RIG_FILES/second.img"
 echo "VIVARIUM-RESULT insert_exit=$?"
 guest 'echo CD""RESULT new_size=$(blockdev --getsize64 /dev/sr0) new_sha256=$(head -c {SECOND_BYTES} /dev/sr0 | sha256sum | cut -d" " -f1)'
-wait_for "$S" "CDRESULT new_size"
+# The whole line, to the hash's last digit: the results are read out of it next.
+wait_for "$S" "CDRESULT new_size=[0-9]* new_sha256=[0-9a-f]\{{64\}}"
 
 tr -d '\r' < "$S" | grep '^CDRESULT ' | sed 's/^CDRESULT/VIVARIUM-RESULT/'
 tr -d '\r' < "$S" | grep -o 'cdrom_sha256=[0-9a-f]*' | head -n 1 | sed 's/^/VIVARIUM-RESULT /'

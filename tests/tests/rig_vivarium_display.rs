@@ -54,8 +54,9 @@ $V create {name} --kernel "$VIVARIUM_GUEST_KERNEL" --initrd "$VIVARIUM_GUEST_INI
 $V start {name} || exit 11
 wait_for "$S" VIVARIUM-GUEST-DONE || exit 12
 sleep 2
-guest {name} 'echo 0 > /sys/class/graphics/fbcon/cursor_blink; printf "\033[2J\033[H" > /dev/tty0; echo "VIVARIUM SCREEN MARKER {name}: the console is visible" > /dev/tty0; sleep 3; m=$(head -n 1 /sys/class/graphics/fb0/modes); wh=${{m#*:}}; wh=${{wh%%p*}}; s=$(cat /sys/class/graphics/fb0/stride); dd if=/dev/fb0 of=/dev/vda bs=$s count=${{wh#*x}} 2>/dev/null; sync; echo FB""RESULT {name}_fb=$(tr " " _ < /sys/class/graphics/fb0/name) {name}_mode=$wh {name}_stride=$s'
-wait_for "$S" "FBRESULT {name}_fb" || exit 13
+guest {name} 'echo 0 > /sys/class/graphics/fbcon/cursor_blink; printf "\033[2J\033[H" > /dev/tty0; echo "VIVARIUM SCREEN MARKER {name}: the console is visible" > /dev/tty0; sleep 3; m=$(head -n 1 /sys/class/graphics/fb0/modes); wh=${{m#*:}}; wh=${{wh%%p*}}; s=$(cat /sys/class/graphics/fb0/stride); dd if=/dev/fb0 of=/dev/vda bs=$s count=${{wh#*x}} 2>/dev/null; sync; echo FB""RESULT {name}_fb=$(tr " " _ < /sys/class/graphics/fb0/name) {name}_mode=$wh {name}_stride=$s {name}_line=whole'
+# The whole line (its last field): the stride and the mode are read out of it next.
+wait_for "$S" "FBRESULT {name}_fb=.* {name}_line=whole" || exit 13
 $V screenshot {name} /tmp/{name}.png
 echo "VIVARIUM-RESULT {name}_screenshot_exit=$?"
 line=$(tr -d '\r' < "$S" | grep '^FBRESULT ' | tail -n 1)

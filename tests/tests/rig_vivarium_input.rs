@@ -68,6 +68,8 @@ n=0
 while ! $V --json status guest | grep -q '"state":"stopped"' && [ $n -lt 60 ]; do
     sleep 1; n=$((n+1))
 done
+$V --json status guest | grep -q '"state":"stopped"' \
+    || echo "VIVARIUM-RIG-MARK the guest did not stop within 60 s: $($V --json status guest)"
 $V type guest late
 echo "VIVARIUM-RESULT type_after_stop_exit=$?"
 exit 0

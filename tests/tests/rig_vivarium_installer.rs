@@ -16,22 +16,16 @@ use vivarium_e2e::rig::{self, Rig};
 
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 VM="Debian 12"
 S="$VIVARIUM_HOME/vms/$VM.vivm/logs/serial.log"
-wait_long() {{ # FILE TEXT SECONDS: wait for TEXT in FILE
-    n=0
-    while [ $n -lt $3 ]; do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 1; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-    return 1
-}}
+{wait_for}
 screen() {{ # the end of the serial log without escape codes, for the transcript
-    tail -c 3000 "$S" | sed 's/\x1b\[[0-9;?]*[A-Za-z]/ /g' | tr -d '\033' | tr '\r' '\n' \
+    esc=$(printf '\033')
+    tail -c 3000 "$S" | sed "s/$esc\[[0-9;?]*[A-Za-z]/ /g" | tr -d '\033' | tr '\r' '\n' \
         | grep -v '^ *$' | tail -n 30
 }}
 $V create --iso "$VIVARIUM_RIG_FILES/installer.iso" --boot-entry {SERIAL_ENTRY} \
@@ -46,14 +40,15 @@ grep -q "It boots the installer's kernel with: {SERIAL_CMDLINE}$" create.out \
 start=$(date +%s)
 $V start "$VM"
 echo "VIVARIUM-RESULT start_exit=$?"
-if wait_long "$S" "Select a language" 600; then
+if wait_for "$S" "Select a language" 600; then
     echo "VIVARIUM-RESULT first_screen=yes first_screen_s=$(( $(date +%s) - start ))"
-    grep -q "Choose the language to be used for the installation process" "$S" \
+    # The title comes first; the rest of the screen is still being drawn.
+    wait_for "$S" "Choose the language to be used for the installation process" 120 \
         && echo "VIVARIUM-RESULT language_prompt=yes"
     sleep 3
     # Enter through the serial console: English, the default, is chosen.
     printf '\r' | $V console "$VM" > /dev/null 2>&1
-    wait_long "$S" "Select your location" 120 && echo "VIVARIUM-RESULT next_screen=yes"
+    wait_for "$S" "Select your location" 120 && echo "VIVARIUM-RESULT next_screen=yes"
 fi
 screen
 $V stop --force "$VM"

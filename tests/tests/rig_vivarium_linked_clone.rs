@@ -39,21 +39,14 @@ const GUEST_MIB: u64 = 256;
 fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
     let carry = rig::CARRY_SH;
+    let wait_for = rig::WAIT_FOR_SH;
     format!(
         r#"export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 {carry}
 cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 base="console=ttyS0 quiet panic=-1"
-wait_for() {{ # FILE TEXT COUNT: wait up to 120 s for COUNT lines containing TEXT
-    n=0
-    while [ $n -lt 120 ]; do
-        c=$(grep -c "$2" "$1" 2>/dev/null)
-        [ "${{c:-0}}" -ge "$3" ] && return 0
-        sleep 1; n=$((n+1))
-    done
-    echo "VIVARIUM-RIG-MARK gave up waiting for $2 in $1"
-}}
+{wait_for}
 stop_vm() {{ # PID SIGNAL: send SIGNAL, give the VM 60 s to stop; returns its exit code
     kill -"$2" "$1"
     n=0
@@ -85,7 +78,7 @@ $V set child --cmdline "$base vivarium.checks=blk-sha256,blk-write vivarium.blk_
 echo "VIVARIUM-RIG-MARK clone-boot2-start"
 $V run child > boot2.log 2>&1 &
 pid=$!
-wait_for boot2.log VIVARIUM-GUEST-DONE 2
+wait_for boot2.log VIVARIUM-GUEST-DONE 120 2
 stop_vm $pid INT
 echo "VIVARIUM-RESULT boot2_exit=$?"
 echo "VIVARIUM-RESULT boot2_boots=$(grep -c VIVARIUM-GUEST-READY boot2.log)"

@@ -50,8 +50,15 @@ reply=$(echo rig-hello | nc -w 10 127.0.0.1 {FORWARDED_PORT} | head -n 1)
 echo "VIVARIUM-RESULT forwarded_reply=$(echo "$reply" | tr ' ' _)"
 $V stop --timeout 30 guest
 echo "VIVARIUM-RESULT stop_exit=$?"
-sleep 1
-ps | grep -v grep | grep -q passt || echo "VIVARIUM-RESULT passt_ended=yes"
+# passt ends with the VM process (its parent-death signal), at its own pace.
+n=0
+while ps | grep -v grep | grep -q passt && [ $n -lt 40 ]; do usleep 500000; n=$((n+1)); done
+if ps | grep -v grep | grep -q passt; then
+    echo "VIVARIUM-RIG-MARK passt still runs 20 s after the VM stopped:"
+    ps | grep -v grep | grep passt
+else
+    echo "VIVARIUM-RESULT passt_ended=yes"
+fi
 kill $server
 tail -n 5 "$VIVARIUM_HOME/vms/guest.vivm/logs/vm.log"
 grep -v "^$" "$VIVARIUM_HOME/vms/guest.vivm/logs/passt.log" | tail -n 20

@@ -4,45 +4,22 @@
 //! VM's screen through the bochs display's VGA BIOS, the disk boots once it holds a boot
 //! sector, and `start --boot-from cdrom` boots the CD that once.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vivarium_e2e::boot_sector::{printing_boot_sector, write_boot_iso};
+use vivarium_e2e::gate;
 use vivarium_e2e::screen::Picture;
 use vivarium_e2e::vivarium::TempLibrary;
-use vivarium_e2e::vm_process::{PowerOffOnDrop, kvm_usable, read_text};
+use vivarium_e2e::vm_process::{
+    PowerOffOnDrop, kvm_usable, read_text, wait_for_serial, wait_until,
+};
 
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// Whether the test can run: KVM, and Debian's SeaBIOS (`cargo xtask test` installs it, and
 /// there its absence is a failure).
 fn can_run(test: &str) -> bool {
-    if !kvm_usable(test) {
-        return false;
-    }
-    if !Path::new(SEABIOS).is_file() {
-        let why = format!("{test}: {SEABIOS} is missing: install the `seabios` package");
-        if std::env::var_os("VIVARIUM_REQUIRE_RIG").is_some() {
-            panic!("{why}");
-        }
-        println!("SKIPPED: {why}");
-        return false;
-    }
-    true
-}
-
-/// Waits until the VM's serial log has `marker`, bounded; panics with the log.
-fn wait_for_serial(library: &TempLibrary, name: &str, marker: &str, timeout: Duration) {
-    let log = library.bundle(name).join("logs/serial.log");
-    let deadline = Instant::now() + timeout;
-    while !read_text(&log).contains(marker) {
-        assert!(
-            Instant::now() < deadline,
-            "no {marker:?} on {name}'s serial port within {timeout:?}; it got:\n{}",
-            read_text(&log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kvm_usable(test) && gate::runs(test, gate::file_missing(SEABIOS, "seabios"))
 }
 
 /// The `screenshot` folder people look at (target/test-screenshots).
@@ -188,15 +165,9 @@ fn a_vm_from_a_bios_iso_boots_its_cd_on_the_screen_then_its_disk() {
     {
         let _guard = PowerOffOnDrop::new(&library, "bios");
         library.ok(&["start", "bios", "--boot-from", "cdrom"]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while read_text(&serial).matches("ran from the CD").count() == before {
-            assert!(
-                Instant::now() < deadline,
-                "the CD did not boot: {}",
-                read_text(&serial)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("the CD to boot once more", Duration::from_secs(60), || {
+            read_text(&serial).matches("ran from the CD").count() > before
+        });
         library.ok(&["stop", "--force", "bios"]);
     }
     let info = library.json(&["info", "bios"]);

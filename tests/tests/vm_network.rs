@@ -5,14 +5,14 @@
 //! TCP through passt is `rig_vivarium_network.rs`.)
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 
-use vivarium_e2e::guest_disk::loud;
 use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{
-    PowerOffOnDrop, create_handmade_vm, kvm_usable, process_alive, read_text, status, wait_until,
+    PowerOffOnDrop, create_handmade_vm, kvm_usable, process_alive, read_text, status,
+    wait_for_serial, wait_for_vm_log, wait_until,
 };
+use vivarium_e2e::{gate, wait};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -39,18 +39,23 @@ fn children_named(parent: u32, name: &str) -> Vec<u32> {
     found
 }
 
-fn passt_installed() -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("passt").is_file())
+fn passt_installed(test: &str) -> bool {
+    gate::runs(test, gate::program_missing("passt", "passt"))
+}
+
+/// Waits until the VM process `pid` has started its passt, checks it is the only one, and
+/// returns its pid.
+fn its_passt(pid: u32) -> u32 {
+    let passt = wait::poll("the VM process's passt", WAIT, || {
+        let found = children_named(pid, "passt");
+        if found.is_empty() {
+            Err(format!("no passt among the children of {pid}"))
+        } else {
+            Ok(found)
+        }
     });
-    if !found {
-        assert!(
-            std::env::var("VIVARIUM_REQUIRE_RIG").as_deref() != Ok("1"),
-            "passt is not installed (cargo xtask test installs it)"
-        );
-        loud("SKIPPED: vm_network: passt is not installed (cargo xtask test installs it)");
-    }
-    found
+    assert_eq!(passt.len(), 1, "one passt for the VM, got {passt:?}");
+    passt[0]
 }
 
 /// A free TCP port on the loopback.
@@ -61,9 +66,8 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_vm_with_a_network_gets_its_own_passt_which_ends_with_it() {
-    if !kvm_usable("a_vm_with_a_network_gets_its_own_passt_which_ends_with_it")
-        || !passt_installed()
-    {
+    let test = "vm_network::a_vm_with_a_network_gets_its_own_passt_which_ends_with_it";
+    if !kvm_usable(test) || !passt_installed(test) {
         return;
     }
     let library = TempLibrary::new();
@@ -80,12 +84,12 @@ fn a_vm_with_a_network_gets_its_own_passt_which_ends_with_it() {
     let _guard = PowerOffOnDrop::new(&library, "net");
     library.ok(&["start", "net"]);
     let pid = status(&library, "net")["pid"].as_u64().expect("pid") as u32;
-    let passt = children_named(pid, "passt");
-    assert_eq!(passt.len(), 1, "one passt for the VM, got {passt:?}");
-    let vm_log = read_text(&library.bundle("net").join("logs/vm.log"));
-    assert!(
-        vm_log.contains("user-mode network through passt") && vm_log.contains(&port.to_string()),
-        "vm.log:\n{vm_log}"
+    let passt = its_passt(pid);
+    wait_for_vm_log(
+        &library,
+        "net",
+        &["user-mode network through passt", &port.to_string()],
+        WAIT,
     );
     // passt listens on the forwarded host port for the guest.
     wait_until("the forwarded port to listen", WAIT, || {
@@ -100,14 +104,14 @@ fn a_vm_with_a_network_gets_its_own_passt_which_ends_with_it() {
     });
 
     library.ok(&["stop", "--force", "net"]);
+    wait_until("passt to end with the VM", WAIT, || !process_alive(passt));
+    // The VM process is gone, so its log is complete.
+    wait_until("the VM process to end", WAIT, || !process_alive(pid));
     let vm_log = read_text(&library.bundle("net").join("logs/vm.log"));
     assert!(
         !vm_log.contains("still in use") && !vm_log.contains("ERROR"),
         "the machine did not release its devices and memory at reset:\n{vm_log}"
     );
-    wait_until("passt to end with the VM", WAIT, || {
-        !process_alive(passt[0])
-    });
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the port is free again"
@@ -116,25 +120,24 @@ fn a_vm_with_a_network_gets_its_own_passt_which_ends_with_it() {
     // A VM process killed outright takes its passt with it.
     library.ok(&["start", "net"]);
     let pid = status(&library, "net")["pid"].as_u64().expect("pid") as u32;
-    let passt = children_named(pid, "passt");
-    assert_eq!(passt.len(), 1);
+    let passt = its_passt(pid);
     // SAFETY: kill only sends a signal.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
     wait_until("passt to end with the killed VM", WAIT, || {
-        !process_alive(passt[0])
+        !process_alive(passt)
     });
     // And the VM starts again with a network.
     library.ok(&["start", "net"]);
     let pid = status(&library, "net")["pid"].as_u64().expect("pid") as u32;
-    assert_eq!(children_named(pid, "passt").len(), 1);
+    its_passt(pid);
     library.ok(&["stop", "--force", "net"]);
 }
 
 #[test]
 fn without_passt_the_vm_starts_and_says_it_has_no_network() {
-    if !kvm_usable("without_passt_the_vm_starts_and_says_it_has_no_network") {
+    if !kvm_usable("vm_network::without_passt_the_vm_starts_and_says_it_has_no_network") {
         return;
     }
     let library = TempLibrary::new();
@@ -152,14 +155,12 @@ fn without_passt_the_vm_starts_and_says_it_has_no_network() {
         String::from_utf8_lossy(&started.stderr)
     );
     assert_eq!(status(&library, "offline")["state"], "running");
-    let vm_log = read_text(&library.bundle("offline").join("logs/vm.log"));
-    assert!(
-        vm_log.contains("`passt` is not installed")
-            && vm_log.contains("install the `passt` package"),
-        "vm.log:\n{vm_log}"
+    wait_for_vm_log(
+        &library,
+        "offline",
+        &["`passt` is not installed", "install the `passt` package"],
+        WAIT,
     );
-    wait_until("the console to say so", WAIT, || {
-        read_text(&library.bundle("offline").join("logs/serial.log")).contains("no network")
-    });
+    wait_for_serial(&library, "offline", "no network", WAIT);
     library.ok(&["stop", "--force", "offline"]);
 }

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,13 +14,21 @@ use vivarium_e2e::handmade::BANNER;
 use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{
     PowerOffOnDrop, core_library, create_handmade_vm, kvm_usable, process_alive, read_text, status,
-    wait_until,
+    wait_for_serial, wait_for_vm_log, wait_until,
 };
+use vivarium_e2e::wait;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `vivarium console NAME` with `input` on a pipe; returns what it printed.
-fn console_with_input(library: &TempLibrary, name: &str, input: &[u8]) -> String {
+/// Runs `vivarium console NAME` with `input` on a pipe, keeps the pipe open until the console
+/// has shown every one of `expected` (at most [`WAIT`]: the guest answers at its own pace),
+/// then closes it; returns what the console printed.
+fn console_with_input(
+    library: &TempLibrary,
+    name: &str,
+    input: &[u8],
+    expected: &[&str],
+) -> String {
     let mut child = library
         .command(&["console", name])
         .stdin(Stdio::piped())
@@ -29,14 +38,36 @@ fn console_with_input(library: &TempLibrary, name: &str, input: &[u8]) -> String
         .expect("console starts");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "console failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let shown = Arc::clone(&shown);
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    wait::poll(
+        &format!("{expected:?} on `vivarium console {name}`"),
+        WAIT,
+        || match wait::missing(&text(), expected) {
+            None => Ok(()),
+            Some(absent) => Err(format!(
+                "no {absent:?}; the console printed:\n{}",
+                wait::tail(&text())
+            )),
+        },
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    assert!(status.success(), "console failed: {stderr}");
+    text()
 }
 
 fn pid_of(library: &TempLibrary, name: &str) -> u32 {
@@ -84,12 +115,14 @@ fn start_console_pause_resume_and_power_off_through_the_cli() {
     assert!(refused.contains("already running"), "{refused}");
     assert_eq!(pid_of(&library, "hm"), pid);
 
-    // The console shows the banner (backlog) and the guest echoes input from a pipe.
-    let shown = console_with_input(&library, "hm", b"ping-from-a-pipe\r\n");
-    assert!(shown.contains(BANNER), "console output: {shown:?}");
-    assert!(
-        shown.contains("ping-from-a-pipe"),
-        "console output: {shown:?}"
+    // The console shows the banner (from the backlog once the guest has printed it) and the
+    // guest echoes input from a pipe.
+    wait_for_serial(&library, "hm", BANNER, WAIT);
+    console_with_input(
+        &library,
+        "hm",
+        b"ping-from-a-pipe\r\n",
+        &[BANNER, "ping-from-a-pipe"],
     );
 
     // Pause and resume show in the status.
@@ -131,7 +164,8 @@ fn start_console_pause_resume_and_power_off_through_the_cli() {
     // The guest powers itself off through ACPI when it reads a `q`.
     library.ok(&["start", "hm"]);
     let pid = pid_of(&library, "hm");
-    console_with_input(&library, "hm", b"q");
+    wait_for_serial(&library, "hm", BANNER, WAIT);
+    console_with_input(&library, "hm", b"q", &[]);
     wait_until("the guest's own power-off", WAIT, || !process_alive(pid));
     assert_eq!(status(&library, "hm")["last_run"]["exit"], "powered-off");
 }
@@ -250,6 +284,8 @@ fn bad_clients_get_errors_and_never_disturb_the_vm() {
     let _guard = PowerOffOnDrop::new(&library, "sturdy");
     library.ok(&["start", "sturdy"]);
     let pid = pid_of(&library, "sturdy");
+    // The consoles below find the banner in the backlog once the guest has printed it.
+    wait_for_serial(&library, "sturdy", BANNER, WAIT);
     let socket = vivarium_core::control::socket_path(&core_library(&library), "sturdy");
 
     // Garbage before the handshake: an error, then the connection closes.
@@ -328,10 +364,14 @@ fn bad_clients_get_errors_and_never_disturb_the_vm() {
     let mut echoed = Vec::new();
     while !String::from_utf8_lossy(&echoed).contains("from-two") {
         let mut buf = [0u8; 64];
-        let n = one
-            .read(&mut buf)
-            .expect("the echo reaches the other console");
-        assert!(n > 0);
+        // The read times out after 10 s (set above): the wait is bounded.
+        let n = one.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no echo of from-two on the other console ({e}); it showed {:?}",
+                String::from_utf8_lossy(&echoed)
+            )
+        });
+        assert!(n > 0, "the other console ended before the echo");
         echoed.extend_from_slice(&buf[..n]);
     }
     drop(one);
@@ -401,8 +441,5 @@ fn cdrom_eject_and_insert_while_running() {
     assert_eq!(status(&library, "cd")["state"], "running");
     library.ok(&["stop", "--force", "cd"]);
     // The VM's log tells what happened.
-    let vm_log = core_library(&library).bundle_path("cd").join("logs/vm.log");
-    let log = read_text(&vm_log);
-    assert!(log.contains("eject the CD-ROM"), "{log}");
-    assert!(log.contains("second.iso"), "{log}");
+    wait_for_vm_log(&library, "cd", &["eject the CD-ROM", "second.iso"], WAIT);
 }

@@ -49,8 +49,17 @@ fn visit(library: &vivarium_core::Library, name: &str, cycle: usize, abrupt: boo
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains(&token) {
         let mut buf = [0u8; 256];
-        let n = console.read(&mut buf).expect("the echo");
-        assert!(n > 0, "the console ended");
+        // The read times out after 10 s (set above): the wait is bounded.
+        let n = console.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "cycle {cycle}: no echo of {token} ({e}); the console showed {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        });
+        assert!(
+            n > 0,
+            "cycle {cycle}: the console ended before the echo of {token}"
+        );
         seen.extend_from_slice(&buf[..n]);
     }
 }

@@ -9,6 +9,11 @@
 #   VIVARIUM-GUEST-READY              /proc, /sys, /dev are mounted and the drivers are loaded
 #   VIVARIUM-RESULT <key>=<value>     one line per check, in the order the checks were named
 #   VIVARIUM-GUEST-DONE               all checks ran; the final action comes next
+#   VIVARIUM-GUEST-MARK <text>        a wait gave up (what it awaited); the checks go on
+#
+# A check never reads what the kernel sets up asynchronously (device nodes, input devices,
+# a process's open files) once and reports whatever is there: it waits, with a bound, for
+# exactly what it needs, and says so with a mark when the bound runs out.
 #
 # Kernel command line parameters (all optional):
 #   vivarium.checks=a,b,c   checks to run, in order (default: none). Known checks:
@@ -33,11 +38,14 @@
 #     net-listen   net_listen=ready: serves TCP port listen_port in the background, answering
 #                  every connection with "VIVARIUM-GUEST-SERVED <what it read>" (for forwards)
 #     cdrom-sha256 cdrom_sha256=<sha256 of the first cd_len bytes of /dev/sr0>
-#     input        input_devices=<names of the input devices, comma separated, spaces as _>
-#     input-echo   listens on the PS/2 mouse's /dev/input/event*, prints
-#                  VIVARIUM-GUEST-INPUT-READY, reads one line from tty1 (the console the
-#                  keyboard types on), then reports input_typed=<hex of the line> and
+#     input        input_devices=<names of the input devices, comma separated, spaces as _>,
+#                  once every port of the i8042 has its device (psmouse probes the mouse
+#                  after its module loaded, asynchronously)
+#     input-echo   listens on the PS/2 mouse's /dev/input/event* and opens tty1 (the console
+#                  the keyboard types on), prints VIVARIUM-GUEST-INPUT-READY, reads one line
+#                  from tty1, then reports input_typed=<hex of the line> and
 #                  input_mouse=<hex of the input_event records the mouse sent meanwhile>
+#                  (every one of them: reported once the listener has read them all)
 #     fb           fb=<name of /dev/fb0's driver or none>
 #     rtc          rtc_epoch=<seconds since the epoch by /dev/rtc0, or none>
 #                  rtc_driver=<the driver of rtc0, or none>
@@ -99,13 +107,47 @@ errno_name() {
     esac
 }
 
-# Waits up to 5 s for a device node (drivers probe asynchronously).
-wait_dev() {
-    tries=0
-    while [ ! -e "$1" ] && [ "$tries" -lt 50 ]; do
+# wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it succeeds, for at most
+# SECONDS; otherwise prints a mark saying what it awaited, and fails.
+wait_until() {
+    wait_limit=$(($1 * 10))
+    wait_what=$2
+    shift 2
+    wait_tries=0
+    until "$@"; do
+        wait_tries=$((wait_tries + 1))
+        if [ "$wait_tries" -ge "$wait_limit" ]; then
+            echo "VIVARIUM-GUEST-MARK gave up waiting $((wait_limit / 10)) s for $wait_what"
+            return 1
+        fi
         usleep 100000
-        tries=$((tries + 1))
     done
+}
+
+# Waits for a device node (drivers probe asynchronously).
+wait_dev() {
+    wait_until 20 "$1" [ -e "$1" ]
+}
+
+# Whether every port of the i8042 has the input device of its driver (atkbd, psmouse).
+serio_ports_ready() {
+    for port in /sys/bus/serio/devices/serio*; do
+        [ -e "$port" ] || continue
+        ls "$port/input" 2>/dev/null | grep -q '^input' || return 1
+    done
+}
+
+# Whether process $1 has file $2 open.
+has_open() {
+    ls -l "/proc/$1/fd" 2>/dev/null | grep -q "$2"
+}
+
+# Whether process $1 sleeps in a read of an input device (so it has read every event queued).
+reading_input() {
+    case "$(cat "/proc/$1/wchan" 2>/dev/null)" in
+    *evdev_read*) return 0 ;;
+    *) return 1 ;;
+    esac
 }
 
 pattern() {
@@ -155,6 +197,7 @@ list_or_none() {
 }
 
 check_input() {
+    wait_until 10 "the devices of the i8042's ports" serio_ports_ready
     names=""
     for name in /sys/class/input/input*/name; do
         [ -e "$name" ] && names="$names $(tr ' ' '_' <"$name")"
@@ -162,29 +205,30 @@ check_input() {
     result input_devices "$(list_or_none "$names")"
 }
 
+mouse_event_device() {
+    for dev in /sys/class/input/event*; do
+        case "$(cat "$dev/device/name" 2>/dev/null)" in
+        *Mouse*) mouse="/dev/input/${dev##*/}"; return 0 ;;
+        esac
+    done
+    return 1
+}
+
 check_input_echo() {
     mouse=""
-    tries=0
-    while [ -z "$mouse" ] && [ "$tries" -lt 50 ]; do
-        for dev in /sys/class/input/event*; do
-            case "$(cat "$dev/device/name" 2>/dev/null)" in
-            *Mouse*) mouse="/dev/input/${dev##*/}" ;;
-            esac
-        done
-        [ -z "$mouse" ] && usleep 100000
-        tries=$((tries + 1))
-    done
-    wait_dev "$mouse"
+    wait_until 10 "the PS/2 mouse's event device" mouse_event_device && wait_dev "$mouse"
     cat "$mouse" >/tmp/mouse-events 2>/dev/null &
     reader=$!
-    # Announce only once the reader listens, so that no early event is lost.
-    tries=0
-    while ! ls -l "/proc/$reader/fd" 2>/dev/null | grep -q /dev/input/event && [ "$tries" -lt 50 ]; do
-        usleep 100000
-        tries=$((tries + 1))
-    done
+    # Announce only once the reader listens and tty1 is open, so that no early event or key
+    # is lost.
+    wait_until 5 "the mouse's reader to listen" has_open "$reader" /dev/input/event
+    exec 3</dev/tty1
     echo VIVARIUM-GUEST-INPUT-READY
-    IFS= read -r line </dev/tty1
+    IFS= read -r line <&3
+    exec 3<&-
+    # The mouse moved before the keys came: its events are queued, but the reader may not
+    # have written them all yet.
+    wait_until 5 "the mouse's reader to read every event" reading_input "$reader"
     kill "$reader" 2>/dev/null
     result input_typed "$(printf '%s' "$line" | od -An -v -tx1 | tr -d ' \n')"
     result input_mouse "$(od -An -v -tx1 /tmp/mouse-events | tr -d ' \n')"
@@ -304,11 +348,7 @@ acpi_wait() {
     chmod +x /etc/acpi/PWRF/00000080
     acpid -f -c /etc/acpi -l /dev/null &
     # Announce the wait only once acpid listens, so that an early press is not lost.
-    tries=0
-    while ! ls -l "/proc/$!/fd" 2>/dev/null | grep -q /dev/input/event && [ "$tries" -lt 50 ]; do
-        usleep 100000
-        tries=$((tries + 1))
-    done
+    wait_until 5 "acpid to listen" has_open "$!" /dev/input/event
     echo VIVARIUM-GUEST-WAITING
     while true; do sleep 3600; done
 }

@@ -86,16 +86,8 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Installs Debian packages that are missing (needs root or sudo). Does nothing when all are
-/// present.
+/// present. Fails unless every one of them is installed at the end.
 pub fn ensure_apt_packages(packages: &[&str]) -> Result<(), String> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
     let sudo = if is_root() { None } else { Some("sudo") };
     let apt = |args: &[&str]| {
         let mut cmd = match sudo {
@@ -109,10 +101,65 @@ pub fn ensure_apt_packages(packages: &[&str]) -> Result<(), String> {
         cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
         cmd
     };
-    run(&mut apt(&["update", "-q"]))?;
-    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
-    install.args(&missing);
-    run(&mut install)
+    install_missing(
+        packages,
+        dpkg_installed,
+        || run(&mut apt(&["update", "-q"])),
+        |missing| {
+            let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+            install.args(missing);
+            run(&mut install)
+        },
+    )
+}
+
+/// The packages of `packages` that `installed` says are not installed, in their order.
+fn missing_packages<'a>(packages: &[&'a str], installed: &impl Fn(&str) -> bool) -> Vec<&'a str> {
+    packages.iter().copied().filter(|p| !installed(p)).collect()
+}
+
+/// What [`ensure_apt_packages`] does, with the package system behind `installed`, `update` and
+/// `install`. Installing a package can remove another that was there: where `qemu-utils`
+/// comes from a newer backport, `qemu-system-x86` (without recommends) pulls in the
+/// distribution's `qemu-system-common`, which the backported `qemu-utils` breaks, so apt
+/// removes `qemu-utils` (and `qemu-img` with it). So the list is checked again after the
+/// install, and what went missing is installed in a second step (then the distribution's
+/// matching version comes); whatever is still missing after that is an error that names it.
+fn install_missing(
+    packages: &[&str],
+    installed: impl Fn(&str) -> bool,
+    update: impl FnOnce() -> Result<(), String>,
+    mut install: impl FnMut(&[&str]) -> Result<(), String>,
+) -> Result<(), String> {
+    let missing = missing_packages(packages, &installed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    update()?;
+    install(&missing)?;
+    let gone = missing_packages(packages, &installed);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: after installing {}, these are not installed: {} (another package's install \
+         removed them, or apt skipped them); installing them again",
+        missing.join(" "),
+        gone.join(" ")
+    );
+    install(&gone)?;
+    let still = missing_packages(packages, &installed);
+    if still.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "these Debian packages are still not installed after two attempts: {} (installing one \
+         removes another: see which with `apt-get install --no-install-recommends --dry-run {}`, \
+         and install versions that go together, e.g. qemu-utils from the same release as \
+         qemu-system-x86)",
+        still.join(" "),
+        packages.join(" ")
+    ))
 }
 
 fn dpkg_installed(package: &str) -> bool {
@@ -130,4 +177,116 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    /// A package system: what is installed, and what installing a package removes.
+    struct FakeApt {
+        installed: RefCell<BTreeSet<String>>,
+        /// `(installed, removed)`: installing the first removes the second.
+        breaks: Vec<(&'static str, &'static str)>,
+        /// Packages apt will not install.
+        broken: Vec<&'static str>,
+        installs: RefCell<Vec<Vec<String>>>,
+        updates: RefCell<u32>,
+    }
+
+    impl FakeApt {
+        fn new(installed: &[&str]) -> FakeApt {
+            FakeApt {
+                installed: RefCell::new(installed.iter().map(|p| p.to_string()).collect()),
+                breaks: Vec::new(),
+                broken: Vec::new(),
+                installs: RefCell::new(Vec::new()),
+                updates: RefCell::new(0),
+            }
+        }
+
+        fn ensure(&self, packages: &[&str]) -> Result<(), String> {
+            install_missing(
+                packages,
+                |p| self.installed.borrow().contains(p),
+                || {
+                    *self.updates.borrow_mut() += 1;
+                    Ok(())
+                },
+                |missing| {
+                    self.installs
+                        .borrow_mut()
+                        .push(missing.iter().map(|p| p.to_string()).collect());
+                    for package in missing {
+                        if self.broken.contains(package) {
+                            continue;
+                        }
+                        for (installed, removed) in &self.breaks {
+                            if installed == package {
+                                self.installed.borrow_mut().remove(*removed);
+                            }
+                        }
+                        self.installed.borrow_mut().insert(package.to_string());
+                    }
+                    Ok(())
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn the_missing_list_keeps_the_order_and_leaves_out_what_is_installed() {
+        let installed = |p: &str| p == "b" || p == "d";
+        assert_eq!(
+            missing_packages(&["a", "b", "c", "d"], &installed),
+            ["a", "c"]
+        );
+        assert!(missing_packages(&["b", "d"], &installed).is_empty());
+    }
+
+    #[test]
+    fn nothing_missing_runs_no_apt_at_all() {
+        let apt = FakeApt::new(&["qemu-utils", "passt"]);
+        apt.ensure(&["qemu-utils", "passt"]).unwrap();
+        assert_eq!(*apt.updates.borrow(), 0);
+        assert!(apt.installs.borrow().is_empty());
+    }
+
+    #[test]
+    fn missing_packages_are_installed_in_one_step() {
+        let apt = FakeApt::new(&["passt"]);
+        apt.ensure(&["qemu-utils", "passt", "xorriso"]).unwrap();
+        assert_eq!(*apt.updates.borrow(), 1);
+        assert_eq!(*apt.installs.borrow(), [vec!["qemu-utils", "xorriso"]]);
+    }
+
+    #[test]
+    fn a_package_removed_by_another_install_is_installed_again() {
+        // A backported qemu-utils is installed; qemu-system-x86 brings the distribution's
+        // qemu-system-common, which the backport breaks, and apt removes qemu-utils.
+        let mut apt = FakeApt::new(&["qemu-utils"]);
+        apt.breaks.push(("qemu-system-x86", "qemu-utils"));
+        apt.ensure(&["qemu-utils", "qemu-system-x86", "passt"])
+            .unwrap();
+        assert_eq!(
+            *apt.installs.borrow(),
+            [vec!["qemu-system-x86", "passt"], vec!["qemu-utils"]]
+        );
+        assert!(apt.installed.borrow().contains("qemu-utils"));
+        assert!(apt.installed.borrow().contains("qemu-system-x86"));
+    }
+
+    #[test]
+    fn a_package_still_missing_after_the_second_step_is_an_error_that_names_it() {
+        let mut apt = FakeApt::new(&[]);
+        apt.broken.push("qemu-utils");
+        let err = apt.ensure(&["qemu-utils", "qemu-system-x86"]).unwrap_err();
+        assert!(
+            err.contains("still not installed after two attempts: qemu-utils ("),
+            "{err}"
+        );
+        assert_eq!(apt.installs.borrow().len(), 2);
+    }
 }
