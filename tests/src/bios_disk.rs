@@ -36,20 +36,6 @@ const PARTITION_START_SECTOR: u64 = 2048;
 /// The root partition's size.
 const PARTITION_BYTES: u64 = 48 << 20;
 
-/// The modules built into GRUB's core image: the disk, partition table and file system, the
-/// menu, the serial terminal and the Linux loader.
-const CORE_MODULES: &[&str] = &[
-    "biosdisk",
-    "part_msdos",
-    "ext2",
-    "normal",
-    "serial",
-    "terminal",
-    "linux",
-    "echo",
-    "test",
-];
-
 /// The marker `/init` prints when its checks are done (before it powers off).
 pub const DONE_MARKER: &str = "VIVARIUM-GUEST-DONE";
 
@@ -199,8 +185,8 @@ fn build_in(
         .arg(&tree)
         .arg(&partition)
         .arg(format!("{}k", PARTITION_BYTES >> 10)))?;
-    // GRUB's core image, with the modules the configuration needs built in: loading them one
-    // by one from the partition is hundreds of small BIOS disk reads.
+    // GRUB's core image: enough to read the partition and find /boot/grub there (the rest
+    // of GRUB's modules load from there).
     let core = work.join("core.img");
     run(Command::new(root.join("usr/bin/grub-mkimage"))
         .args(["-O", "i386-pc", "-d"])

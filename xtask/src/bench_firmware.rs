@@ -20,7 +20,7 @@ use vivarium_e2e::rig::Rig;
 use crate::bench::update_benchmarks_md;
 use crate::util::{self, workspace_root};
 
-const RUNS: usize = 5;
+const RUNS: usize = 3;
 const GUEST_MIB: u64 = 256;
 const VMMS: [&str; 2] = ["vivarium-seabios", "qemu-pc-seabios"];
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
