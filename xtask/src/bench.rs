@@ -249,7 +249,7 @@ pub fn update_benchmarks_md(root: &Path, heading: &str, section: &str) -> Result
                 section.trim_end_matches('\n').to_owned() + "\n"
             )
         }
-        None => format!("{current}{section}"),
+        None => format!("{}\n\n{section}", current.trim_end_matches('\n')),
     };
     fs::write(&path, updated).map_err(|e| format!("could not write {}: {e}", path.display()))
 }

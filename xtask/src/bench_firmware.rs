@@ -89,7 +89,7 @@ pub fn run() -> Result<(), String> {
          Command: `cargo xtask bench firmware` (release build). The GRUB-on-BIOS disk fixture \
          (`cargo xtask fixtures --bios-disk`: GRUB 2.06's boot sector and core image from \
          Debian's `grub-pc-bin`, an ext2 root with the Debian 12 kernel and the busybox \
-         initramfs, GRUB's menu timeout 1 s) booted by Vivarium (`vivarium run`, SeaBIOS \
+         initramfs, GRUB's menu without a countdown) booted by Vivarium (`vivarium run`, SeaBIOS \
          on its i440FX machine) and by QEMU `-M pc,graphics=off -bios {SEABIOS}`, the same \
          Debian SeaBIOS 1.16, both with KVM, 1 vCPU, {GUEST_MIB} MiB, the disk on virtio-blk, \
          a virtio-rng, no display; {RUNS} rounds, each a rig run booting both once in \
