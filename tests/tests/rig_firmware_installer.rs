@@ -45,17 +45,23 @@ while ! grep -q 'installer menu (BIOS mode)' "$S" 2>/dev/null; do
 done
 echo "VIVARIUM-RIG-MARK menu"
 # vesamenu draws its picture right after it has written the menu on the serial console:
-# take the screen until it is the menu over the splash (not black), bounded. The VGA BIOS has
-# one framebuffer mode, the display's preferred 1024x768; the 640x480 mode vesamenu asks for
-# is drawn in its top-left corner (as with QEMU's bochs-display).
+# take the screen until it is not all black and two screenshots a second apart agree (the
+# picture is drawn completely), bounded. The VGA BIOS has one framebuffer mode, the
+# display's preferred 1024x768; the 640x480 mode vesamenu asks for is drawn in its top-left
+# corner (as with QEMU's bochs-display).
+rm -f /tmp/menu-last.png
 n=0
 while :; do
     sleep 1; n=$((n+1))
+    if [ $n -gt 60 ]; then
+        echo "VIVARIUM-RIG-MARK the menu never settled"; cat /tmp/menu.json; break
+    fi
     $V --json screenshot installer /tmp/menu.png > /tmp/menu.json 2>/dev/null || continue
-    grep -q '"dominant_color":"#000000"' /tmp/menu.json || break
-    [ $n -gt 60 ] && {{ echo "VIVARIUM-RIG-MARK the menu never showed"; cat /tmp/menu.json; break; }}
-    # Mostly black is right (the corner is 39 % of the screen): stop once it is not all black.
-    grep -q '"dominant_share":1.0' /tmp/menu.json || break
+    if ! grep -q '"dominant_share":1.0' /tmp/menu.json && [ -f /tmp/menu-last.png ] \
+        && cmp -s /tmp/menu.png /tmp/menu-last.png; then
+        break
+    fi
+    cp /tmp/menu.png /tmp/menu-last.png
 done
 carry menu /tmp/menu.png
 # Down to "Install on the serial console", then Enter: isolinux loads the installer's kernel
