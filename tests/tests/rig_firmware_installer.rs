@@ -76,7 +76,8 @@ echo "VIVARIUM-RIG-MARK entered"
 n=0
 while ! grep -q 'Select a language' "$S" 2>/dev/null; do
     sleep 2; n=$((n+1))
-    if [ $n -gt 300 ]; then
+    # 15 minutes: 98 s on an idle machine, 428 s with a build running beside the rig.
+    if [ $n -gt 450 ]; then
         echo "VIVARIUM-RIG-MARK no installer on the serial console"
         tail -c 3000 "$S"; break
     fi
