@@ -176,7 +176,9 @@ impl Rig {
     /// A rig run of `script` (busybox sh) with the guest fixtures in `/rig/fixtures`, a
     /// timeout of `$VIVARIUM_RIG_TIMEOUT` seconds (default 300) and 2 GiB of memory. The
     /// console lines are echoed to stderr as they come when `$VIVARIUM_RIG_ECHO` is `1`, and
-    /// the outer kernel logs to the console when `$VIVARIUM_RIG_KERNEL_LOG` is `1`.
+    /// the outer kernel logs to the console when `$VIVARIUM_RIG_KERNEL_LOG` is `1`; with
+    /// `$VIVARIUM_RIG_MONITOR` set to a path, the outer QEMU's monitor listens on that Unix
+    /// socket (for looking into a stalled run by hand).
     pub fn new(fixtures: &Fixtures, script: &str) -> Rig {
         let timeout = std::env::var("VIVARIUM_RIG_TIMEOUT")
             .ok()
@@ -354,8 +356,15 @@ impl Rig {
             .arg("-initrd")
             .arg(initramfs)
             .arg("-append")
-            .arg(self.kernel_command_line())
-            .stdin(Stdio::null())
+            .arg(self.kernel_command_line());
+        // A monitor socket for looking into a run by hand (`info registers`, `info irq`).
+        if let Some(socket) = std::env::var_os("VIVARIUM_RIG_MONITOR") {
+            let mut arg = std::ffi::OsString::from("unix:");
+            arg.push(socket);
+            arg.push(",server,nowait");
+            cmd.arg("-monitor").arg(arg);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
@@ -365,10 +374,18 @@ impl Rig {
     /// fails now and then and the boot hangs; giving it the host's TSC rate (which is what TCG's
     /// TSC counts at) and trusting the TSC avoids that.
     fn kernel_command_line(&self) -> String {
-        // idle=poll: the emulated CPU never halts. Under TCG, a halted outer CPU with nested
-        // guests now and then never saw its next interrupt and the whole rig froze; a
-        // polling idle loop costs nothing here (the emulator's thread is busy anyway).
-        let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init idle=poll");
+        // nohz=off highres=off: the outer kernel ticks with its local APIC timer in periodic
+        // mode. Under TCG, a one-shot APIC timer interrupt that comes due while a nested guest
+        // runs is now and then lost; the outer kernel then never sees another timer
+        // interrupt, its processes stop running (the heartbeat among them) and the rig stalls
+        // (seen with the QEMU monitor: the outer CPU polling in its idle loop with interrupts
+        // on, and a heartbeat through /dev/kmsg arriving once in 20 s while a guest booted).
+        // A periodic timer re-arms itself, so a lost interrupt costs one tick.
+        // idle=poll: the emulated CPU never halts (a halted outer CPU with nested guests now
+        // and then never saw its next interrupt); a polling idle loop costs nothing here (the
+        // emulator's thread is busy anyway).
+        let mut line =
+            String::from("console=ttyS0 panic=-1 rdinit=/init idle=poll nohz=off highres=off");
         line.push_str(if self.kernel_log {
             " loglevel=7"
         } else {
