@@ -73,6 +73,9 @@ pub enum Error {
         "the guest is not reading its PS/2 {0} fast enough: the input was not sent; send it again later"
     )]
     InputQueueFull(&'static str),
+    /// A flash device's storage does not fit its geometry.
+    #[error("invalid flash: {0}")]
+    InvalidFlash(String),
     /// A host I/O operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

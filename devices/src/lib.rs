@@ -31,6 +31,7 @@ pub mod error;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
+pub mod pflash;
 pub mod rtc;
 pub mod scsi;
 pub mod serial;

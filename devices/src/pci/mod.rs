@@ -18,6 +18,7 @@
 mod config;
 pub mod i440fx;
 mod msix;
+pub mod piix;
 
 pub use config::*;
 pub use msix::*;
@@ -218,6 +219,10 @@ struct Slot {
 /// Bus 0 of a PCI hierarchy: the host bridge in slot 0 and up to 31 devices.
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
+    /// Functions 1..7 of multi-function devices, by (device, function). They have no BARs
+    /// (the chipset functions that need them, like PIIX4's power management, decode fixed
+    /// registers of their own).
+    functions: Vec<((u8, u8), SharedPciDevice)>,
     // Weak: the buses hold the root (through the configuration-space devices), so strong
     // references here would keep every device, and the guest memory they hold, alive forever
     // after the machine ends.
@@ -264,6 +269,7 @@ impl PciRoot {
         });
         PciRoot {
             slots,
+            functions: Vec::new(),
             mmio_bus: Arc::downgrade(&mmio_bus),
             pio_bus: Arc::downgrade(&pio_bus),
             mem32: AddressAllocator::new("32-bit MMIO", windows.mem32.0, windows.mem32.1),
@@ -317,6 +323,32 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Plug `device` in as function `function` (1..8) of the multi-function device in
+    /// `slot`: function 0 must be there and say it is multi-function (bit 7 of its header
+    /// type), or guests never look for the other functions. Such functions have no BARs.
+    pub fn add_function(&mut self, slot: u8, function: u8, device: SharedPciDevice) -> Result<()> {
+        let unavailable = Error::SlotUnavailable(slot);
+        if !(1..8).contains(&function)
+            || self.functions.iter().any(|(at, _)| *at == (slot, function))
+        {
+            return Err(unavailable);
+        }
+        let Some(first) = self.slots.get(usize::from(slot)).and_then(Option::as_ref) else {
+            return Err(unavailable);
+        };
+        if lock(&first.device).config().u8_at(0x0e) & 0x80 == 0 {
+            return Err(unavailable);
+        }
+        if lock(&device).config().bars().next().is_some() {
+            return Err(Error::InvalidBar {
+                index: 0,
+                reason: "functions other than 0 cannot have BARs here",
+            });
+        }
+        self.functions.push(((slot, function), device));
+        Ok(())
+    }
+
     /// The device in `slot`, if any.
     pub fn device(&self, slot: u8) -> Option<SharedPciDevice> {
         self.slots
@@ -328,6 +360,10 @@ impl PciRoot {
     /// Configuration read of bus 0, `device`, `function` at `offset`. Absent functions read
     /// all-ones.
     pub fn config_read(&self, device: u8, function: u8, offset: usize, data: &mut [u8]) {
+        if let Some(extra) = self.extra_function(device, function) {
+            lock(extra).read_config(offset, data);
+            return;
+        }
         match self.function(device, function) {
             Some(slot) => lock(&slot.device).read_config(offset, data),
             None => data.fill(0xff),
@@ -337,11 +373,25 @@ impl PciRoot {
     /// Configuration write of bus 0, `device`, `function` at `offset`; BAR changes are
     /// applied to the buses before it returns.
     pub fn config_write(&mut self, device: u8, function: u8, offset: usize, data: &[u8]) {
+        if let Some(extra) = self.extra_function(device, function) {
+            lock(extra).write_config(offset, data);
+            return;
+        }
         let Some(slot) = self.function(device, function) else {
             return;
         };
         lock(&slot.device).write_config(offset, data);
         self.update_bars(usize::from(device));
+    }
+
+    fn extra_function(&self, device: u8, function: u8) -> Option<&SharedPciDevice> {
+        if function == 0 {
+            return None;
+        }
+        self.functions
+            .iter()
+            .find(|(at, _)| *at == (device, function))
+            .map(|(_, d)| d)
     }
 
     fn function(&self, device: u8, function: u8) -> Option<&Slot> {
