@@ -282,6 +282,10 @@ pub struct BootArgs {
     /// label or menu label, or a GRUB entry's title; e.g. a serial-console entry).
     #[arg(long, requires = "iso")]
     pub boot_entry: Option<String>,
+    /// The firmware that boots the VM's disks and CD-ROM: `bios` (SeaBIOS; the default) or
+    /// `uefi` (OVMF, with the VM's own UEFI variables).
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    pub firmware: Option<String>,
 }
 
 /// Hardware settings of a new VM.
@@ -336,6 +340,11 @@ pub struct SetArgs {
     /// Boot from the CD-ROM, or from the disk.
     #[arg(long, value_parser = ["cdrom", "disk"], conflicts_with = "kernel")]
     pub boot: Option<String>,
+    /// The firmware that boots the disks and CD-ROM: `bios` or `uefi`. A UEFI VM keeps its
+    /// UEFI variables (boot entries) in its bundle; switching back to BIOS keeps them for
+    /// later.
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    pub firmware: Option<String>,
     /// Insert this ISO in the CD-ROM drive.
     #[arg(long, conflicts_with = "eject")]
     pub iso: Option<PathBuf>,
@@ -643,6 +652,9 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
     spec.notes = hw.notes.clone();
     spec.cdrom = boot.iso.clone();
     spec.disk = disk;
+    if let Some(firmware) = &boot.firmware {
+        spec.firmware = firmware.parse().map_err(Error::InvalidInput)?;
+    }
     Ok(spec)
 }
 
@@ -734,12 +746,14 @@ fn create_from_iso(
             BootSource::Installer { cmdline, .. } => {
                 println!(
                     "It boots the installer's kernel with: {cmdline}\nOnce the installer has \
-                     made the disk bootable, it boots the disk through its BIOS."
+                     made the disk bootable, it boots the disk through its {}.",
+                    config.firmware.label()
                 );
             }
             BootSource::Disk => println!(
-                "It boots the ISO through its BIOS while the disk holds nothing bootable, then \
-                 the disk."
+                "It boots the ISO through its {} while the disk holds nothing bootable, then \
+                 the disk.",
+                config.firmware.label()
             ),
             _ => {}
         }
@@ -942,6 +956,9 @@ fn set(library: &Library, args: SetArgs, json: bool) -> Result<(), Error> {
 }
 
 fn apply_boot_changes(config: &mut VmConfig, args: &SetArgs) -> Result<(), Error> {
+    if let Some(firmware) = &args.firmware {
+        config.firmware = firmware.parse().map_err(Error::InvalidInput)?;
+    }
     if let Some(boot) = &args.boot {
         config.boot = if boot == "cdrom" {
             BootSource::Cdrom
@@ -1250,6 +1267,9 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
     println!("CPUs:      {}", config.cpus);
     println!("Memory:    {}", format_size(config.memory_mib << 20));
     println!("Boot:      {}", config.boot.describe());
+    if !matches!(config.boot, BootSource::Linux { .. }) {
+        println!("Firmware:  {}", config.firmware.label());
+    }
     if let BootSource::Linux {
         initrd, cmdline, ..
     }

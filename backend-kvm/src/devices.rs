@@ -129,17 +129,44 @@ pub fn attach_acpi_pm(
     pio: &Bus,
     power_off: Arc<dyn PowerOff>,
     reset: Arc<dyn ResetLine>,
+    ports: Option<AcpiPmPorts>,
 ) -> Result<Arc<Mutex<AcpiPm>>> {
     let sci = Arc::new(IrqfdLine::new(vm, crate::acpi::SCI_IRQ)?);
     let pm = Arc::new(Mutex::new(AcpiPm::new(sci, power_off, reset)));
-    let ports = AcpiPmPorts::STANDARD;
-    pio.insert(
-        u64::from(ports.base()),
-        u64::from(AcpiPmPorts::LEN),
-        pm.clone(),
-    )
-    .map_err(bus_error("ACPI power management block"))?;
+    if let Some(ports) = ports {
+        pio.insert(
+            u64::from(ports.base()),
+            u64::from(AcpiPmPorts::LEN),
+            pm.clone(),
+        )
+        .map_err(bus_error("ACPI power management block"))?;
+    }
     Ok(pm)
+}
+
+/// The PIIX south bridge functions UEFI firmware expects at 00:01.0 and 00:01.3 (see
+/// `vivarium_devices::pci::piix`), with the ACPI PM block `pm` placed at `ports` through the
+/// power-management function's PMBA.
+pub fn piix_functions(
+    pio: &Arc<Bus>,
+    pm: Arc<Mutex<AcpiPm>>,
+    ports: AcpiPmPorts,
+) -> Result<PiixFunctions> {
+    use vivarium_devices::pci::piix::{Piix3IsaBridge, Piix4Pm};
+    let pm_function = Piix4Pm::new(pio, ports.base(), pm, u64::from(AcpiPmPorts::LEN))
+        .map_err(bus_error("ACPI power management block"))?;
+    Ok(PiixFunctions {
+        isa_bridge: Arc::new(Mutex::new(Piix3IsaBridge::new())),
+        power_management: Arc::new(Mutex::new(pm_function)),
+    })
+}
+
+/// The PIIX functions of a UEFI machine, to plug in at 00:01.
+pub struct PiixFunctions {
+    /// The PCI-to-ISA bridge (00:01.0).
+    pub isa_bridge: vivarium_devices::pci::SharedPciDevice,
+    /// The power-management function (00:01.3).
+    pub power_management: vivarium_devices::pci::SharedPciDevice,
 }
 
 /// The virtio devices a machine has besides the ones every machine gets.
@@ -156,6 +183,8 @@ pub struct PciDevices<'a> {
     /// The host bridge a firmware expects (the i440FX); `None`: Vivarium's own, with the
     /// ECAM. Without the ECAM, configuration space is reached through ports 0xcf8/0xcfc only.
     pub host_bridge: Option<vivarium_devices::pci::SharedPciDevice>,
+    /// The south bridge functions of a UEFI machine, plugged in at 00:01 before the rest.
+    pub piix: Option<PiixFunctions>,
 }
 
 /// Where the devices a firmware boots from were plugged in.
@@ -199,6 +228,7 @@ pub fn attach_pci(
         cdrom,
         screen,
         host_bridge,
+        piix,
     } = devices;
     let windows = PciWindows {
         mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
@@ -226,6 +256,13 @@ pub fn attach_pci(
     }
     let mut slots = PciSlots::default();
 
+    if let Some(piix) = piix {
+        use vivarium_devices::pci::piix::{PIIX_SLOT, PM_FUNCTION};
+        let mut root = root.lock().unwrap_or_else(|e| e.into_inner());
+        root.add_device_at(PIIX_SLOT, piix.isa_bridge)
+            .and_then(|()| root.add_function(PIIX_SLOT, PM_FUNCTION, piix.power_management))
+            .map_err(|e| Error::Setup(format!("could not plug in the PIIX functions: {e}")))?;
+    }
     if let Some(screen) = screen {
         attach_display(&root, screen)?;
     }

@@ -38,6 +38,8 @@ const MIN_ROM_SIZE: usize = 64 << 10;
 const MAX_ROM_SIZE: usize = 16 << 20;
 /// The part of the ROM that also appears at 0xe0000..0x100000.
 const ISA_BIOS_SIZE: usize = 128 << 10;
+/// The erase block of the UEFI flash (what OVMF's flash driver erases at a time).
+pub const FLASH_BLOCK_SIZE: usize = 4 << 10;
 
 /// A firmware image in memory of its own, page-aligned so KVM can map it.
 pub struct Rom {
@@ -54,26 +56,38 @@ unsafe impl Sync for Rom {}
 impl Rom {
     /// Reads a BIOS image: its size must be a multiple of 64 KiB from 64 KiB to 16 MiB.
     pub fn load(path: &Path) -> Result<Rom> {
+        Self::load_image(path, "a BIOS image", "seabios", MIN_ROM_SIZE)
+    }
+
+    /// Reads OVMF's code: a multiple of 4 KiB (its flash blocks) from 64 KiB to 16 MiB, with
+    /// the reset vector in its last 16 bytes.
+    pub fn load_uefi_code(path: &Path) -> Result<Rom> {
+        Self::load_image(path, "UEFI firmware code", "ovmf", FLASH_BLOCK_SIZE)
+    }
+
+    fn load_image(path: &Path, what: &str, package: &str, granule: usize) -> Result<Rom> {
         let bad = |why: String| Error::Firmware {
             path: path.to_path_buf(),
             why,
         };
         let data = std::fs::read(path).map_err(|e| {
             bad(match e.kind() {
-                std::io::ErrorKind::NotFound => "the file does not exist: install the `seabios` \
-                                                 package (sudo apt install seabios)"
-                    .into(),
+                std::io::ErrorKind::NotFound => format!(
+                    "the file does not exist: install the `{package}` package (sudo apt install \
+                     {package})"
+                ),
                 _ => e.to_string(),
             })
         })?;
         if data.len() < MIN_ROM_SIZE
             || data.len() > MAX_ROM_SIZE
-            || !data.len().is_multiple_of(MIN_ROM_SIZE)
+            || !data.len().is_multiple_of(granule)
         {
             return Err(bad(format!(
-                "it is {} bytes; a BIOS image is a multiple of 64 KiB from 64 KiB to 16 MiB \
-                 (is it a damaged or foreign file? reinstall the `seabios` package)",
-                data.len()
+                "it is {} bytes; {what} is a multiple of {} KiB from 64 KiB to 16 MiB (is it a \
+                 damaged or foreign file? reinstall the `{package}` package)",
+                data.len(),
+                granule >> 10
             )));
         }
         // SAFETY: a fresh private anonymous mapping; the result is checked below.
@@ -301,6 +315,175 @@ impl BusDevice for BiosAreaWrites {
     }
 }
 
+/// The VM's UEFI variable store file, mapped shared: the guest reads it through a read-only
+/// memory slot while the flash is in read-array mode, and the flash model programs and
+/// erases it in place (the file is the flash).
+pub struct VarsMapping {
+    address: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is to a shared mapping owned by the `VarsMapping`, unmapped once in
+// Drop; the flash model (behind its mutex) is its only writer.
+unsafe impl Send for VarsMapping {}
+// SAFETY: as above.
+unsafe impl Sync for VarsMapping {}
+
+impl VarsMapping {
+    /// Maps `path` read-write and shared. Its size must be a whole number of flash blocks.
+    pub fn open(path: &Path) -> Result<Arc<VarsMapping>> {
+        let bad = |why: String| Error::Firmware {
+            path: path.to_path_buf(),
+            why,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| bad(format!("cannot open the UEFI variable store: {e}")))?;
+        let len = file.metadata().map_err(|e| bad(e.to_string()))?.len() as usize;
+        if len == 0 || len > MAX_ROM_SIZE || !len.is_multiple_of(FLASH_BLOCK_SIZE) {
+            return Err(bad(format!(
+                "the UEFI variable store is {len} bytes, not a whole number of 4 KiB blocks up \
+                 to 16 MiB (delete it to start over with OVMF's defaults)"
+            )));
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: mapping a file we opened read-write, shared; the result is checked below.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(bad(format!(
+                "cannot map the UEFI variable store: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Arc::new(VarsMapping {
+            address: address.cast(),
+            len,
+        }))
+    }
+
+    /// The store's size.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the store is empty (never: `open` refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn sync(&self, flags: libc::c_int) {
+        // SAFETY: syncing our own live mapping.
+        if unsafe { libc::msync(self.address.cast(), self.len, flags) } != 0 {
+            tracing::warn!(
+                "writing the UEFI variable store back failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+impl Drop for VarsMapping {
+    fn drop(&mut self) {
+        self.sync(libc::MS_SYNC);
+        // SAFETY: unmapping the mapping made in `open`, once; the VM that mapped it into the
+        // guest no longer runs (its vCPUs are joined before the machine's devices drop).
+        unsafe { libc::munmap(self.address.cast(), self.len) };
+    }
+}
+
+/// The store as the flash model's storage.
+struct VarsStorage(Arc<VarsMapping>);
+
+impl vivarium_devices::pflash::FlashStorage for VarsStorage {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as the Arc.
+        unsafe { std::slice::from_raw_parts(self.0.address, self.0.len) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; the flash model behind its mutex is the only writer (the guest
+        // maps it read-only).
+        unsafe { std::slice::from_raw_parts_mut(self.0.address, self.0.len) }
+    }
+    fn written(&mut self) {
+        self.0.sync(libc::MS_ASYNC);
+    }
+}
+
+/// Maps and unmaps the variable store's read-only slot as the flash enters and leaves
+/// read-array mode.
+struct VarsSlot {
+    vm: Arc<VmFd>,
+    mapping: Arc<VarsMapping>,
+    guest_address: u64,
+    /// Without read-only slots the store is never mapped: every access goes to the model.
+    read_only_slots: bool,
+}
+
+impl VarsSlot {
+    fn set(&self, mapped: bool) -> Result<()> {
+        if !self.read_only_slots {
+            return Ok(());
+        }
+        let region = kvm_userspace_memory_region {
+            slot: layout::SLOT_UEFI_VARS,
+            flags: KVM_MEM_READONLY,
+            guest_phys_addr: self.guest_address,
+            memory_size: if mapped { self.mapping.len as u64 } else { 0 },
+            userspace_addr: self.mapping.address as u64,
+        };
+        // SAFETY: the mapping is owned by `mapping`, which the machine keeps until after the
+        // VM is gone; the range (right below the firmware code) holds no other slot.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| Error::Kvm {
+            context: "mapping the UEFI variable store",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })
+    }
+}
+
+impl vivarium_devices::pflash::FlashModeListener for VarsSlot {
+    fn read_array_changed(&self, read_array: bool) {
+        if let Err(e) = self.set(read_array) {
+            tracing::error!("the UEFI variable store could not follow its flash: {e}");
+        }
+    }
+}
+
+/// The UEFI variable store of a machine: the flash model (register it on the MMIO bus over
+/// `guest_address..+len`) over the mapped file, its slot mapped for reading.
+pub fn uefi_vars_flash(
+    vm: Arc<VmFd>,
+    mapping: Arc<VarsMapping>,
+    guest_address: u64,
+    read_only_slots: bool,
+) -> Result<vivarium_devices::pflash::CfiFlash> {
+    let slot = Arc::new(VarsSlot {
+        vm,
+        mapping: mapping.clone(),
+        guest_address,
+        read_only_slots,
+    });
+    slot.set(true)?;
+    let mut flash = vivarium_devices::pflash::CfiFlash::new(
+        Box::new(VarsStorage(mapping)),
+        FLASH_BLOCK_SIZE,
+        true,
+    )
+    .map_err(|e| Error::Setup(e.to_string()))?;
+    flash.set_listener(slot);
+    Ok(flash)
+}
+
 /// What the firmware is told over fw_cfg.
 pub struct FirmwareConfig<'a> {
     /// vCPUs at boot.
@@ -315,6 +498,8 @@ pub struct FirmwareConfig<'a> {
     pub acpi: &'a crate::acpi::FirmwareAcpi,
     /// Whether the machine has a display (else the firmware is told "no graphics").
     pub display: bool,
+    /// Whether the firmware is OVMF (UEFI) rather than SeaBIOS.
+    pub uefi: bool,
 }
 
 /// The memory map as `etc/e820` entries: RAM below the PCI hole and above 4 GiB.
@@ -349,8 +534,14 @@ pub fn fw_cfg(memory: Arc<GuestMemoryMmap>, config: &FirmwareConfig<'_>) -> Resu
         order.push_str(path);
         order.push('\n');
     }
-    // SeaBIOS stops at HALT instead of trying devices the list does not name.
-    order.push_str("HALT");
+    if config.uefi {
+        // OVMF reads the list up to a NUL; devices it does not name stay bootable after
+        // those it does (boot entries on the listed disks keep their order).
+        order.push('\0');
+    } else {
+        // SeaBIOS stops at HALT instead of trying devices the list does not name.
+        order.push_str("HALT");
+    }
     device
         .add_file("bootorder", order.into_bytes())
         .map_err(file_error)?;

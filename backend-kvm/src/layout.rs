@@ -64,6 +64,9 @@ pub const SLOT_BIOS_ROM: u32 = 4;
 /// First of the thirteen KVM memory slots of the BIOS area (0xc0000..0x100000), one per
 /// PAM segment.
 pub const SLOT_PAM_FIRST: u32 = 5;
+/// KVM memory slot of the UEFI variable store (right below the firmware code), while its
+/// flash reads like memory.
+pub const SLOT_UEFI_VARS: u32 = SLOT_PAM_FIRST + 13;
 
 /// Where KVM's identity-map page goes (one page), in the PCI hole below the firmware's
 /// flash area and above where firmware places BARs (it is what QEMU uses).

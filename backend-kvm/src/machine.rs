@@ -18,7 +18,7 @@ use vivarium_core::backend::{
     BackendError, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
 };
 use vivarium_devices::GuestMemoryMmap;
-use vivarium_devices::acpi_pm::AcpiPm;
+use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts};
 use vivarium_devices::bus::{Bus, BusKind};
 use vivarium_devices::i8042::Ps2Input;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -457,6 +457,8 @@ struct Vm {
     screen: Option<crate::display::RefreshThread>,
     /// The firmware's ROM and BIOS area, mapped for as long as the VM lives.
     _bios_area: Option<Arc<crate::firmware::BiosArea>>,
+    /// The UEFI variable store, mapped for as long as the VM lives.
+    _uefi_vars: Option<Arc<crate::firmware::VarsMapping>>,
     vcpus: Vec<VcpuFd>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -471,6 +473,9 @@ fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
         source: std::io::Error::from_raw_os_error(e.errno()),
     }
 }
+
+/// Where OVMF places the ACPI PM block through the PIIX4's PMBA (its `PcdAcpiPmBaseAddress`).
+const UEFI_PM_BASE: u16 = 0xb000;
 
 impl Vm {
     fn build(plan: &MachinePlan, control: &Arc<Control>) -> Result<Vm> {
@@ -562,11 +567,52 @@ impl Vm {
         let power_off = Arc::new(crate::devices::GuestPowerOff(Box::new(move || {
             power_control.stop(Stop::PowerOff)
         })));
-        let acpi_pm = crate::devices::attach_acpi_pm(&vm, &pio, power_off, reset)?;
+        let uefi = matches!(
+            firmware,
+            Some(vivarium_core::backend::FirmwareSpec::Uefi { .. })
+        );
+        // The ACPI PM block: at QEMU's place on a BIOS or direct-boot machine; on a UEFI
+        // machine where OVMF puts it through the PIIX4's PMBA (the tables say so too).
+        let pm_ports = if uefi {
+            AcpiPmPorts::new(UEFI_PM_BASE).expect("the UEFI PM block fits in port space")
+        } else {
+            AcpiPmPorts::STANDARD
+        };
+        let acpi_pm = crate::devices::attach_acpi_pm(
+            &vm,
+            &pio,
+            power_off,
+            reset,
+            (!uefi).then_some(pm_ports),
+        )?;
+        let piix = uefi
+            .then(|| crate::devices::piix_functions(&pio, acpi_pm.clone(), pm_ports))
+            .transpose()?;
         control.lock().acpi_pm = Some(acpi_pm);
         let vm = Arc::new(vm);
-        // The firmware's images: the BIOS and the display's VGA BIOS.
+        let read_only_slots = kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem);
+        // UEFI: the variable store flash right below the code.
+        let mut uefi_vars = None;
+        // The firmware's images: the BIOS and the display's VGA BIOS, or OVMF's code (OVMF
+        // drives the display itself).
         let (bios, vga_rom) = match firmware {
+            Some(vivarium_core::backend::FirmwareSpec::Uefi { code, vars }) => {
+                let rom = Arc::new(crate::firmware::Rom::load_uefi_code(code)?);
+                let mapping = crate::firmware::VarsMapping::open(vars)?;
+                let base = rom.guest_address() - mapping.len() as u64;
+                let flash = crate::firmware::uefi_vars_flash(
+                    Arc::clone(&vm),
+                    mapping.clone(),
+                    base,
+                    read_only_slots,
+                )?;
+                mmio.insert(base, mapping.len() as u64, Arc::new(Mutex::new(flash)))
+                    .map_err(|e| {
+                        Error::Setup(format!("could not place the UEFI variable store: {e}"))
+                    })?;
+                uefi_vars = Some(mapping);
+                (Some(rom), None)
+            }
             Some(vivarium_core::backend::FirmwareSpec::Bios { image, vga_rom }) => {
                 let rom = Arc::new(crate::firmware::Rom::load(image)?);
                 let vga = match (vga_rom, &plan.display) {
@@ -622,7 +668,7 @@ impl Vm {
                     Arc::clone(&vm),
                     Arc::clone(&memory),
                     rom,
-                    kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem),
+                    read_only_slots,
                 )
             })
             .transpose()?;
@@ -651,11 +697,11 @@ impl Vm {
                 cdrom: plan.cdrom.as_ref(),
                 screen,
                 host_bridge,
+                piix,
             },
         )?;
         let mmio64_start = layout::mmio64_start(plan.memory_size);
         let mmio64 = mmio64_start..mmio64_start + layout::PCI_MMIO64_SIZE;
-        let pm_ports = vivarium_devices::acpi_pm::AcpiPmPorts::STANDARD;
         let rsdp = match &plan.boot {
             BootSpec::Firmware { order, menu, .. } => {
                 let pci = crate::acpi::PciLayout {
@@ -686,6 +732,7 @@ impl Vm {
                         menu: *menu,
                         acpi: &acpi,
                         display: plan.display.is_some(),
+                        uefi,
                     },
                 )?;
                 pio.insert(
@@ -746,6 +793,7 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             _bios_area: bios_area,
+            _uefi_vars: uefi_vars,
             screen: refresh,
             ram,
             vcpus,
@@ -760,6 +808,7 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             _bios_area: bios_area,
+            _uefi_vars: uefi_vars,
             screen,
             ram,
             vcpus,
@@ -803,6 +852,8 @@ impl Vm {
         drop(memory);
         drop(pio);
         drop(mmio);
+        // The variable store's last writes reach its file once the flash model is gone too.
+        drop(uefi_vars);
         drop(ram);
         control.lock().stop.clone().unwrap_or(Stop::PowerOff)
     }

@@ -294,3 +294,163 @@ fn the_second_disk_boots_when_the_order_names_it() {
     );
     assert!(out.contains("booted from disk 1"), "COM1 got {out:?}");
 }
+
+/// The body of a hand-made UEFI code image (assembled once with GNU as, `as --32`, from the
+/// program described here; it sits at offset 0xfd00 of the 64 KiB block that ends at 4 GiB and
+/// the reset vector at 0xfff0 is `jmp 0xfd00`, e9 0d fd). In real mode it copies its 32-bit
+/// part and a flat GDT from the ROM (through CS) to RAM at 0x10000, as SeaBIOS runs from its
+/// RAM copy, switches to protected mode there, checks what OVMF relies on and prints one
+/// letter per check on COM1 (upper case: as expected):
+///
+/// ```text
+/// F  the variable store (0xfffd0000, right below the 128 KiB code) is a flash: at +0x10,
+///    0x50 leaves it reading its byte, 0x70 then reads the cleared status 0x00; then 0xff
+/// U  0x10 then 'U' at +0x100 programs it; 0xff; reading +0x100 gives it back ('U' printed)
+/// E  0x20, 0xd0 at +0x1000 erases that 4 KiB block (the test fills it with zeros) to 0xff
+/// P  00:01.3 is the PIIX4 power management function (8086:7113), through 0xcf8/0xcfc
+/// M  00:01.0 is multi-function (header type bit 7)
+/// T  the ACPI PM timer at 0xb008 (OVMF's PM block) ticks: read until it changes, bounded
+/// ```
+///
+/// then a newline, and S5 through PM1a_CNT at 0xb004 (SLP_TYP 5 | SLP_EN: 0x3400).
+const UEFI_CHECKS_BODY: &[&str] = &[
+    "fab800108ec031ffbe29fdb9e700fc2ef3a42e660f011610fe0f20c00c010f22c066ea00000100080066b810008ed88e",
+    "c08ed0bf1000fdff8a1fc607508a0fc607708a2fc607ffb06638d9750684ed7502b04666baf803eebf0001fdffc60710",
+    "c60755c607ff8a07eebf0010fdffc60720c607d0c607ffb06580bfff0f0000ff7502b045ee66baf80cb8000b0080ef66",
+    "bafc0cedb3703d868013717502b35066baf80cb80c080080ef66bafc0cedc1e810b76d3c807502b74d66baf80388d8ee",
+    "88f8ee66ba08b0ed89c3b9400d0300ed39c37506e2f9b074eb02b05466baf803eeb00aee66ba04b066b8003466eff4eb",
+    "fd8db400008d74000000000000000000ffff0000009acf00ffff00000092cf001700cf0001",
+];
+
+/// A 128 KiB "UEFI code" image holding [`UEFI_CHECKS_BODY`] and its reset vector.
+fn uefi_checks_image() -> Vec<u8> {
+    let hex: String = UEFI_CHECKS_BODY.concat();
+    let body: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let mut image = vec![0u8; 128 << 10];
+    let top = 64 << 10;
+    image[top + 0xfd00..top + 0xfd00 + body.len()].copy_from_slice(&body);
+    image[top + 0xfff0..top + 0xfff3].copy_from_slice(&[0xe9, 0x0d, 0xfd]);
+    image
+}
+
+/// A UEFI machine on the host's KVM, with a hand-made code image instead of OVMF (which
+/// needs a KVM that runs any guest code; `kvm_pvm` does not): the variable store is a CFI
+/// flash that OVMF's probe detects, programs and erases, and what the guest wrote is in the
+/// VM's file once the machine is off; the PIIX functions are at 00:01 and the ACPI PM block
+/// with its timer where OVMF puts it.
+#[test]
+fn a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects() {
+    let test =
+        "firmware_boot::a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects";
+    let backend = KvmBackend::new();
+    let support = backend.probe();
+    if !gate::kvm(test, (!support.can_run()).then(|| support.explain())) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("code.fd");
+    std::fs::write(&code, uefi_checks_image()).unwrap();
+    let vars = dir.path().join("vars.fd");
+    let mut store = vec![0xffu8; 64 << 10];
+    store[0x10] = 0x5a;
+    store[0x1000..0x2000].fill(0);
+    std::fs::write(&vars, &store).unwrap();
+    let out = Capture::default();
+    let spec = MachineSpec {
+        cpus: 1,
+        memory_mib: 64,
+        boot: BootSpec::Firmware {
+            firmware: FirmwareSpec::Uefi {
+                code,
+                vars: vars.clone(),
+            },
+            order: vec![],
+            menu: false,
+        },
+        disks: vec![],
+        network: None,
+        cdrom: None,
+        display: None,
+        serial_output: Box::new(out.clone()),
+    };
+    let machine: Arc<dyn RunningMachine> = backend.start(spec).expect("the machine starts");
+    let waiter = {
+        let machine = machine.clone();
+        std::thread::spawn(move || machine.wait())
+    };
+    let started = Instant::now();
+    while !waiter.is_finished() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = machine.request(vivarium_core::backend::ControlRequest::PowerOff);
+            panic!(
+                "the machine did not power off within 60 s; COM1 got {:?}",
+                out.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(waiter.join().unwrap(), MachineExit::PoweredOff);
+    assert_eq!(out.text(), "FUEPMT\n", "COM1 (lower case: a check failed)");
+    drop(machine);
+    let after = std::fs::read(&vars).unwrap();
+    assert_eq!(
+        after[0x100], b'U',
+        "the programmed byte is in the VM's file"
+    );
+    assert!(
+        after[0x1000..0x2000].iter().all(|&b| b == 0xff),
+        "the erased block"
+    );
+    assert_eq!(after[0x10], 0x5a, "the probed byte is untouched");
+    assert_eq!(after.len(), store.len());
+}
+
+#[test]
+fn a_missing_or_odd_sized_uefi_file_is_refused_clearly() {
+    let test = "firmware_boot::a_missing_or_odd_sized_uefi_file_is_refused_clearly";
+    let backend = KvmBackend::new();
+    let support = backend.probe();
+    if !gate::kvm(test, (!support.can_run()).then(|| support.explain())) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("code.fd");
+    std::fs::write(&code, uefi_checks_image()).unwrap();
+    let spec = |code: PathBuf, vars: PathBuf| MachineSpec {
+        cpus: 1,
+        memory_mib: 64,
+        boot: BootSpec::Firmware {
+            firmware: FirmwareSpec::Uefi { code, vars },
+            order: vec![],
+            menu: false,
+        },
+        disks: vec![],
+        network: None,
+        cdrom: None,
+        display: None,
+        serial_output: Box::new(std::io::sink()),
+    };
+    let missing = backend
+        .start(spec(dir.path().join("none.fd"), dir.path().join("vars.fd")))
+        .err()
+        .expect("a missing code file is refused");
+    assert!(
+        missing.to_string().contains("apt install ovmf"),
+        "{missing}"
+    );
+    let odd = dir.path().join("odd.fd");
+    std::fs::write(&odd, vec![0u8; 5000]).unwrap();
+    let e = backend
+        .start(spec(code.clone(), odd.clone()))
+        .err()
+        .expect("a variable store of 5000 bytes is refused");
+    assert!(e.to_string().contains("4 KiB blocks"), "{e}");
+    assert_eq!(
+        std::fs::read(&odd).unwrap(),
+        vec![0u8; 5000],
+        "and left as it was"
+    );
+}

@@ -138,6 +138,15 @@ pub enum FirmwareSpec {
         /// The VGA option ROM for the bochs display (e.g. `vgabios-bochs-display.bin`).
         vga_rom: Option<PathBuf>,
     },
+    /// UEFI (OVMF): its code, mapped read-only right below 4 GiB, and the VM's own variable
+    /// store (a copy of OVMF's template in the bundle's `state/`), a flash right below the
+    /// code that the firmware writes its settings and boot entries to.
+    Uefi {
+        /// OVMF's code (e.g. `OVMF_CODE_4M.fd`).
+        code: PathBuf,
+        /// The VM's variable store file.
+        vars: PathBuf,
+    },
 }
 
 /// What one start boots from instead of what the VM's configuration says.
@@ -218,10 +227,25 @@ impl MachineSpec {
         let has_cdrom = config.cdrom.is_some();
         let firmware_boot = |cd_first: bool| -> Result<BootSpec, BackendError> {
             let host = crate::firmware::HostFirmware::locate();
-            let image = host
-                .require_seabios()
-                .map_err(BackendError::HostUnsupported)?
-                .to_path_buf();
+            let firmware = match config.firmware {
+                crate::config::Firmware::Bios => FirmwareSpec::Bios {
+                    image: host
+                        .require_seabios()
+                        .map_err(BackendError::HostUnsupported)?
+                        .to_path_buf(),
+                    vga_rom: host.vga_bios.clone(),
+                },
+                crate::config::Firmware::Uefi => {
+                    let (code, template) =
+                        host.require_ovmf().map_err(BackendError::HostUnsupported)?;
+                    let vars = crate::firmware::prepare_uefi_vars(bundle, template)
+                        .map_err(BackendError::InvalidMachine)?;
+                    FirmwareSpec::Uefi {
+                        code: code.to_path_buf(),
+                        vars,
+                    }
+                }
+            };
             if cd_first && !has_cdrom {
                 return Err(BackendError::InvalidMachine(format!(
                     "{} has no CD-ROM drive to boot from: give it one (vivarium set {} --iso \
@@ -239,10 +263,7 @@ impl MachineSpec {
             }
             order.extend((1..disks.len()).map(BootDevice::Disk));
             Ok(BootSpec::Firmware {
-                firmware: FirmwareSpec::Bios {
-                    image,
-                    vga_rom: host.vga_bios.clone(),
-                },
+                firmware,
                 order,
                 menu: matches!(boot_once, Some(BootOnce::Menu)),
             })
@@ -275,10 +296,11 @@ impl MachineSpec {
                     cmdline,
                 },
             ) => {
-                // Once the installer has put a boot loader on the first disk, that disk boots.
-                let installed = disks
-                    .first()
-                    .is_some_and(|d| crate::firmware::disk_has_bios_boot_sector(&d.path, d.format));
+                // Once the installer has put a boot loader on the first disk (for this VM's
+                // firmware), that disk boots.
+                let installed = disks.first().is_some_and(|d| {
+                    crate::firmware::disk_is_bootable(&d.path, d.format, config.firmware)
+                });
                 if installed {
                     firmware_boot(false)?
                 } else {
@@ -431,6 +453,7 @@ mod tests {
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
             },
+            firmware: Default::default(),
             disks: vec![],
             cdrom,
             network: NetworkConfig::None,

@@ -47,6 +47,10 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// How the VM boots.
     pub boot: BootSource,
+    /// The PC firmware that boots its disks and CD-ROM (BIOS unless the file says UEFI;
+    /// configurations from before UEFI existed are BIOS machines).
+    #[serde(default, skip_serializing_if = "Firmware::is_bios")]
+    pub firmware: Firmware,
     /// Disks, in the order the guest sees them.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
@@ -137,8 +141,53 @@ impl BootSource {
             BootSource::Installer { .. } => {
                 "the installer's Linux kernel until the disk is bootable, then the disk".into()
             }
-            BootSource::Cdrom => "CD-ROM (BIOS)".into(),
-            BootSource::Disk => "disk, else CD-ROM (BIOS)".into(),
+            BootSource::Cdrom => "CD-ROM, then the disks (through the firmware)".into(),
+            BootSource::Disk => "disk, else CD-ROM (through the firmware)".into(),
+        }
+    }
+}
+
+/// The PC firmware of a VM that boots through one (disk, CD-ROM, or an installed system).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// A legacy BIOS (SeaBIOS): what most installers and every 32-bit system boot with.
+    #[default]
+    Bios,
+    /// UEFI (OVMF), with the VM's own variable store (its boot entries) in `state/`.
+    Uefi,
+}
+
+impl Firmware {
+    /// Whether this is the BIOS (the default, not written to `vm.toml`).
+    pub fn is_bios(&self) -> bool {
+        *self == Firmware::Bios
+    }
+
+    /// The name used in `vm.toml` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// The name shown to people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Firmware::Bios => "BIOS",
+            Firmware::Uefi => "UEFI",
+        }
+    }
+}
+
+impl std::str::FromStr for Firmware {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bios" => Ok(Firmware::Bios),
+            "uefi" => Ok(Firmware::Uefi),
+            other => Err(format!("unknown firmware `{other}`: use `bios` or `uefi`")),
         }
     }
 }
@@ -627,6 +676,7 @@ mod tests {
                 initrd: Some("/k/initrd".into()),
                 cmdline: "console=ttyS0".into(),
             },
+            firmware: Default::default(),
             disks: vec![DiskConfig {
                 file: "disks/disk0.raw".into(),
                 format: DiskFormat::Raw,

@@ -76,6 +76,18 @@ impl HostFirmware {
         })
     }
 
+    /// OVMF's code and variable store template, or what to install to get them.
+    pub fn require_ovmf(&self) -> Result<(&Path, &Path), String> {
+        match (&self.ovmf_code, &self.ovmf_vars) {
+            (Some(code), Some(vars)) => Ok((code, vars)),
+            _ => Err(
+                "booting through UEFI needs OVMF, which is not installed: install the \
+                      `ovmf` package (sudo apt install ovmf)"
+                    .to_string(),
+            ),
+        }
+    }
+
     /// Lines for `vivarium host`: each firmware and where it is, or what to install.
     pub fn describe(&self) -> Vec<String> {
         let line = |what: &str, path: &Option<PathBuf>, package: &str| match path {
@@ -89,6 +101,122 @@ impl HostFirmware {
             line("UEFI variables template", &self.ovmf_vars, "ovmf"),
         ]
     }
+}
+
+/// The VM's UEFI variable store, in its bundle.
+pub const UEFI_VARS_FILE: &str = "state/uefi-vars.fd";
+
+/// Offset of a firmware volume header's signature (`_FVH`), which starts OVMF's variable
+/// store (EDK2's `EFI_FIRMWARE_VOLUME_HEADER`: 16 zero bytes, a GUID, the length, then it).
+const FV_SIGNATURE_OFFSET: usize = 40;
+
+/// Why `data` is not a variable store of `expected` bytes, or `None` if it looks like one.
+fn vars_problem(data: &[u8], expected: u64) -> Option<String> {
+    if data.len() as u64 != expected {
+        return Some(format!(
+            "it is {} bytes, and this host's OVMF uses {expected}",
+            data.len()
+        ));
+    }
+    if data.get(FV_SIGNATURE_OFFSET..FV_SIGNATURE_OFFSET + 4) != Some(b"_FVH") {
+        return Some("it is not a UEFI firmware volume".into());
+    }
+    None
+}
+
+/// The VM's UEFI variable store, `bundle/state/uefi-vars.fd`, made from OVMF's `template` at
+/// the first UEFI boot (written atomically: a copy interrupted leaves no file). One that is
+/// there is checked against the template's size and format; a damaged or foreign one is
+/// refused with what to do, and left as it is.
+pub fn prepare_uefi_vars(bundle: &Path, template: &Path) -> Result<PathBuf, String> {
+    let vars = bundle.join(UEFI_VARS_FILE);
+    let template_data = std::fs::read(template).map_err(|e| {
+        format!(
+            "cannot read OVMF's variable store template {}: {e} (reinstall the `ovmf` package)",
+            template.display()
+        )
+    })?;
+    if let Some(why) = vars_problem(&template_data, template_data.len() as u64) {
+        return Err(format!(
+            "OVMF's variable store template {} is damaged: {why} (reinstall the `ovmf` package)",
+            template.display()
+        ));
+    }
+    match std::fs::read(&vars) {
+        Ok(data) => match vars_problem(&data, template_data.len() as u64) {
+            None => Ok(vars),
+            Some(why) => Err(format!(
+                "the VM's UEFI variable store {} is damaged or from another firmware: {why}. \
+                 To start over with OVMF's defaults (the VM's UEFI boot entries and settings \
+                 are lost), delete the file",
+                vars.display()
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = vars.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            crate::fsutil::atomic_write(&vars, &template_data)
+                .map_err(|e| format!("cannot write {}: {e}", vars.display()))?;
+            Ok(vars)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", vars.display())),
+    }
+}
+
+/// Whether a disk holds what `firmware` boots: a BIOS boot sector, or for UEFI a GUID
+/// partition table with an EFI system partition.
+pub fn disk_is_bootable(
+    path: &Path,
+    format: crate::config::DiskFormat,
+    firmware: crate::config::Firmware,
+) -> bool {
+    match firmware {
+        crate::config::Firmware::Bios => disk_has_bios_boot_sector(path, format),
+        crate::config::Firmware::Uefi => disk_has_efi_system_partition(path, format),
+    }
+}
+
+/// The EFI system partition's type GUID, C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored.
+const EFI_SYSTEM_PARTITION: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
+
+/// Whether the GPT in `head` (the disk's first 34 sectors of 512 bytes) has an EFI system
+/// partition among its first 128 entries.
+pub fn has_efi_system_partition(head: &[u8]) -> bool {
+    let Some(header) = head.get(512..512 + 92) else {
+        return false;
+    };
+    if &header[..8] != b"EFI PART" {
+        return false;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().unwrap());
+    let entries_lba = u64::from_le_bytes(header[72..80].try_into().unwrap());
+    let count = u32_at(80).min(128) as usize;
+    let size = u32_at(84) as usize;
+    if entries_lba != 2 || size < 128 {
+        return false;
+    }
+    (0..count).any(|i| {
+        let at = 1024 + i * size;
+        head.get(at..at + 16) == Some(&EFI_SYSTEM_PARTITION[..])
+    })
+}
+
+/// Whether the disk at `path` (raw, or qcow2 through its chain) has a GPT with an EFI system
+/// partition. A disk that cannot be read counts as not bootable.
+pub fn disk_has_efi_system_partition(path: &Path, format: crate::config::DiskFormat) -> bool {
+    let mut head = vec![0u8; 34 * 512];
+    let read = match format {
+        crate::config::DiskFormat::Raw => std::fs::File::open(path)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)),
+        crate::config::DiskFormat::Qcow2 => crate::disk::Qcow2Disk::open(path, true)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|d| d.read_at(&mut head, 0)),
+    };
+    read.is_ok() && has_efi_system_partition(&head)
 }
 
 /// Whether the first sector of a disk is a BIOS boot sector a firmware would run: the
@@ -194,5 +322,86 @@ mod tests {
             &dir.path().join("missing"),
             crate::config::DiskFormat::Raw
         ));
+    }
+
+    fn template(len: usize) -> Vec<u8> {
+        let mut data = vec![0xffu8; len];
+        data[..FV_SIGNATURE_OFFSET].fill(0);
+        data[FV_SIGNATURE_OFFSET..FV_SIGNATURE_OFFSET + 4].copy_from_slice(b"_FVH");
+        data
+    }
+
+    #[test]
+    fn each_vm_gets_its_own_variable_store_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let template_path = dir.path().join("OVMF_VARS_4M.fd");
+        std::fs::write(&template_path, template(540_672)).unwrap();
+        let bundle = dir.path().join("vm.vivm");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let vars = prepare_uefi_vars(&bundle, &template_path).unwrap();
+        assert_eq!(vars, bundle.join(UEFI_VARS_FILE));
+        // The guest's writes stay: a second start does not copy the template again.
+        let mut data = std::fs::read(&vars).unwrap();
+        data[0x1000] = 0x42;
+        std::fs::write(&vars, &data).unwrap();
+        prepare_uefi_vars(&bundle, &template_path).unwrap();
+        assert_eq!(std::fs::read(&vars).unwrap()[0x1000], 0x42);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_variable_store_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let template_path = dir.path().join("OVMF_VARS_4M.fd");
+        std::fs::write(&template_path, template(540_672)).unwrap();
+        let bundle = dir.path().join("vm.vivm");
+        std::fs::create_dir_all(bundle.join("state")).unwrap();
+        let vars = bundle.join(UEFI_VARS_FILE);
+        for bad in [template(131_072), vec![0u8; 540_672]] {
+            std::fs::write(&vars, &bad).unwrap();
+            let e = prepare_uefi_vars(&bundle, &template_path).unwrap_err();
+            assert!(e.contains("damaged or from another firmware"), "{e}");
+            assert!(e.contains("delete the file"), "{e}");
+            assert_eq!(std::fs::read(&vars).unwrap(), bad, "left as it was");
+        }
+        // A damaged template is the host's problem, named as such.
+        std::fs::write(&template_path, b"short").unwrap();
+        let e = prepare_uefi_vars(&bundle, &template_path).unwrap_err();
+        assert!(e.contains("reinstall the `ovmf` package"), "{e}");
+        let e = prepare_uefi_vars(&bundle, &dir.path().join("none.fd")).unwrap_err();
+        assert!(e.contains("reinstall the `ovmf` package"), "{e}");
+    }
+
+    /// A GPT as sgdisk writes it: the protective MBR, the header at LBA 1 and the entries
+    /// from LBA 2.
+    fn gpt_with(partition_type: [u8; 16]) -> Vec<u8> {
+        let mut head = vec![0u8; 34 * 512];
+        head[510] = 0x55;
+        head[511] = 0xaa;
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        head[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        head[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        // The second entry.
+        head[1024 + 128..1024 + 144].copy_from_slice(&partition_type);
+        head
+    }
+
+    #[test]
+    fn a_gpt_with_an_efi_system_partition_is_bootable_for_uefi_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.raw");
+        std::fs::write(&disk, gpt_with(EFI_SYSTEM_PARTITION)).unwrap();
+        let raw = crate::config::DiskFormat::Raw;
+        assert!(disk_is_bootable(&disk, raw, crate::config::Firmware::Uefi));
+        assert!(!disk_is_bootable(&disk, raw, crate::config::Firmware::Bios));
+        // A Linux data partition only: not bootable.
+        let mut linux = EFI_SYSTEM_PARTITION;
+        linux[0] ^= 1;
+        std::fs::write(&disk, gpt_with(linux)).unwrap();
+        assert!(!disk_is_bootable(&disk, raw, crate::config::Firmware::Uefi));
+        // Garbage where the header goes, and a disk too short to hold a GPT.
+        assert!(!has_efi_system_partition(&[0xffu8; 34 * 512]));
+        std::fs::write(&disk, [0u8; 600]).unwrap();
+        assert!(!disk_is_bootable(&disk, raw, crate::config::Firmware::Uefi));
     }
 }

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{
-    BootSource, CONFIG_FORMAT, CdromConfig, DiskConfig, DiskFormat, DisplayConfig, NetworkConfig,
-    OsInfo, VmConfig, validate_cpus, validate_memory_mib, validate_name,
+    BootSource, CONFIG_FORMAT, CdromConfig, DiskConfig, DiskFormat, DisplayConfig, Firmware,
+    NetworkConfig, OsInfo, VmConfig, validate_cpus, validate_memory_mib, validate_name,
 };
 use crate::disk::{self, CopyMethod, Progress};
 use crate::error::{Error, Result};
@@ -84,6 +84,8 @@ pub struct NewVm {
     pub memory_mib: u64,
     /// How it boots.
     pub boot: BootSource,
+    /// The firmware that boots its disks and CD-ROM.
+    pub firmware: Firmware,
     /// Its first disk.
     pub disk: NewDisk,
     /// An ISO to insert in the CD-ROM drive.
@@ -106,6 +108,7 @@ impl NewVm {
             cpus: 2,
             memory_mib: 2048,
             boot,
+            firmware: Firmware::Bios,
             disk: NewDisk::Blank {
                 size: 20 << 30,
                 format: DiskFormat::Raw,
@@ -569,6 +572,7 @@ impl Library {
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
             boot,
+            firmware: spec.firmware,
             disks,
             cdrom,
             network: spec.network.clone(),
@@ -1404,12 +1408,19 @@ fn iso_boot_source(
 /// Copies the boot files a configuration keeps in its bundle (relative kernel and initrd
 /// paths) from one bundle to another, for clones.
 fn copy_bundle_boot_files(config: &VmConfig, from: &Path, to: &Path) -> Result<()> {
-    let (BootSource::Linux { kernel, initrd, .. } | BootSource::Installer { kernel, initrd, .. }) =
+    let mut files: Vec<&Path> = Vec::new();
+    if let BootSource::Linux { kernel, initrd, .. } | BootSource::Installer { kernel, initrd, .. } =
         &config.boot
-    else {
-        return Ok(());
-    };
-    for file in std::iter::once(kernel).chain(initrd) {
+    {
+        files.extend(std::iter::once(kernel).chain(initrd).map(PathBuf::as_path));
+    }
+    // The UEFI variable store holds the boot entries of the system installed on the disks:
+    // a clone boots it only with them.
+    let vars = Path::new(crate::firmware::UEFI_VARS_FILE);
+    if from.join(vars).is_file() {
+        files.push(vars);
+    }
+    for file in files {
         if file.is_absolute() {
             continue;
         }

@@ -170,10 +170,13 @@ pub fn ui(
                             BootSource::Installer { .. } => {
                                 "Installer (then the disk, once it is installed)".into()
                             }
-                            BootSource::Cdrom => "CD-ROM, then disk (BIOS)".into(),
-                            BootSource::Disk => "Disk, else CD-ROM (BIOS)".into(),
+                            BootSource::Cdrom => "CD-ROM, then disk".into(),
+                            BootSource::Disk => "Disk, else CD-ROM".into(),
                         };
                         row(ui, "Boots from", &boot);
+                        if !matches!(config.boot, BootSource::Linux { .. }) {
+                            row(ui, "Firmware", config.firmware.label());
+                        }
                         cd_row(ui, vm, config, cx.busy.is_some(), &mut action);
                         let network = match &config.network {
                             NetworkConfig::None => "None".to_string(),

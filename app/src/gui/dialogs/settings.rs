@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use eframe::egui::{self, RichText};
 use vivarium_core::VmConfig;
 use vivarium_core::config::{
-    BootSource, CdromConfig, DisplayConfig, MAX_CPUS, MAX_MEMORY_MIB, MIN_CPUS, MIN_MEMORY_MIB,
-    NetworkConfig, OsInfo,
+    BootSource, CdromConfig, DisplayConfig, Firmware, MAX_CPUS, MAX_MEMORY_MIB, MIN_CPUS,
+    MIN_MEMORY_MIB, NetworkConfig, OsInfo,
 };
 
 use super::{DialogEnv, DialogOutcome, FilePick, field_label, modal_frame, name_problem, problem};
@@ -63,6 +63,7 @@ pub struct SettingsDialog {
     cpus: u32,
     memory_mib: u64,
     boot: BootKind,
+    firmware: Firmware,
     kernel: String,
     initrd: String,
     cmdline: String,
@@ -114,6 +115,7 @@ impl SettingsDialog {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             boot,
+            firmware: config.firmware,
             kernel,
             initrd,
             cmdline,
@@ -184,6 +186,7 @@ impl SettingsDialog {
             BootKind::Cdrom => BootSource::Cdrom,
             BootKind::Disk => BootSource::Disk,
         };
+        config.firmware = self.firmware;
         let iso = self.iso.trim();
         if !iso.is_empty() {
             config.cdrom = Some(CdromConfig {
@@ -332,9 +335,20 @@ impl SettingsDialog {
                                  the disk through the BIOS",
                             );
                     }
-                    ui.radio_value(&mut self.boot, BootKind::Cdrom, "CD-ROM (BIOS)");
-                    ui.radio_value(&mut self.boot, BootKind::Disk, "Disk (BIOS)")
+                    ui.radio_value(&mut self.boot, BootKind::Cdrom, "CD-ROM");
+                    ui.radio_value(&mut self.boot, BootKind::Disk, "Disk")
                         .on_hover_text("The disk; while it holds nothing bootable, the CD-ROM");
+                });
+                ui.end_row();
+                field_label(ui, "Firmware");
+                ui.horizontal(|ui| {
+                    ui.radio_value(&mut self.firmware, Firmware::Bios, "BIOS")
+                        .on_hover_text("SeaBIOS: what most installers and 32-bit systems boot");
+                    ui.radio_value(&mut self.firmware, Firmware::Uefi, "UEFI")
+                        .on_hover_text(
+                            "OVMF, with this VM's own UEFI variables (its boot entries) in its \
+                             folder",
+                        );
                 });
                 ui.end_row();
                 if matches!(self.boot, BootKind::Linux | BootKind::Installer) {
@@ -443,6 +457,7 @@ impl SettingsDialog {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             boot: self.boot,
+            firmware: self.firmware,
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
