@@ -277,7 +277,10 @@ impl AcpiPm {
             return;
         }
         let sleep_type = (self.control & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
-        if sleep_type == u16::from(SLP_TYP_S5) {
+        // SLP_TYP 0 is soft-off as well: QEMU's PM blocks power off on it, and OVMF's
+        // power-off (ResetShutdown: the UEFI shell's `reset -s`, GRUB's `halt`) writes it
+        // with SLP_EN whatever the DSDT's `\_S5` says. No other state uses type 0 here.
+        if sleep_type == u16::from(SLP_TYP_S5) || sleep_type == 0 {
             tracing::info!("the guest entered ACPI S5: powering off");
             self.power_off.power_off();
         } else {
@@ -492,10 +495,10 @@ mod tests {
     }
 
     #[test]
-    fn s5_powers_off_and_other_sleep_types_do_not() {
+    fn s5_and_type_0_power_off_and_other_sleep_types_do_not() {
         let mut r = rig();
         assert_eq!(r.read16(CNT), SCI_EN, "always in ACPI mode");
-        for typ in 0..8u16 {
+        for typ in 1..8u16 {
             if typ == u16::from(SLP_TYP_S5) {
                 continue;
             }
@@ -515,6 +518,10 @@ mod tests {
         // A byte write of the high half carries SLP_TYP and SLP_EN together.
         r.pm.write(BASE, CNT + 1, &[((s5 | SLP_EN) >> 8) as u8]);
         assert_eq!(r.off.get(), 2);
+        // OVMF's power-off: SLP_TYP 0, then SLP_EN.
+        r.write16(CNT, SCI_EN);
+        r.write16(CNT, SCI_EN | SLP_EN);
+        assert_eq!(r.off.get(), 3);
         // Writing SCI_EN = 0 does not leave ACPI mode.
         r.write16(CNT, 0);
         assert_eq!(r.read16(CNT), SCI_EN);
