@@ -702,6 +702,11 @@ fn create_from_iso(
         }
     };
     let mut spec = new_vm(name, boot, hw, disk)?;
+    if boot.firmware.is_none()
+        && let vivarium_core::iso::BootPlan::NeedsFirmware { firmware, .. } = &inspection.plan
+    {
+        spec.firmware = *firmware;
+    }
     if hw.cpus.is_none() {
         spec.cpus = recommended.cpus;
     }

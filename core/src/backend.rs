@@ -303,6 +303,10 @@ impl MachineSpec {
                 });
                 if installed {
                     firmware_boot(false)?
+                } else if config.firmware == crate::config::Firmware::Uefi {
+                    // A directly booted installer sees no UEFI and installs a BIOS boot
+                    // loader; through OVMF from the CD it installs one for UEFI.
+                    firmware_boot(true)?
                 } else {
                     direct(kernel, initrd, cmdline)
                 }
@@ -492,5 +496,75 @@ mod tests {
                 image: Some(bundle.join("state/install.iso"))
             })
         );
+    }
+
+    /// A UEFI VM made from an installer ISO boots the CD through OVMF while its disk is
+    /// empty (a directly booted installer would install a BIOS boot loader), with its own
+    /// variable store made in `state/`; once the disk has an EFI system partition, the disk.
+    #[test]
+    fn a_uefi_installer_vm_boots_its_cd_through_ovmf_until_the_disk_has_an_esp() {
+        let host = crate::firmware::HostFirmware::locate();
+        if host.require_ovmf().is_err() {
+            assert!(
+                std::env::var_os("VIVARIUM_REQUIRE_RIG").is_none(),
+                "OVMF is not installed (sudo apt install ovmf), and every test must run here"
+            );
+            eprintln!("SKIPPED: OVMF is not installed (sudo apt install ovmf)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path();
+        std::fs::create_dir_all(bundle.join("disks")).unwrap();
+        std::fs::write(bundle.join("disks/disk0.raw"), vec![0u8; 1 << 20]).unwrap();
+        let mut vm = config(Some(CdromConfig {
+            image: Some("/isos/debian.iso".into()),
+        }));
+        vm.firmware = crate::config::Firmware::Uefi;
+        vm.boot = BootSource::Installer {
+            kernel: "state/installer-kernel".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
+        vm.disks = vec![crate::config::DiskConfig {
+            file: "disks/disk0.raw".into(),
+            format: crate::config::DiskFormat::Raw,
+            size: 1 << 20,
+            read_only: false,
+            base: None,
+        }];
+        let boot = || {
+            MachineSpec::from_config(&vm, bundle, Box::new(std::io::sink()))
+                .unwrap()
+                .boot
+        };
+        let BootSpec::Firmware {
+            firmware: FirmwareSpec::Uefi { vars, .. },
+            order,
+            ..
+        } = boot()
+        else {
+            panic!("expected a UEFI boot, got {:?}", boot());
+        };
+        assert_eq!(order, vec![BootDevice::Cdrom, BootDevice::Disk(0)]);
+        assert_eq!(vars, bundle.join(crate::firmware::UEFI_VARS_FILE));
+        assert!(vars.is_file(), "the VM's variable store was made");
+        // The installer partitions the disk with an EFI system partition: the disk boots.
+        let mut head = vec![0u8; 34 * 512];
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        head[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        head[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        head[1024..1040].copy_from_slice(&[
+            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+            0xc9, 0x3b,
+        ]);
+        let disk = bundle.join("disks/disk0.raw");
+        let mut data = std::fs::read(&disk).unwrap();
+        data[..head.len()].copy_from_slice(&head);
+        std::fs::write(&disk, data).unwrap();
+        let BootSpec::Firmware { order, .. } = boot() else {
+            panic!("expected a firmware boot");
+        };
+        assert_eq!(order, vec![BootDevice::Disk(0), BootDevice::Cdrom]);
     }
 }

@@ -13,27 +13,21 @@ use super::jobs::Done;
 
 /// Inspects the ISO at `path` and creates a VM for it: named after the OS (a free name if
 /// taken), with the OS table's CPUs, memory and disk, booting the installer's kernel
-/// directly. An ISO that needs firmware, or that cannot be used, creates nothing and gives
-/// an error that says why.
+/// directly, or the CD through the firmware the ISO asks for (BIOS, or UEFI for an ISO that
+/// boots only through UEFI). An ISO that cannot be used creates nothing and gives an error
+/// that says why.
 pub fn create_from_iso(
     library: &Library,
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<Done, Error> {
     let inspection = iso::inspect(path)?;
+    let mut spec = spec_for(library, &inspection);
     match &inspection.plan {
         BootPlan::DirectLinux { .. } => {}
-        BootPlan::NeedsFirmware { reason } => {
-            return Err(Error::InvalidIso {
-                path: path.to_path_buf(),
-                why: format!(
-                    "{} was recognised, but {reason}. No VM was created: with firmware boot, \
-                     Vivarium would create a VM that starts the ISO's own boot loader from \
-                     its CD-ROM drive",
-                    describe_os(&inspection)
-                ),
-            });
-        }
+        // The VM starts the ISO's own boot loader from its CD-ROM drive through the firmware
+        // it asks for.
+        BootPlan::NeedsFirmware { firmware, .. } => spec.firmware = *firmware,
         BootPlan::Refused { reason } => {
             return Err(Error::InvalidIso {
                 path: path.to_path_buf(),
@@ -41,7 +35,6 @@ pub fn create_from_iso(
             });
         }
     }
-    let spec = spec_for(library, &inspection);
     let outcome = library.create_from_iso(&spec, &inspection, progress)?;
     Ok(Done::CreatedFromIso {
         name: outcome.config.name.clone(),

@@ -389,10 +389,26 @@ fn windows_needs_firmware() {
     assert_eq!(found.os.family, OsFamily::Windows);
     assert_eq!(found.os.arch, Some(Arch::X86_64));
     assert_eq!(found.recommended.icon, "windows");
-    let BootPlan::NeedsFirmware { reason } = &found.plan else {
+    let BootPlan::NeedsFirmware { reason, firmware } = &found.plan else {
         panic!("expected firmware, got {:?}", found.plan);
     };
     assert!(reason.contains("through the VM's BIOS"), "{reason}");
+    assert_eq!(*firmware, crate::config::Firmware::Bios);
+}
+
+#[test]
+fn an_iso_that_boots_only_through_uefi_gets_a_uefi_vm() {
+    let layout = Layout::new("UEFI_ONLY")
+        .file("efi/boot/bootx64.efi", vec![0u8; 1024])
+        .efi("efi/boot/efiboot.img");
+    let Some(found) = inspect_layout(&layout) else {
+        return;
+    };
+    let BootPlan::NeedsFirmware { reason, firmware } = &found.plan else {
+        panic!("expected firmware, got {:?}", found.plan);
+    };
+    assert_eq!(*firmware, crate::config::Firmware::Uefi);
+    assert!(reason.contains("OVMF"), "{reason}");
 }
 
 #[test]

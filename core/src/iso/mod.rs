@@ -97,10 +97,13 @@ pub enum BootPlan {
         config_file: String,
     },
     /// The ISO starts from its own boot loader: the VM boots its CD-ROM through the PC
-    /// firmware (SeaBIOS), as a PC does.
+    /// firmware, as a PC does.
     NeedsFirmware {
         /// Why, in words for people.
         reason: String,
+        /// The firmware it boots with: BIOS (SeaBIOS) when the ISO has a BIOS boot entry,
+        /// UEFI (OVMF) when it boots only through UEFI.
+        firmware: crate::config::Firmware,
     },
     /// No VM can be made from this ISO on this computer.
     Refused {
@@ -126,7 +129,7 @@ impl BootPlan {
                     format!(" and initrd {}", initrd_paths.join(" + "))
                 }
             ),
-            BootPlan::NeedsFirmware { reason } => reason.clone(),
+            BootPlan::NeedsFirmware { reason, .. } => reason.clone(),
             BootPlan::Refused { reason } => format!("cannot be used: {reason}"),
         }
     }
@@ -315,16 +318,17 @@ fn plan_boot<S: ImageSource + ?Sized>(
         return Ok(BootPlan::Refused { reason });
     }
     if !catalogue.is_some_and(BootCatalogue::has_bios) {
-        return Ok(BootPlan::Refused {
-            reason: "it boots only through UEFI, which Vivarium does not have yet (its BIOS \
-                     firmware is SeaBIOS); download a version of the ISO that also boots on \
-                     BIOS computers"
+        return Ok(BootPlan::NeedsFirmware {
+            reason: "it boots only through UEFI: it boots from its CD-ROM through the VM's \
+                     UEFI firmware (OVMF)"
                 .into(),
+            firmware: crate::config::Firmware::Uefi,
         });
     }
     if os.arch == Some(Arch::X86) && host == Some(Arch::X86_64) {
         return Ok(BootPlan::NeedsFirmware {
             reason: format!("a 32-bit x86 system {FIRMWARE_NOTE}"),
+            firmware: crate::config::Firmware::Bios,
         });
     }
     if matches!(
@@ -340,6 +344,7 @@ fn plan_boot<S: ImageSource + ?Sized>(
                 "{} starts from its own boot loader: it {FIRMWARE_NOTE}",
                 os.family.display_name()
             ),
+            firmware: crate::config::Firmware::Bios,
         });
     }
     let read = |path: &str| -> Option<String> {
@@ -402,6 +407,7 @@ fn plan_boot<S: ImageSource + ?Sized>(
                 // ISO's own boot loader instead.
                 return Ok(BootPlan::NeedsFirmware {
                     reason: format!("its 32-bit kernel `{}` {FIRMWARE_NOTE}", entry.kernel),
+                    firmware: crate::config::Firmware::Bios,
                 });
             }
         }
@@ -456,6 +462,7 @@ fn plan_boot<S: ImageSource + ?Sized>(
     };
     Ok(BootPlan::NeedsFirmware {
         reason: format!("{why}: it {FIRMWARE_NOTE}"),
+        firmware: crate::config::Firmware::Bios,
     })
 }
 

@@ -397,6 +397,11 @@ impl NewVmDialog {
                 let inspection = vivarium_core::iso::inspect(&iso)?;
                 let mut spec = spec;
                 spec.os = inspection.os_info();
+                if let vivarium_core::iso::BootPlan::NeedsFirmware { firmware, .. } =
+                    &inspection.plan
+                {
+                    spec.firmware = *firmware;
+                }
                 library.create_from_iso(&spec, &inspection, progress)?
             } else {
                 library.create(&spec, progress)?
