@@ -36,8 +36,10 @@ fn usage() -> &'static str {
      \x20 bench display  CPU cost of the VM's screen refresh, still and changing (docs/BENCHMARKS.md)\n\
      \x20 bench installer  installer ISO to its first screen, Vivarium vs QEMU, in the rig\n\
      \x20                (docs/BENCHMARKS.md)\n\
-     \x20 fixtures [--installer-iso]  build the guest fixtures (kernel, initramfs; the Debian\n\
-     \x20                installer ISO too) into the cache\n\
+     \x20 bench firmware  an installed GRUB disk through SeaBIOS, Vivarium vs QEMU -M pc, in\n\
+     \x20                the rig (docs/BENCHMARKS.md)\n\
+     \x20 fixtures [--installer-iso] [--bios-disk]  build the guest fixtures (kernel,\n\
+     \x20                initramfs; the Debian installer ISO, the GRUB disk) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }
 
