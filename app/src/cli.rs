@@ -241,15 +241,6 @@ pub enum Command {
         /// The VM.
         name: String,
     },
-    /// Runs a VM process (internal: `vivarium start` uses it).
-    #[command(name = "__vm-process", hide = true)]
-    VmProcess {
-        /// The VM.
-        name: String,
-        /// Boot from this device this once (`cdrom`, `disk`, `menu`).
-        #[arg(long)]
-        boot_from: Option<String>,
-    },
     /// Clone a stopped VM: a full, independent copy, or a linked clone that shares the disk.
     Clone {
         /// The VM to clone.
@@ -382,18 +373,7 @@ pub struct SetArgs {
 
 /// The exit code a script sees for an error of this kind.
 pub fn exit_code(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::Io => 1,
-        ErrorKind::NotFound => 3,
-        ErrorKind::AlreadyExists => 4,
-        ErrorKind::InvalidInput => 5,
-        ErrorKind::Busy => 6,
-        ErrorKind::Broken => 7,
-        ErrorKind::Cancelled => 8,
-        ErrorKind::HostUnsupported => 10,
-        ErrorKind::NotRunning => 11,
-        ErrorKind::Timeout => 12,
-    }
+    vivarium_vm::exit_code(kind)
 }
 
 /// Set by SIGINT during long operations: they stop, undo themselves and report "cancelled".
@@ -415,11 +395,8 @@ fn cancel_on_interrupt() {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
-    if matches!(cli.command, Command::VmProcess { .. } | Command::Run { .. }) {
-        crate::vmprocess::limit_thread_stacks();
-    }
-    if let Command::VmProcess { name, boot_from } = &cli.command {
-        return crate::vmprocess::run_vm_process(name, boot_from.as_deref().and_then(boot_once));
+    if matches!(cli.command, Command::Run { .. }) {
+        vivarium_vm::session::limit_thread_stacks();
     }
     let json = cli.json;
     match execute(cli) {
@@ -575,7 +552,6 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Status { name } => crate::lifecycle::status(&library, &name, json),
         Command::Console { name } => crate::console::attach(&library, &name),
         Command::Screenshot { name, file } => crate::screenshot::run(&library, &name, &file, json),
-        Command::VmProcess { .. } => unreachable!("handled by `run` before the library opens"),
         Command::Delete { name } => {
             library.delete(&name)?;
             if json {
@@ -1076,27 +1052,11 @@ fn apply_network_changes(
 
 /// The device of a `--boot-from` value (clap has checked it is one of these).
 pub fn boot_once(value: &str) -> Option<vivarium_core::backend::BootOnce> {
-    use vivarium_core::backend::BootOnce;
-    match value {
-        "cdrom" => Some(BootOnce::Cdrom),
-        "disk" => Some(BootOnce::Disk),
-        "menu" => Some(BootOnce::Menu),
-        _ => None,
-    }
-}
-
-/// The `--boot-from` value of a device.
-pub fn boot_once_name(once: vivarium_core::backend::BootOnce) -> &'static str {
-    use vivarium_core::backend::BootOnce;
-    match once {
-        BootOnce::Cdrom => "cdrom",
-        BootOnce::Disk => "disk",
-        BootOnce::Menu => "menu",
-    }
+    vivarium_vm::parse_boot_once(value)
 }
 
 fn host(json: bool) -> Result<(), Error> {
-    let Some(backend) = crate::backend::host_backend() else {
+    let Some(backend) = vivarium_vm::backend::host_backend() else {
         let reason = "Vivarium has no hypervisor backend for this platform yet";
         if json {
             println!(

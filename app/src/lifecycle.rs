@@ -17,7 +17,7 @@ pub fn start(
     boot_once: Option<vivarium_core::backend::BootOnce>,
     json: bool,
 ) -> Result<(), Error> {
-    let pid = crate::vmprocess::spawn(library, name, boot_once)?;
+    let pid = vivarium_vm::launch::spawn(library, name, boot_once)?;
     if json {
         println!("{}", json!({"started": name, "pid": pid}));
     } else {

@@ -1,6 +1,6 @@
 //! Running a VM in the foreground of this process (`vivarium run`).
 //!
-//! It is the same VM process as `vivarium start` runs detached ([`crate::vmprocess::Session`]:
+//! It is the same VM process as `vivarium start` runs detached ([`vivarium_vm::session::Session`]:
 //! bundle lock, logs, run records, control socket), with the serial console also on standard
 //! output, and SIGINT (Ctrl-C) as power off.
 
@@ -11,10 +11,8 @@ use vivarium_core::Error;
 use vivarium_core::backend::MachineExit;
 use vivarium_core::library::Library;
 
-use crate::vmprocess::{Session, install_signal_handlers, watch_signals};
-
-/// Exit code when the guest crashed.
-pub const EXIT_CRASHED: u8 = 9;
+use vivarium_vm::EXIT_CRASHED;
+use vivarium_vm::session::{Session, install_signal_handlers, watch_signals};
 
 /// The terminal's side of the serial console.
 struct Stdout;
@@ -42,7 +40,7 @@ pub fn run_in_terminal(
     // Installed first, so that a signal that comes while the machine is being built is
     // not lost.
     install_signal_handlers(true);
-    crate::logging::log_to_stderr();
+    vivarium_vm::logging::log_to_stderr();
     let session = Session::start(library, name, Some(Box::new(Stdout)), boot_once)?;
     watch_signals(session.machine(), true);
     let exit = session.wait();

@@ -268,12 +268,55 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
     })
 }
 
+/// The text of a panic's payload (what `panic!` was given).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `body`, a thread of the machine named `what`: if it panics, the machine stops as
+/// failed with the panic's message (the process's panic hook has written where it happened
+/// to standard error, which is the VM process's `vm.log`), instead of the other threads
+/// waiting for it forever. The devices it may have left half-updated are not used again: a
+/// failed machine is torn down.
+fn supervised(what: &str, control: &Control, body: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let message = panic_message(payload.as_ref());
+        tracing::error!("{what} panicked: {message}");
+        control.stop(Stop::Failed(format!(
+            "{what} panicked: {message} (vm.log says where)"
+        )));
+    }
+}
+
 fn machine_thread(plan: MachinePlan, first: Vm, control: Arc<Control>) {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        machine_loop(&plan, first, &control)
+    }));
+    let exit = run.unwrap_or_else(|payload| {
+        let message = panic_message(payload.as_ref());
+        tracing::error!("the machine thread panicked: {message}");
+        // Its vCPU threads may still run: stop them before reporting the end.
+        control.stop(Stop::Failed(message.clone()));
+        control.kick_until(Duration::from_secs(10), |s| s.vcpus_running == 0);
+        MachineExit::Failed {
+            error: format!("the machine thread panicked: {message} (vm.log says where)"),
+        }
+    });
+    let _ = plan.serial.clone().flush();
+    control.lock().ended = Some(exit);
+    control.changed.notify_all();
+}
+
+fn machine_loop(plan: &MachinePlan, first: Vm, control: &Arc<Control>) -> MachineExit {
     let mut vm = Some(first);
-    let exit = loop {
+    loop {
         let current = match vm.take() {
             Some(vm) => vm,
-            None => match Vm::build(&plan, &control) {
+            None => match Vm::build(plan, control) {
                 Ok(vm) => vm,
                 Err(e) => {
                     break MachineExit::Failed {
@@ -282,7 +325,7 @@ fn machine_thread(plan: MachinePlan, first: Vm, control: Arc<Control>) {
                 }
             },
         };
-        match current.run(&control) {
+        match current.run(control) {
             Stop::Reset => {
                 tracing::info!("the machine resets");
                 let mut state = control.lock();
@@ -301,10 +344,7 @@ fn machine_thread(plan: MachinePlan, first: Vm, control: Arc<Control>) {
             Stop::Crash(report) => break MachineExit::Crashed { report },
             Stop::Failed(error) => break MachineExit::Failed { error },
         }
-    };
-    let _ = plan.serial.clone().flush();
-    control.lock().ended = Some(exit);
-    control.changed.notify_all();
+    }
 }
 
 impl KvmMachine {
@@ -822,7 +862,11 @@ impl Vm {
             let mmio = Arc::clone(&mmio);
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu_thread(index, vcpu, &thread_control, &pio, &mmio));
+                .spawn(move || {
+                    supervised(&format!("vCPU {index}"), &thread_control, || {
+                        vcpu_thread(index, vcpu, &thread_control, &pio, &mmio)
+                    })
+                });
             match spawned {
                 Ok(handle) => {
                     control.lock().vcpu_threads.push(handle.as_pthread_t());
@@ -859,9 +903,27 @@ impl Vm {
     }
 }
 
+/// Counts a vCPU thread as inside its run loop for as long as it lives, including when it
+/// leaves by a panic.
+struct RunningVcpu<'a>(&'a Control);
+
+impl<'a> RunningVcpu<'a> {
+    fn enter(control: &'a Control) -> Self {
+        control.lock().vcpus_running += 1;
+        control.changed.notify_all();
+        RunningVcpu(control)
+    }
+}
+
+impl Drop for RunningVcpu<'_> {
+    fn drop(&mut self) {
+        self.0.lock().vcpus_running -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
 fn vcpu_thread(index: usize, mut vcpu: VcpuFd, control: &Control, pio: &Bus, mmio: &Bus) {
-    control.lock().vcpus_running += 1;
-    control.changed.notify_all();
+    let _running = RunningVcpu::enter(control);
     loop {
         {
             let mut state = control.lock();
@@ -940,8 +1002,6 @@ fn vcpu_thread(index: usize, mut vcpu: VcpuFd, control: &Control, pio: &Bus, mmi
             }
         }
     }
-    control.lock().vcpus_running -= 1;
-    control.changed.notify_all();
 }
 
 /// An interrupt line wired to a GSI of KVM's in-kernel IOAPIC through an irqfd.
@@ -963,5 +1023,68 @@ impl IrqfdLine {
 impl vivarium_devices::IrqLine for IrqfdLine {
     fn trigger(&self) -> std::io::Result<()> {
         self.event.write(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> Arc<Control> {
+        Arc::new(Control {
+            state: Mutex::new(ControlState::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// A vCPU thread that panics ends the machine as failed with the panic's message, and
+    /// leaves the count of running vCPUs right, so the machine thread's wait for a reason to
+    /// stop and for the vCPUs to leave (what `Vm::run` does) ends within a second.
+    #[test]
+    fn a_panicking_vcpu_thread_fails_the_machine_within_a_second() {
+        let control = control();
+        let thread_control = Arc::clone(&control);
+        let started = std::time::Instant::now();
+        let thread = std::thread::spawn(move || {
+            supervised("vCPU 0", &thread_control, || {
+                let _running = RunningVcpu::enter(&thread_control);
+                panic!("a device model lost its state");
+            })
+        });
+        let mut state = control.lock();
+        while state.stop.is_none() || state.vcpus_running != 0 {
+            let (next, timeout) = control
+                .changed
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap();
+            state = next;
+            assert!(
+                !timeout.timed_out() || started.elapsed() < Duration::from_secs(1),
+                "the machine did not learn of the panic within a second"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let Some(Stop::Failed(message)) = state.stop.clone() else {
+            panic!("expected a failure, got {:?}", state.stop);
+        };
+        assert!(message.contains("vCPU 0 panicked"), "{message}");
+        assert!(
+            message.contains("a device model lost its state"),
+            "{message}"
+        );
+        drop(state);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_panic_without_a_message_still_says_so() {
+        let control = control();
+        supervised("the display refresh", &control, || {
+            std::panic::panic_any(42u32);
+        });
+        let Some(Stop::Failed(message)) = control.lock().stop.clone() else {
+            panic!("expected a failure");
+        };
+        assert!(message.contains("the display refresh panicked: a panic without a message"));
     }
 }

@@ -199,9 +199,18 @@ impl Rig {
     }
 
     /// Carries a host program (a path, or a name looked up on `PATH`) at its host path, with
-    /// the shared libraries `ldd` lists and the dynamic loader.
+    /// the shared libraries `ldd` lists and the dynamic loader. Vivarium's CLI (a program named
+    /// `vivarium`) brings the VM process program installed beside it (`vivarium-vm`), which
+    /// `vivarium start` runs.
     pub fn binary(mut self, program: impl AsRef<Path>) -> Rig {
-        self.binaries.push(program.as_ref().to_path_buf());
+        let program = program.as_ref();
+        self.binaries.push(program.to_path_buf());
+        if program.file_name().is_some_and(|n| n == "vivarium") {
+            let vm = program.with_file_name("vivarium-vm");
+            if vm.is_file() {
+                self.binaries.push(vm);
+            }
+        }
         self
     }
 
@@ -836,12 +845,16 @@ pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
     }
 }
 
-/// The `vivarium` binary, stripped into `scratch` so the rig's initramfs stays small
-/// (without `strip` the unstripped copy works too, only slower to carry).
+/// The `vivarium` binary and the `vivarium-vm` binary beside it, stripped into `scratch` so
+/// the rig's initramfs stays small (without `strip` the unstripped copies work too, only
+/// slower to carry); [`Rig::binary`] of the returned `vivarium` carries both.
 pub fn small_vivarium(scratch: &Path) -> PathBuf {
     let copy = scratch.join("vivarium");
     fs::copy(crate::vivarium::binary(), &copy).expect("copy the vivarium binary");
     let _ = Command::new("strip").arg(&copy).status();
+    let vm = scratch.join("vivarium-vm");
+    fs::copy(crate::vivarium::vm_binary(), &vm).expect("copy the vivarium-vm binary");
+    let _ = Command::new("strip").arg(&vm).status();
     copy
 }
 

@@ -26,6 +26,17 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The `vivarium-vm` binary (the VM process `vivarium start` runs) beside [`binary`].
+pub fn vm_binary() -> PathBuf {
+    let bin = binary().with_file_name("vivarium-vm");
+    assert!(
+        bin.is_file(),
+        "`{}` is missing: build it first with `cargo build --workspace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A temporary, empty library and a way to run `vivarium` on it.
 pub struct TempLibrary {
     dir: tempfile::TempDir,

@@ -18,7 +18,7 @@ use vivarium::gui::{AppEnv, VivariumApp};
 use vivarium_core::control::display_path;
 use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
 use vivarium_e2e::handmade::{INPUT_BANNER, input_reports};
-use vivarium_e2e::vivarium::{TempLibrary, binary};
+use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{
     PowerOffOnDrop, core_library, create_handmade_input_vm, kvm_usable, read_text,
 };
@@ -200,7 +200,7 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
     let env = AppEnv {
         library: core_library(&library),
         prefs_path: None,
-        vm_exe: Some(binary()),
+        vm_exe: Some(vivarium_e2e::vivarium::vm_binary()),
     };
     let display = SharedDisplay::open(&display_path(&env.library, "kb"))
         .expect("the VM process made its display file");
@@ -468,7 +468,7 @@ fn a_guests_own_picture_reaches_the_screen_tab_pixel_for_pixel() {
     let env = AppEnv {
         library: core_library(&library),
         prefs_path: None,
-        vm_exe: Some(binary()),
+        vm_exe: Some(vivarium_e2e::vivarium::vm_binary()),
     };
     let mut harness = Harness::builder()
         .with_size([1200.0, 1000.0])

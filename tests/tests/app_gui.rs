@@ -482,7 +482,7 @@ fn start_console_and_power_off_through_a_real_vm_process() {
     let env = AppEnv {
         library: Library::open(library.home()).unwrap(),
         prefs_path: None,
-        vm_exe: Some(vivarium_e2e::vivarium::binary()),
+        vm_exe: Some(vivarium_e2e::vivarium::vm_binary()),
     };
     let mut harness = app_harness(env.clone());
     select_vm(&mut harness, "hm");

@@ -85,6 +85,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "vivarium-devices",
         "-p",
         "vivarium",
+        "-p",
+        "vivarium-vm",
     ])?;
     // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
     let fixtures = crate::fixtures::ensure()?;

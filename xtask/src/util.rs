@@ -27,6 +27,8 @@ pub fn build_release_vivarium() -> Result<PathBuf, String> {
         "--release",
         "-p",
         "vivarium",
+        "-p",
+        "vivarium-vm",
     ]))?;
     Ok(target_dir().join("release").join("vivarium"))
 }

@@ -551,8 +551,8 @@ impl VivariumApp {
         self.jobs
             .spawn(format!("Starting {name}"), Some(name.clone()), move |_| {
                 let pid = match exe {
-                    Some(exe) => crate::vmprocess::spawn_with(&exe, &library, &name, boot_once)?,
-                    None => crate::vmprocess::spawn(&library, &name, boot_once)?,
+                    Some(exe) => vivarium_vm::launch::spawn_with(&exe, &library, &name, boot_once)?,
+                    None => vivarium_vm::launch::spawn(&library, &name, boot_once)?,
                 };
                 Ok(Done::Started { name, pid })
             });

@@ -51,7 +51,7 @@ impl HostProbe {
         let _ = std::thread::Builder::new()
             .name("host-probe".into())
             .spawn(move || {
-                let found = match crate::backend::host_backend() {
+                let found = match vivarium_vm::backend::host_backend() {
                     Some(backend) => HostStatus::Probed {
                         backend: backend.name().to_string(),
                         support: backend.probe(),

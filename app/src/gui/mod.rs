@@ -41,7 +41,8 @@ pub struct AppEnv {
     pub library: Library,
     /// The app's settings file (`None`: settings are not saved).
     pub prefs_path: Option<PathBuf>,
-    /// The `vivarium` executable that runs VM processes (`None`: this executable).
+    /// The `vivarium-vm` executable that runs VM processes (`None`: the one beside this
+    /// executable).
     pub vm_exe: Option<PathBuf>,
 }
 
@@ -82,7 +83,7 @@ pub fn run_app() -> ExitCode {
         Ok(env) => env,
         Err(error) => {
             eprintln!("vivarium: error: {error}");
-            return ExitCode::from(crate::cli::exit_code(error.kind()));
+            return ExitCode::from(vivarium_vm::exit_code(error.kind()));
         }
     };
     let result = eframe::run_native(

@@ -1,24 +1,19 @@
-//! One process per running VM.
+//! Running a VM in this process.
 //!
-//! [`spawn`] re-executes this binary as `vivarium __vm-process NAME`, detached from the caller
-//! (a session of its own, no terminal, standard streams on `/dev/null` and `logs/vm.log`), and
-//! waits until the VM answers on its control socket or the process reports why it could not
-//! start. The CLI's `start` and the desktop app use it; the VM then outlives them.
-//!
-//! [`Session`] is what runs a VM in a process, detached or in the foreground (`vivarium run`):
-//! it holds the bundle lock, writes `logs/vm.log` and `logs/serial.log` (bounded, rotated),
-//! records the run (`state/run.toml`) and how it ended (`state/last-run.toml`), and serves
-//! the control socket, which it removes when the machine ends.
+//! [`Session`] is what runs a VM in a process, detached (`vivarium-vm`, started by
+//! [`crate::launch::spawn`]) or in the foreground (`vivarium run`): it holds the bundle lock,
+//! writes `logs/vm.log` and `logs/serial.log` (bounded, rotated), records the run
+//! (`state/run.toml`) and how it ended (`state/last-run.toml`), and serves the control socket,
+//! which it removes when the machine ends.
 
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
+use vivarium_core::Error;
 use vivarium_core::backend::{
     ControlRequest, DisplaySpec, MachineExit, MachineSpec, NetworkSpec, RunningMachine,
 };
@@ -33,114 +28,11 @@ use vivarium_core::display::SharedDisplay;
 use vivarium_core::library::{BundleLock, Library};
 use vivarium_core::logfile::RotatingLog;
 use vivarium_core::passt::Passt;
-use vivarium_core::{Error, ErrorKind};
 
-/// The hidden subcommand that runs a VM process.
-pub const VM_PROCESS_COMMAND: &str = "__vm-process";
 /// Size at which `logs/vm.log` and `logs/serial.log` rotate (one older file is kept).
 pub const LOG_LIMIT: u64 = 1 << 20;
 
-/// Starts VM `name` in a process of its own and returns its pid once the VM answers on its
-/// control socket. If the VM cannot start, the error is the one the VM process reported.
-/// `boot_once` boots another device this once (`vivarium start --boot-from`).
-pub fn spawn(
-    library: &Library,
-    name: &str,
-    boot_once: Option<vivarium_core::backend::BootOnce>,
-) -> Result<u32, Error> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("could not find the vivarium executable to start the VM", e))?;
-    spawn_with(&exe, library, name, boot_once)
-}
-
-/// [`spawn`] with the `vivarium` executable given: for a caller that is not itself that
-/// executable, such as the app's tests.
-pub fn spawn_with(
-    exe: &std::path::Path,
-    library: &Library,
-    name: &str,
-    boot_once: Option<vivarium_core::backend::BootOnce>,
-) -> Result<u32, Error> {
-    library.get(name)?.config()?;
-    let mut command = Command::new(exe);
-    command.arg(VM_PROCESS_COMMAND).arg(name);
-    if let Some(once) = boot_once {
-        command
-            .arg("--boot-from")
-            .arg(crate::cli::boot_once_name(once));
-    }
-    command
-        .env("VIVARIUM_HOME", library.root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: `setsid` is async-signal-safe and touches no memory of this process; it only
-    // makes the child the leader of a new session without a controlling terminal.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|e| Error::io("could not start the VM process", e))?;
-    // The VM process writes one JSON line (ready or error) and then closes its end, so these
-    // reads end when the VM runs or the process has failed.
-    let mut report = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut report);
-    }
-    let mut stderr_text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut stderr_text);
-    }
-    let parsed: Option<Value> = report
-        .lines()
-        .find_map(|line| serde_json::from_str(line).ok());
-    if let Some(pid) = parsed
-        .as_ref()
-        .and_then(|v| v["ready"]["pid"].as_u64())
-        .and_then(|p| u32::try_from(p).ok())
-    {
-        // The VM runs on; a thread reaps it when it ends so a long-lived caller (the app)
-        // keeps no zombie.
-        let _ = std::thread::Builder::new()
-            .name(format!("reap-{pid}"))
-            .spawn(move || child.wait());
-        return Ok(pid);
-    }
-    let status = child.wait();
-    if let Some(error) = parsed
-        .as_ref()
-        .map(|v| &v["error"])
-        .filter(|e| e.is_object())
-    {
-        let kind = error["kind"]
-            .as_str()
-            .and_then(ErrorKind::from_name)
-            .unwrap_or(ErrorKind::Io);
-        let message = error["message"].as_str().unwrap_or("unknown error");
-        return Err(Error::Reported {
-            kind,
-            message: message.to_string(),
-        });
-    }
-    Err(Error::Reported {
-        kind: ErrorKind::Io,
-        message: format!(
-            "the VM process ended without starting the VM ({}): {}",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string()),
-            stderr_text.trim()
-        ),
-    })
-}
-
-/// The body of `vivarium __vm-process NAME`: starts the VM, tells [`spawn`] (through standard
+/// The body of `vivarium-vm NAME`: starts the VM, tells [`crate::launch::spawn`] (through standard
 /// output) whether it runs, detaches its standard streams, and runs until the machine ends.
 /// Stack size of the threads a VM process starts (vCPUs, devices, control), unless
 /// `RUST_MIN_STACK` says otherwise.
@@ -173,7 +65,7 @@ pub fn run_vm_process(name: &str, boot_once: Option<vivarium_core::backend::Boot
                 "{}",
                 json!({"error": {"kind": kind.as_str(), "message": error.to_string()}})
             );
-            return crate::cli::exit_code(kind);
+            return crate::exit_code(kind);
         }
     };
     println!("{}", json!({"ready": {"pid": std::process::id()}}));
@@ -182,7 +74,7 @@ pub fn run_vm_process(name: &str, boot_once: Option<vivarium_core::backend::Boot
     watch_signals(session.machine(), false);
     match session.wait() {
         MachineExit::PoweredOff => 0,
-        MachineExit::Crashed { .. } => crate::runner::EXIT_CRASHED,
+        MachineExit::Crashed { .. } => crate::EXIT_CRASHED,
         MachineExit::Failed { .. } => 1,
     }
 }
