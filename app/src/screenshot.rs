@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 use vivarium_core::config::DisplayConfig;
-use vivarium_core::control::{ControlClient, ControlError, display_path};
+use vivarium_core::control::{ControlClient, ControlError};
 use vivarium_core::display::SharedDisplay;
 use vivarium_core::library::Library;
 use vivarium_core::{Error, ErrorKind};
@@ -61,7 +61,7 @@ pub fn screenshot(library: &Library, name: &str, out: &Path) -> Result<Captured,
         }
         Err(e) => return Err(e.into()),
     }
-    let path = display_path(library, name);
+    let path = vivarium_core::control::RuntimePaths::of_running(library, name).display;
     let display = SharedDisplay::open(&path).map_err(|e| Error::Reported {
         kind: ErrorKind::Broken,
         message: format!(

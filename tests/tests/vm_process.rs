@@ -200,6 +200,75 @@ fn a_killed_vm_process_shows_as_killed_and_starts_again() {
     );
 }
 
+/// A VM started from one environment (a desktop session's `XDG_RUNTIME_DIR`) is seen as
+/// running and stopped from a shell whose runtime folder differs or is unset; killed, it
+/// leaves no display file or socket behind in the folder it used.
+#[test]
+fn a_vm_is_found_and_stopped_from_another_environment_and_a_kill_leaves_no_files() {
+    if !kvm_usable("vm_process") {
+        return;
+    }
+    let library = TempLibrary::new();
+    create_handmade_vm(&library, "desk");
+    let _guard = PowerOffOnDrop::new(&library, "desk");
+    let runtime = library.scratch().join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let in_env = |args: &[&str], runtime: Option<&std::path::Path>| {
+        let mut cmd = library.command(args);
+        match runtime {
+            Some(dir) => cmd.env("XDG_RUNTIME_DIR", dir),
+            None => cmd.env_remove("XDG_RUNTIME_DIR"),
+        };
+        let out = cmd.output().expect("vivarium runs");
+        assert!(
+            out.status.success(),
+            "vivarium {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    in_env(&["start", "desk"], Some(&runtime));
+    let status_from = |runtime: Option<&std::path::Path>| -> Value {
+        serde_json::from_str(&in_env(&["--json", "status", "desk"], runtime)).unwrap()
+    };
+    assert_eq!(
+        status_from(None)["state"],
+        "running",
+        "without a runtime folder"
+    );
+    let other = library.scratch().join("other-runtime");
+    std::fs::create_dir_all(&other).unwrap();
+    assert_eq!(
+        status_from(Some(&other))["state"],
+        "running",
+        "with another one"
+    );
+    in_env(&["stop", "--force", "desk"], None);
+    assert_eq!(status_from(Some(&other))["last_run"]["exit"], "powered-off");
+
+    // Killed: its files in the runtime folder it used go at the next look.
+    in_env(&["start", "desk"], Some(&runtime));
+    let files = || -> Vec<String> {
+        std::fs::read_dir(runtime.join("vivarium"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !files().is_empty(),
+        "the VM's socket is in its runtime folder"
+    );
+    let pid = pid_of(&library, "desk");
+    // SAFETY: kill only sends a signal.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    wait_until("the killed process to die", WAIT, || !process_alive(pid));
+    assert_eq!(status_from(None)["last_run"]["exit"], "killed");
+    assert_eq!(files(), Vec::<String>::new(), "nothing left behind");
+}
+
 #[test]
 fn a_vm_that_cannot_start_reports_the_reason_from_its_process() {
     if !kvm_usable("vm_process") {

@@ -143,6 +143,9 @@ impl Session {
             &RunRecord {
                 pid: std::process::id(),
                 started_at_unix,
+                paths: Some(vivarium_core::control::RuntimePaths::computed(
+                    library, name,
+                )),
             },
         )?;
         let fail = |error: Error| {

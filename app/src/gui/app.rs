@@ -6,7 +6,7 @@ use vivarium_core::Library;
 use std::collections::HashMap;
 
 use vivarium_core::config::DisplayConfig;
-use vivarium_core::control::{ControlClient, LiveState, display_path};
+use vivarium_core::control::{ControlClient, LiveState};
 
 use super::console::{Console, Link};
 use super::details::{self, DetailsAction, DetailsContext, NotesEditor, Tab};
@@ -196,7 +196,11 @@ impl VivariumApp {
             let library = &self.env.library;
             let screen = LiveScreen {
                 pid,
-                feed: DisplayFeed::start(display_path(library, &name), &name, ctx.clone()),
+                feed: DisplayFeed::start(
+                    vivarium_core::control::RuntimePaths::of_running(library, &name).display,
+                    &name,
+                    ctx.clone(),
+                ),
                 link: InputLink::start(library, &name, ctx),
             };
             self.screens.insert(name.clone(), screen);

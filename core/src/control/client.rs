@@ -4,10 +4,10 @@ use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use super::ControlError;
 use super::protocol::{
     Line, MAX_LINE, PROTOCOL_VERSION, Reply, Request, VmStatus, encode, read_line,
 };
-use super::{ControlError, socket_path};
 use crate::input::InputEvent;
 use crate::library::Library;
 
@@ -36,7 +36,7 @@ impl ControlClient {
     /// Connects to VM `name`'s process and says hello. Fails with
     /// [`ControlError::NotRunning`] when no VM process answers.
     pub fn connect(library: &Library, name: &str) -> Result<ControlClient, ControlError> {
-        let path = socket_path(library, name);
+        let path = super::RuntimePaths::of_running(library, name).socket;
         let stream = UnixStream::connect(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 ControlError::NotRunning(name.to_string())

@@ -87,6 +87,36 @@ pub fn socket_dir(library: &Library) -> PathBuf {
     }
 }
 
+/// Where a running VM's files in the runtime folder are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimePaths {
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The shared display file.
+    pub display: PathBuf,
+    /// passt's frame socket.
+    pub network: PathBuf,
+}
+
+impl RuntimePaths {
+    /// Where a VM process started in this environment puts them.
+    pub fn computed(library: &Library, name: &str) -> RuntimePaths {
+        RuntimePaths {
+            socket: socket_path(library, name),
+            display: display_path(library, name),
+            network: network_socket_path(library, name),
+        }
+    }
+
+    /// Where VM `name`'s running process put them (its run record says), else where one
+    /// started in this environment would.
+    pub fn of_running(library: &Library, name: &str) -> RuntimePaths {
+        records::run_record(&library.bundle_path(name))
+            .and_then(|r| r.paths)
+            .unwrap_or_else(|| RuntimePaths::computed(library, name))
+    }
+}
+
 /// The control socket of VM `name` in `library`. The file name carries a hash of the library
 /// folder and the name, so two libraries never share a socket; long names are shortened so the
 /// path fits in a `sockaddr_un`.

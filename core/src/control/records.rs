@@ -83,6 +83,11 @@ pub struct RunRecord {
     pub pid: u32,
     /// When it started (seconds since the Unix epoch).
     pub started_at_unix: u64,
+    /// Where its control socket, display file and network socket are. They depend on the
+    /// environment the VM process was started in (`XDG_RUNTIME_DIR`), so clients started in
+    /// another one (a shell of another session, a desktop launcher) find them here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<super::RuntimePaths>,
 }
 
 /// Whether a VM runs, as the app and `list` see it.
@@ -179,13 +184,26 @@ pub fn clean_up_after_dead_process(library: &Library, name: &str) {
     let bundle = library.bundle_path(name);
     let socket = socket_path(library, name);
     let record = run_record(&bundle);
-    if record.is_none() && !socket.exists() {
+    let computed = super::RuntimePaths::computed(library, name);
+    let leftovers = || {
+        let recorded = run_record(&bundle).and_then(|r| r.paths);
+        [Some(computed.clone()), recorded]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| [p.socket, p.display, p.network])
+            .collect::<Vec<_>>()
+    };
+    if record.is_none() && !leftovers().iter().any(|p| p.exists()) {
         return;
     }
     let Ok(_lock) = library.lock_bundle(name) else {
         return;
     };
-    // Under the lock nobody else runs this VM: what is left is stale.
+    // Under the lock nobody else runs this VM: what is left is stale (its display file is
+    // guest memory's size in RAM-backed space, its sockets files nobody answers on).
+    for path in leftovers() {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(run) = run_record(&bundle) {
         let killed = LastRun {
             exit: LastExit::Killed,
@@ -218,14 +236,32 @@ mod tests {
             LiveState::Stopped { last_run: None }
         );
         let bundle = library.bundle_path("vm");
+        // A process started in another environment (another XDG_RUNTIME_DIR) left its display
+        // file and sockets where its run record says.
+        let elsewhere = dir.path().join("other-runtime");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let paths = super::super::RuntimePaths {
+            socket: elsewhere.join("vm.sock"),
+            display: elsewhere.join("vm.display"),
+            network: elsewhere.join("vm.net.sock"),
+        };
+        for file in [&paths.socket, &paths.display, &paths.network] {
+            std::fs::write(file, b"left over").unwrap();
+        }
         record_run(
             &bundle,
             &RunRecord {
                 pid: 1,
                 started_at_unix: 5,
+                paths: Some(paths.clone()),
             },
         )
         .unwrap();
+        assert_eq!(
+            super::super::RuntimePaths::of_running(&library, "vm"),
+            paths,
+            "clients look where the process put them"
+        );
         let LiveState::Stopped {
             last_run: Some(run),
         } = live_state(&library, "vm")
@@ -235,6 +271,13 @@ mod tests {
         assert_eq!(run.exit, LastExit::Killed);
         assert_eq!(run.started_at_unix, 5);
         assert!(run_record(&bundle).is_none());
+        for file in [&paths.socket, &paths.display, &paths.network] {
+            assert!(!file.exists(), "{} removed", file.display());
+        }
+        assert_eq!(
+            super::super::RuntimePaths::of_running(&library, "vm"),
+            super::super::RuntimePaths::computed(&library, "vm")
+        );
         // A record survives reading it again.
         assert_eq!(last_run(&library, "vm").unwrap().exit, LastExit::Killed);
     }
