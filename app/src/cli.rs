@@ -16,6 +16,7 @@ use vivarium_core::config::{
 use vivarium_core::control::LiveState;
 use vivarium_core::disk::ProgressFn;
 use vivarium_core::fsutil::{format_size, parse_size};
+use vivarium_core::text;
 use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConfig, VmEntry};
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad usage, \
@@ -1177,9 +1178,9 @@ fn list(library: &Library, json: bool) -> Result<(), Error> {
         match &vm.config {
             Ok(c) => println!(
                 "{:<width$}  {:<13}  {:<16}  {:>4}  {:>9}  {:>9}  {last}",
-                vm.name,
+                text::for_terminal(&vm.name),
                 state_word(live.as_ref()),
-                c.os.name,
+                text::for_terminal(&c.os.name),
                 c.cpus,
                 format_size(c.memory_mib << 20),
                 format_size(vm.disk_usage)
@@ -1211,7 +1212,7 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
         println!("{out}");
         return Ok(());
     }
-    println!("Name:      {}", entry.name);
+    println!("Name:      {}", text::for_terminal(&entry.name));
     match &live {
         Some(live) => println!("State:     {}", crate::lifecycle::describe(live)),
         None => println!("State:     broken"),
@@ -1228,7 +1229,11 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
         }
     };
     println!("Id:        {}", config.id);
-    println!("OS:        {} ({})", config.os.name, config.os.id);
+    println!(
+        "OS:        {} ({})",
+        text::for_terminal(&config.os.name),
+        text::for_terminal(&config.os.id)
+    );
     println!("CPUs:      {}", config.cpus);
     println!("Memory:    {}", format_size(config.memory_mib << 20));
     println!("Boot:      {}", config.boot.describe());
@@ -1287,7 +1292,10 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
     println!("Created:   {}", config.created);
     println!("Disk use:  {}", format_size(entry.disk_usage));
     if !config.notes.is_empty() {
-        println!("Notes:     {}", config.notes.replace('\n', "\n           "));
+        println!(
+            "Notes:     {}",
+            text::lines_for_terminal(&config.notes).replace('\n', "\n           ")
+        );
     }
     Ok(())
 }

@@ -536,6 +536,17 @@ pub fn validate_name(name: &str) -> Result<()> {
                 c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
             })
             .map(|c| format!("it contains the character {c:?}"))
+            .or_else(|| {
+                name.chars()
+                    .find(|c| crate::text::is_invisible(*c))
+                    .map(|c| {
+                        format!(
+                            "it contains the invisible character U+{:04X}, which makes a name look \
+                         like another",
+                            c as u32
+                        )
+                    })
+            })
     };
     match problem {
         Some(why) => Err(Error::InvalidName {
@@ -780,6 +791,11 @@ mod tests {
             "", " ", " lead", "trail ", ".hidden", "a/b", "a\\b", "tab\t", &long,
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        // Names that look like other names: a right-to-left override, a zero-width space.
+        for bad in ["web\u{202e}gpj", "de\u{200b}bian", "\u{feff}debian"] {
+            let e = validate_name(bad).unwrap_err().to_string();
+            assert!(e.contains("invisible character"), "{bad:?}: {e}");
         }
     }
 

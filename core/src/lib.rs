@@ -19,6 +19,7 @@ pub mod library;
 pub mod logfile;
 #[cfg(unix)]
 pub mod passt;
+pub mod text;
 
 pub use config::VmConfig;
 pub use error::{Error, ErrorKind, Result};

@@ -189,6 +189,41 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     );
 }
 
+/// What a user typed reaches the terminal as text: an OS name with a line break and an escape
+/// sequence keeps the `list` table one line per VM and colours nothing; notes keep their
+/// lines but not their escape sequences; a name with a right-to-left override is refused.
+#[test]
+fn user_text_never_acts_on_the_terminal() {
+    let lib = TempLibrary::new();
+    let k = kernel(&lib);
+    lib.ok(&[
+        "create",
+        "plain",
+        "--kernel",
+        &k,
+        "--no-disk",
+        "--os-name",
+        "two\nlines \u{1b}[31mred",
+        "--notes",
+        "first\nsecond \u{1b}]0;title\u{7}",
+    ]);
+    let list = lib.ok(&["list"]);
+    assert_eq!(list.lines().count(), 2, "a header and one row:\n{list}");
+    assert!(!list.contains('\u{1b}'), "{list:?}");
+    assert!(list.contains("two\\x0alines \\x1b[31mred"), "{list}");
+    let info = lib.ok(&["info", "plain"]);
+    assert!(
+        !info.contains('\u{1b}') && !info.contains('\u{7}'),
+        "{info:?}"
+    );
+    assert!(info.contains("first\n"), "notes keep their lines: {info}");
+    let err = lib.fails(
+        5,
+        &["create", "web\u{202e}gpj", "--kernel", &k, "--no-disk"],
+    );
+    assert!(err.contains("invisible character U+202E"), "{err}");
+}
+
 #[test]
 fn a_disk_larger_than_the_free_space_is_allowed_with_a_warning() {
     let lib = TempLibrary::new();

@@ -411,6 +411,25 @@ fn an_iso_that_boots_only_through_uefi_gets_a_uefi_vm() {
     assert!(reason.contains("OVMF"), "{reason}");
 }
 
+/// An ISO's own words reach terminals and vm.toml: its escape sequences are shown, not run.
+#[test]
+fn an_iso_that_says_escape_sequences_gets_them_escaped() {
+    let layout = Layout::new("EVIL\u{1b}[31m")
+        .file(
+            ".disk/info",
+            "Debian GNU/Linux 12 \u{1b}]0;owned\u{7} amd64",
+        )
+        .file("efi/boot/bootx64.efi", vec![0u8; 1024])
+        .efi("efi/boot/efiboot.img");
+    let Some(found) = inspect_layout(&layout) else {
+        return;
+    };
+    assert_eq!(found.volume_id, "EVIL\\x1b[31m");
+    for text in std::iter::once(&found.os.name).chain(&found.os.evidence) {
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+}
+
 #[test]
 fn freebsd_needs_firmware() {
     let layout = Layout::new("14_0_RELEASE_AMD64_CD")

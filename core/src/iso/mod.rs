@@ -278,12 +278,21 @@ pub fn inspect_image_entry<S: ImageSource + ?Sized>(
         None => None,
     };
     let mut os = recognise::recognise(image)?;
-    let plan = plan_boot(image, &mut os, catalogue.as_ref(), host, entry)?;
+    let mut plan = plan_boot(image, &mut os, catalogue.as_ref(), host, entry)?;
     let recommended = os.family.recommended();
+    // What the ISO says about itself is shown on terminals and written into vm.toml: its
+    // control and invisible characters are escaped here, once.
+    let clean = |s: &str| crate::text::for_terminal(s).into_owned();
+    os.name = clean(&os.name);
+    os.version = os.version.as_deref().map(clean);
+    os.evidence = os.evidence.iter().map(|e| clean(e)).collect();
+    if let BootPlan::DirectLinux { entry, .. } = &mut plan {
+        *entry = clean(entry);
+    }
     Ok(IsoInspection {
         path: PathBuf::new(),
         size: image.len(),
-        volume_id: image.info().volume_id.clone(),
+        volume_id: clean(&image.info().volume_id),
         names: match image.scheme() {
             NameScheme::RockRidge { .. } => "rock-ridge",
             NameScheme::Joliet => "joliet",
