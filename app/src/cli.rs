@@ -284,8 +284,8 @@ pub struct BootArgs {
 #[derive(Debug, Args)]
 pub struct HardwareArgs {
     /// Virtual CPUs (default 2, or what the ISO's OS needs).
-    #[arg(long)]
-    pub cpus: Option<u32>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub cpus: Option<i64>,
     /// Memory (e.g. 2G, 512M; a plain number is MiB; default 2G, or what the ISO's OS needs).
     #[arg(long)]
     pub memory: Option<String>,
@@ -315,8 +315,8 @@ pub struct SetArgs {
     /// The VM.
     pub name: String,
     /// Virtual CPUs.
-    #[arg(long)]
-    pub cpus: Option<u32>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub cpus: Option<i64>,
     /// Memory (e.g. 4G; a plain number is MiB).
     #[arg(long)]
     pub memory: Option<String>,
@@ -600,7 +600,7 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
         (None, None) => BootSource::Disk,
     };
     let mut spec = NewVm::with_defaults(name, boot_source);
-    if let Some(cpus) = hw.cpus {
+    if let Some(cpus) = cpus_arg(hw.cpus)? {
         spec.cpus = cpus;
     }
     if let Some(memory) = &hw.memory {
@@ -718,10 +718,10 @@ fn create_from_iso(
             .map(|d| format!("a {} {} disk", format_size(d.size), d.format))
             .unwrap_or_else(|| "no disk".into());
         println!(
-            "Created `{}` ({}): {} CPUs, {} memory, {disk}, the ISO in its CD-ROM drive.",
+            "Created `{}` ({}): {}, {} memory, {disk}, the ISO in its CD-ROM drive.",
             config.name,
             config.os.name,
-            config.cpus,
+            cpus_text(config.cpus),
             format_size(config.memory_mib << 20)
         );
         match &config.boot {
@@ -741,6 +741,32 @@ fn create_from_iso(
         }
     }
     Ok(())
+}
+
+/// A `--cpus` value checked against the range a VM can have (taken as any integer, so that
+/// `-1` and `1000` get the range named, not a parser's complaint about digits).
+fn cpus_arg(cpus: Option<i64>) -> Result<Option<u32>, Error> {
+    use vivarium_core::config::{MAX_CPUS, MIN_CPUS};
+    cpus.map(|n| {
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (MIN_CPUS..=MAX_CPUS).contains(n))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{n} CPUs is out of range: choose {MIN_CPUS} to {MAX_CPUS}"
+                ))
+            })
+    })
+    .transpose()
+}
+
+/// "1 CPU", "2 CPUs".
+fn cpus_text(cpus: u32) -> String {
+    if cpus == 1 {
+        "1 CPU".into()
+    } else {
+        format!("{cpus} CPUs")
+    }
 }
 
 /// `base`, or `base (2)`, `base (3)`, ... whichever no VM has yet.
@@ -796,8 +822,8 @@ fn print_inspection(inspection: &vivarium_core::iso::IsoInspection) {
         format!("a {} disk", format_size(r.disk_bytes))
     };
     println!(
-        "Proposed:     {} CPUs, {} memory, {disk} (icon: {})",
-        r.cpus,
+        "Proposed:     {}, {} memory, {disk} (icon: {})",
+        cpus_text(r.cpus),
         format_size(r.memory_mib << 20),
         r.icon
     );
@@ -863,10 +889,10 @@ fn create(library: &Library, spec: &NewVm, json: bool) -> Result<(), Error> {
         .map(|d| format!("a {} {} disk", format_size(d.size), d.format))
         .unwrap_or_else(|| "no disk".into());
     let message = format!(
-        "Created `{}` ({}): {} CPUs, {} memory, {disk}.",
+        "Created `{}` ({}): {}, {} memory, {disk}.",
         config.name,
         config.os.name,
-        config.cpus,
+        cpus_text(config.cpus),
         format_size(config.memory_mib << 20)
     );
     if json {
@@ -893,8 +919,9 @@ fn set(library: &Library, args: SetArgs, json: bool) -> Result<(), Error> {
         .map(str::parse::<MacAddress>)
         .transpose()?;
     let forwards = parse_forwards(&args.forwards)?;
+    let cpus = cpus_arg(args.cpus)?;
     let config = library.update(&args.name, |config| {
-        if let Some(cpus) = args.cpus {
+        if let Some(cpus) = cpus {
             config.cpus = cpus;
         }
         if let Some(mib) = memory {

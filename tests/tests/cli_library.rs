@@ -217,6 +217,16 @@ fn user_text_never_acts_on_the_terminal() {
         "{info:?}"
     );
     assert!(info.contains("first\n"), "notes keep their lines: {info}");
+    // CPU counts out of range name the range.
+    for cpus in ["0", "-1", "256", "4294967296"] {
+        let err = lib.fails(
+            5,
+            &["create", "c", "--kernel", &k, "--no-disk", "--cpus", cpus],
+        );
+        assert!(err.contains("choose 1 to 255"), "{cpus}: {err}");
+    }
+    let created = lib.ok(&["create", "one", "--kernel", &k, "--no-disk", "--cpus", "1"]);
+    assert!(created.contains(": 1 CPU, "), "{created}");
     let err = lib.fails(
         5,
         &["create", "web\u{202e}gpj", "--kernel", &k, "--no-disk"],

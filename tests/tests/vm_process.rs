@@ -269,6 +269,32 @@ fn a_vm_is_found_and_stopped_from_another_environment_and_a_kill_leaves_no_files
     assert_eq!(files(), Vec::<String>::new(), "nothing left behind");
 }
 
+/// The VM process cannot gain privileges and writes no core dump (its memory is the guest's).
+#[test]
+fn the_vm_process_has_no_new_privileges_and_no_core_dumps() {
+    if !kvm_usable("vm_process") {
+        return;
+    }
+    let library = TempLibrary::new();
+    create_handmade_vm(&library, "tight");
+    let _guard = PowerOffOnDrop::new(&library, "tight");
+    library.ok(&["start", "tight"]);
+    let pid = pid_of(&library, "tight");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    library.ok(&["stop", "--force", "tight"]);
+}
+
 #[test]
 fn a_vm_that_cannot_start_reports_the_reason_from_its_process() {
     if !kvm_usable("vm_process") {

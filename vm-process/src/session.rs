@@ -55,6 +55,9 @@ pub fn limit_thread_stacks() {
 pub fn run_vm_process(name: &str, boot_once: Option<vivarium_core::backend::BootOnce>) -> u8 {
     // Until `detach_stdio`, standard error is the starter's; from then on it is `logs/vm.log`.
     crate::logging::log_to_stderr();
+    for warning in crate::harden::harden_process() {
+        tracing::warn!("{warning}");
+    }
     let started =
         Library::open_default().and_then(|library| Session::start(&library, name, None, boot_once));
     let session = match started {
