@@ -11,6 +11,8 @@ pub const CORE_DUMPS_VARIABLE: &str = "VIVARIUM_VM_CORE_DUMPS";
 /// still runs: neither protects the host from the guest on its own).
 pub fn harden_process() -> Vec<String> {
     let mut warnings = Vec::new();
+    // (macOS has no no_new_privs; its VM process gets the rest.)
+    #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS and constant arguments changes only this
     // process's credentials flags.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -36,6 +38,7 @@ pub fn harden_process() -> Vec<String> {
     // Not dumpable: no core through a pipe handler either, and other processes of the user
     // cannot ptrace it or read its memory through /proc (the kernel's own protection for
     // processes holding secrets).
+    #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_DUMPABLE and constant arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         warnings.push(format!(
