@@ -219,11 +219,83 @@ fn probe_qcow2(path: &Path, head: &[u8]) -> std::result::Result<ImageInfo, Strin
         .open(PermissiveImplicitOpenGate::default())
         .map_err(|e| format!("its qcow2 header is damaged ({e})"))?;
     let access = FormatAccess::new(image);
+    if let Some(why) = qcow2_truncation(path).map_err(|e| e.to_string())? {
+        return Err(why);
+    }
     Ok(ImageInfo {
         format: DiskFormat::Qcow2,
         virtual_size: access.size(),
         backing_file,
     })
+}
+
+/// Why a qcow2 image is cut short, if it is: a table or data cluster that its L1 and L2 tables
+/// point at lies (partly) past the end of the file, as in an interrupted download or copy.
+/// Such an image opens, and the missing clusters would read as zeros; `qemu-img check` calls
+/// them errors. Compressed clusters and images with features Vivarium does not read are
+/// left to the qcow2 reader.
+fn qcow2_truncation(path: &Path) -> Result<Option<String>> {
+    let ctx = || format!("could not read the qcow2 tables of `{}`", path.display());
+    let file = File::open(path).map_err(|e| Error::io(ctx(), e))?;
+    let len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+    let mut head = [0u8; Qcow2Header::V3_FEATURES_END];
+    if len < head.len() as u64 {
+        return Ok(Some(format!(
+            "it is only {len} bytes, shorter than a qcow2 header"
+        )));
+    }
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let Ok(header) = Qcow2Header::parse(&head) else {
+        return Ok(None);
+    };
+    if header.incompatible_features & (Qcow2Header::EXTERNAL_DATA_FILE | Qcow2Header::EXTENDED_L2)
+        != 0
+        || !(9..=21).contains(&header.cluster_bits)
+    {
+        return Ok(None);
+    }
+    let cut = |what: &str, end: u64| {
+        Some(format!(
+            "it is cut short: it is {len} bytes, but its {what} reaches byte {end} (an \
+             interrupted download or copy? get the whole image again)"
+        ))
+    };
+    let cluster_size = 1u64 << header.cluster_bits;
+    let l1_end = header
+        .l1_table_offset
+        .saturating_add(u64::from(header.l1_size) * 8);
+    if l1_end > len {
+        return Ok(cut("L1 table", l1_end));
+    }
+    let mut l1 = vec![0u8; u64::from(header.l1_size) as usize * 8];
+    file.read_exact_at(&mut l1, header.l1_table_offset)
+        .map_err(|e| Error::io(ctx(), e))?;
+    const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+    const COMPRESSED: u64 = 1 << 62;
+    let mut l2 = vec![0u8; cluster_size as usize];
+    for entry in l1.chunks_exact(8) {
+        let l2_offset = u64::from_be_bytes(entry.try_into().expect("8 bytes")) & OFFSET_MASK;
+        if l2_offset == 0 {
+            continue;
+        }
+        if l2_offset.saturating_add(cluster_size) > len {
+            return Ok(cut("L2 table", l2_offset.saturating_add(cluster_size)));
+        }
+        file.read_exact_at(&mut l2, l2_offset)
+            .map_err(|e| Error::io(ctx(), e))?;
+        for entry in l2.chunks_exact(8) {
+            let entry = u64::from_be_bytes(entry.try_into().expect("8 bytes"));
+            if entry & COMPRESSED != 0 {
+                continue;
+            }
+            let data = entry & OFFSET_MASK;
+            if data != 0 && data.saturating_add(cluster_size) > len {
+                return Ok(cut("data", data.saturating_add(cluster_size)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The fields of a qcow2 header that Vivarium reads itself, at the byte offsets the qcow2
@@ -969,6 +1041,39 @@ fn copy_data_extents(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An interrupted download of a qcow2 image: the header and tables are there, the data is
+    /// not. Import must refuse it, saying so, instead of a disk that reads zeros.
+    #[test]
+    fn a_truncated_qcow2_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whole.qcow2");
+        create(&path, DiskFormat::Qcow2, 64 << 20).unwrap();
+        {
+            let disk = Qcow2Disk::open(&path, false).unwrap();
+            for i in 0..32u64 {
+                disk.write_at(&[0x5a; 4096], i << 20).unwrap();
+            }
+            disk.flush().unwrap();
+        }
+        assert_eq!(
+            probe(&path).unwrap().format,
+            DiskFormat::Qcow2,
+            "whole: fine"
+        );
+        let len = fs::metadata(&path).unwrap().len();
+        let data = fs::read(&path).unwrap();
+        for keep in [len / 2, len - 4096, 1 << 16] {
+            let cut = dir.path().join(format!("cut-{keep}.qcow2"));
+            fs::write(&cut, &data[..keep as usize]).unwrap();
+            let e = probe(&cut).unwrap_err().to_string();
+            assert!(e.contains("cut short"), "{keep}: {e}");
+        }
+        // The header alone.
+        let header = dir.path().join("header.qcow2");
+        fs::write(&header, &data[..512]).unwrap();
+        assert!(probe(&header).is_err());
+    }
 
     #[test]
     fn raw_disks_are_sparse() {

@@ -522,6 +522,14 @@ fn import_copies_raw_and_qcow2_images_and_refuses_what_is_not_a_disk() {
         raw.to_str().unwrap(),
     ]);
 
+    // The same qcow2 cut short (an interrupted download): refused, nothing created.
+    let whole = fs::read(&qcow).unwrap();
+    let cut = scratch.join("cut.qcow2");
+    fs::write(&cut, &whole[..whole.len() - 4096]).unwrap();
+    let err = lib.fails(INVALID, &["import", "from-cut", cut.to_str().unwrap()]);
+    assert!(err.contains("cut short"), "{err}");
+    assert!(!lib.bundle("from-cut").exists());
+
     // An overlay is flattened into one independent disk.
     let overlay = scratch.join("overlay.qcow2");
     assert_qemu_img_ok(&[
