@@ -145,6 +145,12 @@ fn boot(
         display: None,
         serial_output: Box::new(out.clone()),
     };
+    run_to_power_off(backend, spec, &out)
+}
+
+/// Starts `spec` (whose serial output goes to `out`) and waits, at most a minute, for the
+/// guest to power the machine off; returns what COM1 got.
+fn run_to_power_off(backend: &KvmBackend, spec: MachineSpec, out: &Capture) -> String {
     let machine: Arc<dyn RunningMachine> = backend.start(spec).expect("the machine starts");
     let waiter = {
         let machine = machine.clone();
@@ -376,25 +382,8 @@ fn a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects() {
         display: None,
         serial_output: Box::new(out.clone()),
     };
-    let machine: Arc<dyn RunningMachine> = backend.start(spec).expect("the machine starts");
-    let waiter = {
-        let machine = machine.clone();
-        std::thread::spawn(move || machine.wait())
-    };
-    let started = Instant::now();
-    while !waiter.is_finished() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = machine.request(vivarium_core::backend::ControlRequest::PowerOff);
-            panic!(
-                "the machine did not power off within 60 s; COM1 got {:?}",
-                out.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(waiter.join().unwrap(), MachineExit::PoweredOff);
-    assert_eq!(out.text(), "FUEPMT\n", "COM1 (lower case: a check failed)");
-    drop(machine);
+    let com1 = run_to_power_off(&backend, spec, &out);
+    assert_eq!(com1, "FUEPMT\n", "COM1 (lower case: a check failed)");
     let after = std::fs::read(&vars).unwrap();
     assert_eq!(
         after[0x100], b'U',
