@@ -209,14 +209,7 @@ pub fn has_efi_system_partition(head: &[u8]) -> bool {
 /// partition. A disk that cannot be read counts as not bootable.
 pub fn disk_has_efi_system_partition(path: &Path, format: crate::config::DiskFormat) -> bool {
     let mut head = vec![0u8; 34 * 512];
-    let read = match format {
-        crate::config::DiskFormat::Raw => std::fs::File::open(path)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)),
-        crate::config::DiskFormat::Qcow2 => crate::disk::Qcow2Disk::open(path, true)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|d| d.read_at(&mut head, 0)),
-    };
-    read.is_ok() && has_efi_system_partition(&head)
+    read_disk_start(path, format, &mut head).is_ok() && has_efi_system_partition(&head)
 }
 
 /// Whether the first sector of a disk is a BIOS boot sector a firmware would run: the
@@ -233,14 +226,23 @@ pub fn is_bios_boot_sector(sector: &[u8]) -> bool {
 /// boot sector. A disk that cannot be read counts as not bootable (starting it reports why).
 pub fn disk_has_bios_boot_sector(path: &Path, format: crate::config::DiskFormat) -> bool {
     let mut sector = [0u8; 512];
-    let read = match format {
+    read_disk_start(path, format, &mut sector).is_ok() && is_bios_boot_sector(&sector)
+}
+
+/// Reads the first `buf.len()` bytes the guest sees of the disk at `path` (raw, or qcow2
+/// through its backing chain).
+fn read_disk_start(
+    path: &Path,
+    format: crate::config::DiskFormat,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    match format {
         crate::config::DiskFormat::Raw => std::fs::File::open(path)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut sector, 0)),
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, buf, 0)),
         crate::config::DiskFormat::Qcow2 => crate::disk::Qcow2Disk::open(path, true)
             .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|d| d.read_at(&mut sector, 0)),
-    };
-    read.is_ok() && is_bios_boot_sector(&sector)
+            .and_then(|d| d.read_at(buf, 0)),
+    }
 }
 
 #[cfg(test)]
