@@ -363,7 +363,7 @@ impl KvmMachine {
 impl RunningMachine for KvmMachine {
     fn change_cdrom(
         &self,
-        image: Option<&std::path::Path>,
+        medium: Option<vivarium_core::backend::CdromMedium>,
         force: bool,
     ) -> std::result::Result<(), BackendError> {
         if self.control.lock().ended.is_some() {
@@ -379,8 +379,10 @@ impl RunningMachine for KvmMachine {
         let refused = |e: vivarium_devices::scsi::cdrom::CdromError| {
             BackendError::InvalidMachine(e.to_string())
         };
-        match (image, force) {
-            (Some(image), _) => cdrom.insert(image).map_err(refused),
+        match (medium, force) {
+            (Some(medium), _) => cdrom
+                .insert_file(medium.file, &medium.path)
+                .map_err(refused),
             (None, true) => {
                 cdrom.force_eject();
                 Ok(())

@@ -82,6 +82,17 @@ pub struct CdromSpec {
     pub image: Option<PathBuf>,
 }
 
+/// A disc image inserted while the machine runs: already open, because the VM process is
+/// confined and may not open files the user picks (the CLI or the app opens it and hands it
+/// over the control socket).
+#[derive(Debug)]
+pub struct CdromMedium {
+    /// The open image.
+    pub file: std::fs::File,
+    /// Where it is (absolute), for what the drive reports and the log says.
+    pub path: PathBuf,
+}
+
 /// The machine's screen: the shared display file the VM process created (its video memory
 /// becomes the guest's framebuffer) and the size the guest starts with.
 #[cfg(unix)]
@@ -382,16 +393,11 @@ pub trait RunningMachine: Send + Sync {
             "this machine has no keyboard or mouse".into(),
         ))
     }
-    /// Changes the medium of the CD-ROM drive while the machine runs: `Some(image)` inserts
-    /// that image (absolute path), `None` ejects; `force` ejects even when the guest has
-    /// locked the drive. The guest is told the medium changed. A machine without a drive
-    /// refuses.
-    fn change_cdrom(
-        &self,
-        image: Option<&std::path::Path>,
-        force: bool,
-    ) -> Result<(), BackendError> {
-        let _ = (image, force);
+    /// Changes the medium of the CD-ROM drive while the machine runs: `Some(medium)` inserts
+    /// that image, `None` ejects; `force` ejects even when the guest has locked the drive.
+    /// The guest is told the medium changed. A machine without a drive refuses.
+    fn change_cdrom(&self, medium: Option<CdromMedium>, force: bool) -> Result<(), BackendError> {
+        let _ = (medium, force);
         Err(BackendError::Unsupported(
             "this VM has no CD-ROM drive: give it one while it is stopped (vivarium set NAME \
              --iso FILE)"

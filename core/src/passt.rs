@@ -8,10 +8,8 @@
 //! ends with the VM process: it is told to (`PR_SET_PDEATHSIG`) even when the VM process is
 //! killed, and it is killed when [`Passt`] is dropped.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{PortForward, Protocol};
@@ -88,10 +86,18 @@ impl Passt {
                 command.args([flag, &spec]);
             }
         }
+        // What passt says on its standard error (only why it could not start, with
+        // `--quiet`) goes to a file beside its log, read back when it does not start. A file,
+        // not a pipe: a pipe needs a reader thread for as long as passt runs, and that thread
+        // would predate the VM process's confinement.
+        let stderr_path = log_file.with_extension("err");
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| {
+            PasstError::Failed(format!("could not create `{}`: {e}", stderr_path.display()))
+        })?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(stderr);
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::process::CommandExt;
@@ -110,26 +116,6 @@ impl Passt {
         let mut child = command
             .spawn()
             .map_err(|e| PasstError::Failed(format!("could not start passt: {e}")))?;
-        // Its standard error is read for as long as it runs (a full pipe would stop it);
-        // the start keeps what it said there, for the error message.
-        let said = Arc::new(Mutex::new(String::new()));
-        if let Some(mut stderr) = child.stderr.take() {
-            let said = Arc::clone(&said);
-            let _ = std::thread::Builder::new()
-                .name("passt-stderr".into())
-                .spawn(move || {
-                    let mut chunk = [0u8; 4096];
-                    while let Ok(n) = stderr.read(&mut chunk) {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut text = said.lock().unwrap_or_else(|e| e.into_inner());
-                        if text.len() < MAX_KEPT_STDERR {
-                            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                        }
-                    }
-                });
-        }
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             // The file appears at bind(), a moment before passt listens: a connection in
@@ -141,9 +127,11 @@ impl Passt {
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                // Give the reader a moment to collect the last words.
-                std::thread::sleep(Duration::from_millis(50));
-                let message = said.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let message: String = std::fs::read_to_string(&stderr_path)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(MAX_KEPT_STDERR)
+                    .collect();
                 let message: Vec<&str> = message
                     .lines()
                     .map(str::trim)

@@ -8,6 +8,7 @@
 //! own process, in the foreground.
 
 pub mod backend;
+pub mod confine;
 pub mod harden;
 pub mod launch;
 pub mod logging;

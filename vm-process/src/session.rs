@@ -222,6 +222,23 @@ impl Session {
             ));
         }
         spec.display = display.clone();
+        // From here on the process reaches only what this VM needs; every machine thread
+        // inherits it. An unconfined VM (a kernel without Landlock) still runs, said in
+        // the log.
+        // (The runtime folder is made now: the confined process may only put sockets there.)
+        let socket = socket_path(library, name);
+        if let Some(dir) = socket.parent() {
+            vivarium_core::fsutil::ensure_private_dir(dir).map_err(|e| {
+                fail(Error::io(
+                    format!("could not create `{}`", dir.display()),
+                    e,
+                ))
+            })?;
+        }
+        let reach = crate::confine::Reach::for_machine(&bundle, &spec, &socket);
+        note(&crate::confine::describe(
+            &crate::confine::confine_filesystem(&reach),
+        ));
         let machine = backend.start(spec).map_err(|e| {
             remove_display(display.as_ref());
             fail(e.into())

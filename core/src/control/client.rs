@@ -101,6 +101,23 @@ impl ControlClient {
 
     /// Sends one request and reads its reply (an error reply is returned as a reply).
     fn exchange(&mut self, request: &Request) -> Result<Reply, ControlError> {
+        self.exchange_inner(request, None)
+    }
+
+    /// Like [`exchange`](Self::exchange), with `file` handed over along with the request.
+    fn exchange_with_file(
+        &mut self,
+        request: &Request,
+        file: &std::fs::File,
+    ) -> Result<Reply, ControlError> {
+        self.exchange_inner(request, Some(file))
+    }
+
+    fn exchange_inner(
+        &mut self,
+        request: &Request,
+        file: Option<&std::fs::File>,
+    ) -> Result<Reply, ControlError> {
         let lost = |source: std::io::Error| {
             if matches!(
                 source.kind(),
@@ -116,7 +133,12 @@ impl ControlClient {
                 }
             }
         };
-        self.writer.write_all(&encode(request)).map_err(lost)?;
+        let bytes = encode(request);
+        match file {
+            Some(file) => super::fdpass::send_with_file(&mut self.writer, &bytes, file),
+            None => self.writer.write_all(&bytes),
+        }
+        .map_err(lost)?;
         let line = match read_line(&mut self.reader, MAX_LINE).map_err(lost)? {
             Line::Text(line) => line,
             Line::End => return Err(ControlError::NotRunning(self.name.clone())),
@@ -188,11 +210,26 @@ impl ControlClient {
         self.command(Request::Eject { force })
     }
 
-    /// Inserts the image at `image` (an absolute path) in the VM's CD-ROM drive.
+    /// Inserts the image at `image` (an absolute path) in the VM's CD-ROM drive. The image
+    /// is opened here, with this process's rights, and handed to the VM process as an open
+    /// file (a confined VM process cannot open it itself).
     pub fn insert_cdrom(&mut self, image: &std::path::Path) -> Result<(), ControlError> {
-        self.command(Request::Insert {
+        let file = std::fs::File::open(image).map_err(|source| ControlError::Io {
+            context: format!("could not open `{}`", image.display()),
+            source,
+        })?;
+        let request = Request::Insert {
             image: image.to_path_buf(),
-        })
+        };
+        self.exchange_with_file(&request, &file)
+            .and_then(|reply| match reply {
+                Reply::Ok => Ok(()),
+                Reply::Error { message, .. } => Err(ControlError::Refused {
+                    name: self.name.clone(),
+                    message,
+                }),
+                other => Err(self.unexpected(&other)),
+            })
     }
 
     /// Sends keyboard and mouse events to the guest, in order. Returns once the VM process

@@ -12,6 +12,7 @@
 //!   last run ended), and [`live_state`], which puts everything together for `list` and the app.
 
 mod client;
+pub mod fdpass;
 pub mod protocol;
 pub mod records;
 pub mod serial_hub;

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ControlError;
+use super::fdpass::FileReader;
 use super::protocol::{
     Line, MAX_LINE, PROTOCOL_VERSION, Reply, Request, RunState, VmStatus, encode, read_line,
 };
@@ -201,7 +202,7 @@ fn serve_client(stream: UnixStream, shared: &Shared) {
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(read_half);
+    let mut reader = BufReader::new(FileReader::new(read_half));
     let mut writer = stream;
     // The handshake: the first line must be a hello of our version.
     let first = match read_line(&mut reader, MAX_LINE) {
@@ -270,7 +271,12 @@ fn serve_client(stream: UnixStream, shared: &Shared) {
                 serial_session(reader, writer, shared);
                 return;
             }
-            Ok(request) => handle(request, shared),
+            Ok(request) => {
+                let reply = handle(request, reader.get_mut(), shared);
+                // A file is for the request it came with: none is kept for a later one.
+                while reader.get_mut().take_file().is_some() {}
+                reply
+            }
         };
         if !send(&mut writer, &reply) {
             return;
@@ -278,7 +284,8 @@ fn serve_client(stream: UnixStream, shared: &Shared) {
     }
 }
 
-fn handle(request: Request, shared: &Shared) -> Reply {
+/// Answers `request`; `files` holds the files that came with it (an inserted disc).
+fn handle(request: Request, files: &mut FileReader, shared: &Shared) -> Reply {
     let machine = &shared.vm.machine;
     let (control, after) = match request {
         Request::Status => {
@@ -295,17 +302,29 @@ fn handle(request: Request, shared: &Shared) -> Reply {
             return cdrom_reply(machine.change_cdrom(None, force), None, shared);
         }
         Request::Insert { image } => {
+            let file = files.take_file();
             if !image.is_absolute() {
                 return Reply::error(
                     "bad-message",
                     format!("the image path `{}` is not absolute", image.display()),
                 );
             }
+            let Some(file) = file else {
+                return Reply::error(
+                    "bad-message",
+                    "an insert brings the image as an open file (the VM process may not open \
+                     files itself): use `vivarium insert` or the app",
+                );
+            };
             shared.note(&format!(
                 "control: insert `{}` in the CD-ROM",
                 image.display()
             ));
-            let result = machine.change_cdrom(Some(&image), false);
+            let medium = crate::backend::CdromMedium {
+                file,
+                path: image.clone(),
+            };
+            let result = machine.change_cdrom(Some(medium), false);
             return cdrom_reply(result, Some(image), shared);
         }
         Request::Input { events } => {
@@ -379,7 +398,7 @@ fn cdrom_reply(
 }
 
 /// Streams serial output to the client and its input to the guest until either side ends.
-fn serial_session(mut reader: BufReader<UnixStream>, mut writer: UnixStream, shared: &Shared) {
+fn serial_session(mut reader: BufReader<FileReader>, mut writer: UnixStream, shared: &Shared) {
     let hub = &shared.vm.serial;
     let (backlog, subscription) = hub.subscribe();
     let attached = Reply::SerialAttached {
@@ -562,20 +581,31 @@ mod tests {
         assert_eq!(client.status().unwrap().serial_clients, 1);
         drop(console);
 
-        // CD-ROM changes reach the machine, which has no drive and says so; relative
-        // paths never reach it.
+        // CD-ROM changes reach the machine, which has no drive and says so. The client opens
+        // the image itself (a missing one never reaches the VM process) and hands it over.
         let refused = client.eject_cdrom(false).unwrap_err().to_string();
         assert!(refused.contains("no CD-ROM drive"), "{refused}");
-        let refused = client
-            .insert_cdrom(std::path::Path::new("d.iso"))
+        let missing = client
+            .insert_cdrom(std::path::Path::new("/no/such/d.iso"))
             .unwrap_err()
             .to_string();
-        assert!(refused.contains("not absolute"), "{refused}");
-        let refused = client
-            .insert_cdrom(std::path::Path::new("/d.iso"))
-            .unwrap_err()
-            .to_string();
+        assert!(missing.contains("could not open"), "{missing}");
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let refused = client.insert_cdrom(image.path()).unwrap_err().to_string();
         assert!(refused.contains("no CD-ROM drive"), "{refused}");
+        // A request naming an image without bringing it open is refused.
+        {
+            use std::io::{BufRead, Write};
+            let mut raw = UnixStream::connect(&path).unwrap();
+            raw.write_all(
+                b"{\"type\":\"hello\",\"version\":1}\n{\"type\":\"insert\",\"image\":\"/d.iso\"}\n",
+            )
+            .unwrap();
+            let mut lines = std::io::BufReader::new(raw).lines();
+            let _hello = lines.next().unwrap().unwrap();
+            let reply = lines.next().unwrap().unwrap();
+            assert!(reply.contains("open file"), "{reply}");
+        }
         assert_eq!(client.status().unwrap().cdrom, None, "still no drive");
 
         // Input arrives in order; a batch with an event the VM process does not know is a

@@ -108,11 +108,18 @@ struct Medium {
 
 impl Medium {
     fn open(path: &Path) -> Result<Medium, CdromError> {
+        let file = File::open(path).map_err(|source| CdromError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Medium::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Medium, CdromError> {
         let open_err = |source| CdromError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         if !meta.is_file() {
             return Err(CdromError::NotAFile(path.to_path_buf()));
@@ -271,7 +278,16 @@ impl CdromControl {
     /// locked the drive) and close the tray. Nothing changes if the image cannot be
     /// opened.
     pub fn insert(&self, path: &Path) -> Result<(), CdromError> {
-        let medium = Medium::open(path)?;
+        self.insert_medium(Medium::open(path)?)
+    }
+
+    /// Like [`insert`](Self::insert), with the image already open (by a process that may open
+    /// it, for a VM process that may not); `path` is what the drive reports it holds.
+    pub fn insert_file(&self, file: File, path: &Path) -> Result<(), CdromError> {
+        self.insert_medium(Medium::from_file(file, path)?)
+    }
+
+    fn insert_medium(&self, medium: Medium) -> Result<(), CdromError> {
         let r = self.shared.with(|d| {
             if d.prevent_removal && d.medium.is_some() {
                 d.changes += 1;
