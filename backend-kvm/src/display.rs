@@ -220,7 +220,10 @@ impl RefreshThread {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("display-refresh".into())
-            .spawn(move || refresh_loop(&screen, &stopped))
+            .spawn(move || {
+                vivarium_threads::started(vivarium_threads::ThreadKind::Device);
+                refresh_loop(&screen, &stopped)
+            })
             .map_err(|e| Error::Setup(format!("could not start the display thread: {e}")))?;
         Ok(RefreshThread {
             stop: Some(stop),

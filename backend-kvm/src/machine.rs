@@ -259,7 +259,10 @@ pub fn start(spec: MachineSpec) -> Result<KvmMachine> {
     let thread_control = Arc::clone(&control);
     let thread = std::thread::Builder::new()
         .name("vivarium-machine".into())
-        .spawn(move || machine_thread(plan, first, thread_control))
+        .spawn(move || {
+            vivarium_threads::started(vivarium_threads::ThreadKind::Machine);
+            machine_thread(plan, first, thread_control)
+        })
         .map_err(|e| Error::Setup(format!("could not start the machine thread: {e}")))?;
     Ok(KvmMachine {
         control,
@@ -865,6 +868,7 @@ impl Vm {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    vivarium_threads::started(vivarium_threads::ThreadKind::Vcpu);
                     supervised(&format!("vCPU {index}"), &thread_control, || {
                         vcpu_thread(index, vcpu, &thread_control, &pio, &mmio)
                     })

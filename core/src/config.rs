@@ -520,6 +520,14 @@ fn is_plain_relative(path: &std::path::Path) -> bool {
             .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
+/// A VM name in Unicode's composed form (NFC): the form Vivarium stores and compares, so
+/// that `é` typed as one character or as `e` and a combining accent (as some keyboards and
+/// file systems give it) names the same VM.
+pub fn normalize_name(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfc().collect()
+}
+
 /// Checks a VM name: what the user may call a VM so that it is also a safe folder name.
 pub fn validate_name(name: &str) -> Result<()> {
     let problem = if name.trim().is_empty() {

@@ -80,7 +80,20 @@ pub fn create(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
                 .create_new(true)
                 .open(path)
                 .map_err(|e| Error::io(ctx(), e))?;
-            file.set_len(size).map_err(|e| Error::io(ctx(), e))?;
+            if let Err(e) = file.set_len(size) {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                // EFBIG: the file system's largest file is smaller (ext4's is 16 TiB - 4 KiB).
+                if e.raw_os_error() == Some(libc::EFBIG) {
+                    return Err(Error::InvalidInput(format!(
+                        "a raw disk of {} is larger than the file system holding the library \
+                         allows one file to be: choose a smaller --disk-size, or \
+                         --disk-format qcow2",
+                        crate::fsutil::format_size(size)
+                    )));
+                }
+                return Err(Error::io(ctx(), e));
+            }
             file.sync_all().map_err(|e| Error::io(ctx(), e))
         }
         DiskFormat::Qcow2 => create_qcow2(path, size, None),

@@ -119,7 +119,13 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
+        "p" | "pb" | "pib" => 50,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "bad size `{text}`: `{other}` is not a unit; use K, M, G, T or P (binary: \
+                 1K = 1024 bytes), e.g. 20G"
+            )));
+        }
     };
     if let Ok(whole) = number.parse::<u64>() {
         return whole.checked_mul(1u64 << shift).ok_or_else(bad);
@@ -134,7 +140,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
 
 /// Formats a byte count for people: `20 GiB`, `1.5 MiB`, `512 B`.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
@@ -180,6 +186,9 @@ mod tests {
         assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
         assert_eq!(parse_size("512m").unwrap(), 512 << 20);
         assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("1P").unwrap(), 1 << 50);
+        let unit = parse_size("12Q").unwrap_err().to_string();
+        assert!(unit.contains("`q` is not a unit"), "{unit}");
         for bad in ["", "G", "12Q", "-1G", "99999999999T", "1..2G"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
@@ -190,6 +199,8 @@ mod tests {
         assert_eq!(format_size(512), "512 B");
         assert_eq!(format_size(20 << 30), "20 GiB");
         assert_eq!(format_size(3 << 29), "1.5 GiB");
+        assert_eq!(format_size(1 << 50), "1 PiB");
+        assert_eq!(format_size(1), "1 B");
     }
 
     #[test]

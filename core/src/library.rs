@@ -289,6 +289,7 @@ impl Library {
 
     /// The bundle folder a VM of this name has (whether or not it exists).
     pub fn bundle_path(&self, name: &str) -> PathBuf {
+        let name = crate::config::normalize_name(name);
         self.vms_dir().join(format!("{name}.{BUNDLE_EXTENSION}"))
     }
 
@@ -386,7 +387,8 @@ impl Library {
         if validate_name(name).is_err() || !path.is_dir() {
             return Err(Error::NotFound(name.to_string()));
         }
-        Ok(self.load_entry(name.to_string(), path))
+        // The VM's name as stored (composed), whichever form it was asked by.
+        Ok(self.load_entry(crate::config::normalize_name(name), path))
     }
 
     fn load_entry(&self, name: String, path: PathBuf) -> VmEntry {
@@ -409,16 +411,19 @@ impl Library {
     /// case-insensitive file system) and no operation in progress reserved it.
     fn check_name_free(&self, name: &str) -> Result<()> {
         validate_name(name)?;
-        let wanted = name.to_lowercase();
+        // Names that look the same are the same: case aside, and é as one code point or as
+        // e and a combining accent (bundles made before names were normalised included).
+        let key = |name: &str| crate::config::normalize_name(name).to_lowercase();
+        let wanted = key(name);
         let taken_by_vm = fs::read_dir(self.vms_dir())
             .map_err(|e| Error::io("could not read the library", e))?
             .flatten()
             .filter_map(|entry| bundle_name(&entry.path()))
-            .any(|existing| existing.to_lowercase() == wanted);
+            .any(|existing| key(&existing) == wanted);
         let reserved = self
             .live_reservations()
             .iter()
-            .any(|reserved| reserved.to_lowercase() == wanted);
+            .any(|reserved| key(reserved) == wanted);
         if taken_by_vm || reserved {
             return Err(Error::AlreadyExists(name.to_string()));
         }
@@ -473,6 +478,16 @@ impl Library {
         boot_prep: BootPrep<'_>,
         progress: &dyn Progress,
     ) -> Result<Outcome> {
+        let normalized;
+        let spec = if crate::config::normalize_name(&spec.name) == spec.name {
+            spec
+        } else {
+            normalized = NewVm {
+                name: crate::config::normalize_name(&spec.name),
+                ..spec.clone()
+            };
+            &normalized
+        };
         validate_name(&spec.name)?;
         validate_cpus(spec.cpus)?;
         validate_memory_mib(spec.memory_mib)?;
@@ -484,7 +499,25 @@ impl Library {
         };
         let mut warnings = Vec::new();
         let import_info = match &spec.disk {
-            NewDisk::Import { path } => Some((path.clone(), disk::probe(path)?)),
+            NewDisk::Import { path } => {
+                let info = disk::probe(path)?;
+                // An overlay is flattened: every file below it must be there, said before
+                // anything is made (and naming the user's files, not the copy's).
+                if info.backing_file.is_some()
+                    && let Err(e) = disk::backing_chain(path)
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "`{}` cannot be imported: it is an overlay, and {}: put its backing \
+                         file back where it names it, or import an image that stands alone",
+                        path.display(),
+                        match &e {
+                            Error::Io { source, .. } => source.to_string(),
+                            other => other.to_string(),
+                        }
+                    )));
+                }
+                Some((path.clone(), info))
+            }
             _ => None,
         };
 
@@ -587,6 +620,7 @@ impl Library {
 
     /// Renames a stopped VM.
     pub fn rename(&self, old: &str, new: &str) -> Result<VmConfig> {
+        let new = &crate::config::normalize_name(new);
         let _lock = self.lock_library()?;
         let entry = self.get(old)?;
         let mut config = entry.config()?.clone();
@@ -680,6 +714,7 @@ impl Library {
         mode: CloneMode,
         progress: &dyn Progress,
     ) -> Result<Outcome> {
+        let name = &crate::config::normalize_name(name);
         match mode {
             CloneMode::Full => self.full_clone(source, name, progress),
             CloneMode::Linked => self.linked_clone(source, name),

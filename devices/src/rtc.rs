@@ -528,7 +528,10 @@ impl CmosRtc {
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("rtc-timer".into())
-            .spawn(move || timer_thread(&shared));
+            .spawn(move || {
+                vivarium_threads::started(vivarium_threads::ThreadKind::Device);
+                timer_thread(&shared)
+            });
         match spawned {
             Ok(handle) => self.timer = Some(handle),
             Err(e) => tracing::warn!("RTC: no interrupt timer ({e}); flags still work"),

@@ -270,14 +270,15 @@ fn damaged_and_future_configs_are_listed_flagged_and_left_untouched() {
     assert_eq!(row("good")["state"], "stopped");
     assert_eq!(row("damaged")["state"], "broken");
     assert!(
-        row("damaged")["error"]
+        row("damaged")["error"]["message"]
             .as_str()
             .unwrap()
             .contains("damaged")
     );
+    assert_eq!(row("damaged")["error"]["kind"], "broken");
     assert_eq!(row("future")["state"], "broken");
     assert!(
-        row("future")["error"]
+        row("future")["error"]["message"]
             .as_str()
             .unwrap()
             .contains("format 9")
@@ -636,7 +637,7 @@ fn killing_a_full_clone_midway_leaves_the_library_consistent() {
 }
 
 #[test]
-fn ctrl_c_cancels_a_full_clone_cleanly() {
+fn ctrl_c_sigterm_and_sighup_cancel_a_full_clone_cleanly() {
     let lib = TempLibrary::new();
     let k = kernel(&lib);
     lib.ok(&["create", "big", "--kernel", &k, "--disk-size", "6G"]);
@@ -644,32 +645,121 @@ fn ctrl_c_cancels_a_full_clone_cleanly() {
     for i in 0..6u64 {
         write_pattern(&disk, i << 30, 0x40 + i as u8, 256 << 20);
     }
-    let child = lib
-        .command(&["clone", "big", "copy"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let staging = lib.home().join(".staging");
-    let started = std::time::Instant::now();
-    while walk_allocated(&staging) < 64 << 20 {
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "the clone never started copying"
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let child = lib
+            .command(&["clone", "big", "copy"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let staging = lib.home().join(".staging");
+        let started = std::time::Instant::now();
+        while walk_allocated(&staging) < 64 << 20 {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "the clone never started copying"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) with a valid pid and signal number touches no memory.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(8),
+            "signal {signal}: cancelled exit code: {stderr}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(stderr.contains("cancelled"), "{stderr}");
+        assert!(
+            staging_is_empty(lib.home()),
+            "signal {signal}: the cancelled clone removed its files"
+        );
+        assert_eq!(lib.list(), vec![("big".to_string(), "stopped".to_string())]);
     }
-    // SAFETY: kill(2) with a valid pid and signal number touches no memory.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(rc, 0);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(8), "cancelled exit code: {stderr}");
-    assert!(stderr.contains("cancelled"), "{stderr}");
-    assert!(
-        staging_is_empty(lib.home()),
-        "the cancelled clone removed its files"
+}
+
+/// What a new user runs into with sizes, look-alike names, scripts and overlays.
+#[test]
+fn sizes_names_usage_errors_and_missing_backing_files_get_clear_answers() {
+    let lib = TempLibrary::new();
+    let k = kernel(&lib);
+    // A raw disk larger than the file system's largest file (ext4: 16 TiB - 4 KiB; other
+    // file systems allow it, and then the VM is simply made).
+    let out = lib.run(&["create", "huge", "--kernel", &k, "--disk-size", "16T"]);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{stderr}");
+        assert!(stderr.contains("--disk-format qcow2"), "{stderr}");
+        assert!(!stderr.contains(".staging"), "{stderr}");
+        assert!(staging_is_empty(lib.home()));
+    } else {
+        lib.ok(&["delete", "huge"]);
+    }
+    let unit = lib.fails(5, &["create", "x", "--kernel", &k, "--disk-size", "3X"]);
+    assert!(unit.contains("`x` is not a unit"), "{unit}");
+    lib.ok(&[
+        "create",
+        "peta",
+        "--kernel",
+        &k,
+        "--disk-size",
+        "1P",
+        "--disk-format",
+        "qcow2",
+    ]);
+    assert_eq!(
+        lib.json(&["info", "peta"])["config"]["disks"][0]["size"],
+        1u64 << 50
     );
-    assert_eq!(lib.list(), vec![("big".to_string(), "stopped".to_string())]);
+
+    // é composed, and as e + a combining accent: one name.
+    lib.ok(&["create", "caf\u{e9}", "--kernel", &k, "--no-disk"]);
+    let taken = lib.fails(4, &["create", "cafe\u{301}", "--kernel", &k, "--no-disk"]);
+    assert!(taken.contains("already exists"), "{taken}");
+    assert_eq!(lib.json(&["info", "cafe\u{301}"])["name"], "caf\u{e9}");
+    lib.ok(&["rename", "peta", "P\u{e9}ta"]);
+    let bundles: Vec<String> = fs::read_dir(lib.home().join("vms"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        bundles.contains(&"P\u{e9}ta.vivm".to_string()),
+        "{bundles:?}"
+    );
+
+    // A script reading --json gets JSON for a command line it got wrong.
+    let out = lib.run(&["--json", "create", "y", "--kernel", &k, "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["error"]["kind"], "usage", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--bogus")
+    );
+
+    // An overlay whose backing file is gone: the user's file is named, nothing is made.
+    let base = lib.scratch().join("base.raw");
+    let overlay = lib.scratch().join("overlay.qcow2");
+    assert_qemu_img_ok(&["create", "-f", "raw", base.to_str().unwrap(), "64M"]);
+    assert_qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "raw",
+        overlay.to_str().unwrap(),
+    ]);
+    fs::remove_file(&base).unwrap();
+    let missing = lib.fails(5, &["import", "ov", overlay.to_str().unwrap()]);
+    assert!(missing.contains(base.to_str().unwrap()), "{missing}");
+    assert!(!missing.contains(".staging"), "{missing}");
+    assert!(staging_is_empty(lib.home()));
+    assert!(lib.list().iter().all(|(name, _)| name != "ov"));
 }
 
 fn walk_allocated(dir: &Path) -> u64 {

@@ -165,3 +165,105 @@ fn the_confined_vm_process_reaches_only_its_own_vm() {
     }
     assert!(!outside.exists());
 }
+
+/// Set for the seccomp child: the VM whose failure it records.
+const SECCOMP_PROBE_VM: &str = "VIVARIUM_SECCOMP_PROBE_VM";
+
+/// The child of the test below: it confines itself as a VM process does (Landlock, then the
+/// seccomp filters, with the same watcher and failure record a VM process sets up), starts a
+/// thread that says it is a vCPU, and has it open a network socket, which no vCPU does.
+#[test]
+#[ignore = "the child process of a_system_call_outside_a_threads_filter_ends_the_vm_as_failed"]
+fn seccomp_probe() {
+    use vivarium_threads::ThreadKind;
+    let Ok(name) = std::env::var(SECCOMP_PROBE_VM) else {
+        return;
+    };
+    let library = Library::open_default().expect("the library");
+    let entry = library.get(&name).expect("the VM");
+    let config = entry.config().expect("its configuration").clone();
+    let spec = MachineSpec::from_config(&config, &entry.path, Box::new(std::io::sink()))
+        .expect("its machine");
+    let socket = vivarium_core::control::socket_path(&library, &name);
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let reach = vivarium_vm::confine::Reach::for_machine(&entry.path, &spec, &socket);
+    vivarium_vm::harden::harden_process();
+    println!(
+        "PROBE confined {:?}",
+        vivarium_vm::confine::confine_filesystem(&reach)
+    );
+    vivarium_vm::seccomp::enable().expect("the filters");
+    let failure = vivarium_vm::session::FailureRecord {
+        bundle: entry.path.clone(),
+        started_at_unix: vivarium_core::control::now_unix(),
+        runtime: vec![socket],
+    };
+    vivarium_vm::seccomp::watch_blocked_calls(move |call| failure.end_process(&call.to_string()));
+    std::thread::spawn(|| {
+        vivarium_threads::started(ThreadKind::Vcpu);
+        println!("PROBE the vCPU thread opens a network socket");
+        // SAFETY: socket(2) with constant arguments; the descriptor (if any) is leaked, the
+        // process ends right after.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        println!("PROBE the socket call returned {fd}");
+    });
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    println!("PROBE the process was not ended");
+}
+
+#[test]
+fn a_system_call_outside_a_threads_filter_ends_the_vm_as_failed() {
+    let lib = TempLibrary::new();
+    let kernel = lib.scratch().join("handmade.elf");
+    vivarium_e2e::handmade::write_kernel(&kernel).expect("write the hand-made guest");
+    lib.ok(&[
+        "create",
+        "mine",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--no-disk",
+        "--network",
+        "none",
+        "--display",
+        "none",
+    ]);
+    let started = std::time::Instant::now();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "seccomp_probe", "--nocapture"])
+        .env("VIVARIUM_HOME", lib.home())
+        .env(SECCOMP_PROBE_VM, "mine")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("PROBE the vCPU thread opens a network socket"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("PROBE the socket call returned"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("was not ended"), "{stdout}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "ended in {took:?}"
+    );
+    // Said on standard error (the VM process's `vm.log`) by the signal handler, and recorded
+    // as the run's end, which `vivarium status` shows.
+    assert!(
+        stderr.contains("a vcpu thread made the system call `socket`"),
+        "{stderr}"
+    );
+    let status = lib.json(&["status", "mine"]);
+    assert_eq!(status["last_run"]["exit"], "failed", "{status}");
+    let detail = status["last_run"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("vcpu thread") && detail.contains("`socket`"),
+        "{status}"
+    );
+    let log = std::fs::read_to_string(lib.bundle("mine").join("logs/vm.log")).unwrap();
+    assert!(log.contains("the VM failed: a vcpu thread"), "{log}");
+}

@@ -12,6 +12,7 @@ pub mod confine;
 pub mod harden;
 pub mod launch;
 pub mod logging;
+pub mod seccomp;
 pub mod session;
 
 use vivarium_core::ErrorKind;

@@ -75,6 +75,11 @@ pub fn run_vm_process(name: &str, boot_once: Option<vivarium_core::backend::Boot
     let _ = std::io::stdout().flush();
     session.detach_stdio();
     watch_signals(session.machine(), false);
+    // The main thread has started every thread it starts: from now on it only waits and
+    // records the end.
+    if let Err(e) = crate::seccomp::install_on_this_thread(vivarium_threads::ThreadKind::Main) {
+        tracing::warn!("{e}");
+    }
     match session.wait() {
         MachineExit::PoweredOff => 0,
         MachineExit::Crashed { .. } => crate::EXIT_CRASHED,
@@ -239,11 +244,34 @@ impl Session {
         note(&crate::confine::describe(
             &crate::confine::confine_filesystem(&reach),
         ));
+        // And each thread started from here on makes only the system calls its kind needs;
+        // one outside its filter ends the VM as failed, naming the call.
+        match crate::seccomp::enable() {
+            Ok(()) => {
+                note("seccomp: every VM thread runs under its kind's system-call filter");
+                let failure = FailureRecord {
+                    bundle: bundle.clone(),
+                    started_at_unix,
+                    runtime: vec![
+                        socket.clone(),
+                        display_path(library, name),
+                        network_socket_path(library, name),
+                    ],
+                };
+                crate::seccomp::watch_blocked_calls(move |call| {
+                    failure.end_process(&call.to_string())
+                });
+            }
+            Err(e) => note(&format!("warning: {e}")),
+        }
         let machine = backend.start(spec).map_err(|e| {
             remove_display(display.as_ref());
             fail(e.into())
         })?;
-        note("the machine runs");
+        note(&format!(
+            "the machine runs ({:.2} ms of CPU since the process started)",
+            process_cpu_ms()
+        ));
         let served = ServedVm {
             name: name.to_string(),
             started_at_unix,
@@ -352,6 +380,64 @@ impl Session {
     }
 }
 
+/// How a VM process ends at once as failed when it cannot go on safely (a thread made a system
+/// call outside its filter, and may hold any lock): it says why in `vm.log`, records the run
+/// as failed with that error (what `vivarium status` and the app show), removes its runtime
+/// files, and exits with status 1, without waiting for threads that may never return.
+#[derive(Debug, Clone)]
+pub struct FailureRecord {
+    /// The VM's bundle.
+    pub bundle: PathBuf,
+    /// When the run started.
+    pub started_at_unix: u64,
+    /// The control socket, display file and network socket, removed on the way out.
+    pub runtime: Vec<PathBuf>,
+}
+
+impl FailureRecord {
+    /// Records `error` and ends the process.
+    pub fn end_process(&self, error: &str) -> ! {
+        let logs = self.bundle.join("logs");
+        let _ = std::fs::create_dir_all(&logs);
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join("vm.log"))
+        {
+            let _ = writeln!(file, "the VM failed: {error}");
+        }
+        let run = LastRun {
+            exit: LastExit::Failed {
+                error: error.to_string(),
+            },
+            started_at_unix: self.started_at_unix,
+            ended_at_unix: now_unix(),
+        };
+        if records::record_last_run(&self.bundle, &run).is_ok() {
+            records::clear_run_record(&self.bundle);
+        }
+        for file in &self.runtime {
+            let _ = std::fs::remove_file(file);
+        }
+        // SAFETY: _exit ends the process at once; nothing after it runs, and no destructor
+        // of a thread that may be stuck holding a lock is needed.
+        unsafe { libc::_exit(1) }
+    }
+}
+
+/// CPU time this process has used so far (user and system, all threads), in milliseconds:
+/// what `cargo xtask bench vm` reads from `vm.log` as the VMM's start-up cost.
+pub fn process_cpu_ms() -> f64 {
+    // SAFETY: a zeroed rusage is valid; getrusage fills it for this process.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
 /// Creates the display file of VM `name` when its configuration has a screen.
 fn open_display(
     library: &Library,
@@ -431,6 +517,7 @@ pub fn watch_signals(machine: Arc<dyn RunningMachine>, interrupt_powers_off: boo
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            vivarium_threads::started(vivarium_threads::ThreadKind::Main);
             let mut terms_seen = 0;
             loop {
                 std::thread::sleep(Duration::from_millis(20));

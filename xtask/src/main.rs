@@ -6,6 +6,7 @@
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
 //! - `bench display`: the VM side's screen refresh cost.
 //! - `bench installer`: the Debian installer ISO to its first screen, Vivarium vs QEMU.
+//! - `bench vm`: the VM process's size and start-up CPU time.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
 //!   with `--installer-iso` also the Debian installer ISO.
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
@@ -18,6 +19,7 @@ mod bench_boot;
 mod bench_display;
 mod bench_firmware;
 mod bench_installer;
+mod bench_vm;
 mod fixtures;
 mod rig;
 mod run;
@@ -38,6 +40,7 @@ fn usage() -> &'static str {
      \x20                (docs/BENCHMARKS.md)\n\
      \x20 bench firmware  an installed GRUB disk through SeaBIOS, Vivarium vs QEMU -M pc, in\n\
      \x20                the rig (docs/BENCHMARKS.md)\n\
+     \x20 bench vm       size of vivarium-vm and its start-up CPU time (docs/BENCHMARKS.md)\n\
      \x20 fixtures [--installer-iso] [--bios-disk]  build the guest fixtures (kernel,\n\
      \x20                initramfs; the Debian installer ISO, the GRUB disk) into the cache\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"

@@ -121,7 +121,10 @@ impl ControlServer {
         let accepting = Arc::clone(&shared);
         let acceptor = std::thread::Builder::new()
             .name("control-accept".into())
-            .spawn(move || accept_loop(listener, accepting))
+            .spawn(move || {
+                vivarium_threads::started(vivarium_threads::ThreadKind::Control);
+                accept_loop(listener, accepting)
+            })
             .map_err(io("could not start the control thread".into()))?;
         Ok(ControlServer {
             path: path.to_path_buf(),
@@ -170,6 +173,7 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         let serving = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("control-client".into())
+            // (A client thread keeps the acceptor's filter: it is of the same kind.)
             .spawn(move || serve_client(stream, &serving));
         if let Err(e) = spawned {
             tracing::warn!("control socket: could not serve a client: {e}");

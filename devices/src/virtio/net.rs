@@ -130,7 +130,10 @@ impl Net {
         let shared = rx.clone();
         let receiver = std::thread::Builder::new()
             .name("virtio-net-rx".into())
-            .spawn(move || receive_loop(&shared, reader))
+            .spawn(move || {
+                vivarium_threads::started(vivarium_threads::ThreadKind::Device);
+                receive_loop(&shared, reader)
+            })
             .map_err(|e| Error::Activation(format!("cannot start the receive thread: {e}")))?;
         Ok(Net {
             mac,
