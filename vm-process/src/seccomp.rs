@@ -564,7 +564,11 @@ mod tests {
     fn every_kind_compiles_to_a_bpf_program() {
         for kind in ThreadKind::ALL {
             let program = linux::program(kind).unwrap();
-            assert!(program.len() > 50, "{kind:?}: {} instructions", program.len());
+            assert!(
+                program.len() > 50,
+                "{kind:?}: {} instructions",
+                program.len()
+            );
         }
     }
 
