@@ -8,6 +8,7 @@
 //! - `bench installer`: the Debian installer ISO to its first screen, Vivarium vs QEMU.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
 //!   with `--installer-iso` also the Debian installer ISO.
+//! - `fuzz`: build every fuzz target and run each for a set time (see `fuzz.rs`).
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
 
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ mod bench_display;
 mod bench_firmware;
 mod bench_installer;
 mod fixtures;
+mod fuzz;
 mod rig;
 mod run;
 mod test;
@@ -40,6 +42,9 @@ fn usage() -> &'static str {
      \x20                the rig (docs/BENCHMARKS.md)\n\
      \x20 fixtures [--installer-iso] [--bios-disk]  build the guest fixtures (kernel,\n\
      \x20                initramfs; the Debian installer ISO, the GRUB disk) into the cache\n\
+     \x20 fuzz [--time SECONDS] [--jobs N] [--sanitizer none|address] [TARGET...]\n\
+     \x20                build every fuzz target and run each for a while (default 15 s);\n\
+     \x20                a crash, hang or runaway allocation fails\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }
 
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "run" => run::run(rest),
         "fixtures" => fixtures::run(rest),
+        "fuzz" => fuzz::run(rest),
         "rig" => rig::run(rest),
         "help" | "--help" | "-h" => {
             print!("{}", usage());
