@@ -714,6 +714,23 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_valid_configurations() {
+        // The seeds of the vm_toml fuzz target start it from real configurations; they must
+        // keep parsing as the format grows.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/vm_toml");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config =
+                VmConfig::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(VmConfig::from_toml(&config.to_toml()).unwrap(), config);
+            seen += 1;
+        }
+        assert!(seen >= 3, "{seen} seeds in {}", dir.display());
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let config = sample();
         let text = config.to_toml();

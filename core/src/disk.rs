@@ -225,6 +225,7 @@ fn foreign_format(file: &mut File, head: &[u8], len: u64) -> Option<String> {
 
 fn probe_qcow2(path: &Path, head: &[u8]) -> std::result::Result<ImageInfo, String> {
     let backing_file = qcow2_backing_from_header(path, head)?;
+    check_qcow2_extensions(path).map_err(|e| format!("its qcow2 header is damaged ({e})"))?;
     // Open without following the backing chain: only this file's header is checked here.
     let image = Qcow2::<imago::file::File>::builder_path(path)
         .backing(None)
@@ -379,6 +380,55 @@ impl Qcow2Header {
             header_length,
         })
     }
+}
+
+/// The header extension naming the image's feature bits.
+const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
+/// Bytes of one entry of the feature name table.
+const FEATURE_NAME_ENTRY: u32 = 48;
+
+/// Refuses header extensions the qcow2 reader would panic on instead of reporting them: a
+/// feature name table that is not whole 48-byte entries (found by fuzzing: imago 0.2 indexes
+/// past the end of a short last entry, so `probe`, and opening such a disk for a VM, crashed).
+/// Called before every open of an existing qcow2 image by the reader. Other damage (fields out
+/// of range, extensions past the header cluster) is left to the reader, which reports it.
+fn check_qcow2_extensions(path: &Path) -> std::io::Result<()> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut head = vec![0u8; (Qcow2Header::V3_LEN as u64).min(len) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let Ok(header) = Qcow2Header::parse(&head) else {
+        return Ok(());
+    };
+    // Version 2 has no header extensions (the reader reads none).
+    if head[4..8] != 3u32.to_be_bytes() || !(9..=21).contains(&header.cluster_bits) {
+        return Ok(());
+    }
+    let end = (1u64 << header.cluster_bits).min(len);
+    let mut at = u64::from(header.header_length);
+    // Each step moves past an 8-byte extension header at least, so the walk ends.
+    while at.saturating_add(8) <= end {
+        let mut extension = [0u8; 8];
+        file.read_exact_at(&mut extension, at)?;
+        let kind = u32::from_be_bytes(extension[..4].try_into().expect("4 bytes"));
+        let size = u32::from_be_bytes(extension[4..].try_into().expect("4 bytes"));
+        if kind == 0 {
+            break;
+        }
+        if kind == FEATURE_NAME_TABLE && !size.is_multiple_of(FEATURE_NAME_ENTRY) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "its feature name table is {size} bytes, not a whole number of \
+                     {FEATURE_NAME_ENTRY}-byte entries"
+                ),
+            ));
+        }
+        at = at
+            .saturating_add(8)
+            .saturating_add(u64::from(size).next_multiple_of(8));
+    }
+    Ok(())
 }
 
 /// Reads the backing file name from a qcow2 header (bytes 8..20 point at it).
@@ -654,6 +704,7 @@ fn open_chain_levels(path: &Path, writable: bool) -> std::io::Result<Vec<(PathBu
             levels.push((current, ChainLevel::Raw(raw)));
             return Ok(levels);
         }
+        check_qcow2_extensions(&current)?;
         let image = Qcow2::<imago::file::File>::builder_path(&current)
             .backing(None)
             .write(write)
@@ -1086,6 +1137,41 @@ mod tests {
         let header = dir.path().join("header.qcow2");
         fs::write(&header, &data[..512]).unwrap();
         assert!(probe(&header).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/qcow2/feature-name-table-short-entry): a feature
+    /// name table of 49 bytes made the qcow2 reader index past its last entry and panic, in
+    /// `probe` (import) and when a VM opened the disk. Both refuse the image now.
+    #[test]
+    fn a_feature_name_table_of_partial_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.qcow2");
+        create(&path, DiskFormat::Qcow2, 1 << 20).unwrap();
+        assert_eq!(probe(&path).unwrap().format, DiskFormat::Qcow2);
+        let mut data = fs::read(&path).unwrap();
+        let header_length = u32::from_be_bytes(data[100..104].try_into().unwrap()) as usize;
+        // Walk to the end-of-extensions marker and put a 49-byte feature name table there.
+        let mut at = header_length;
+        while u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) != 0 {
+            let size = u32::from_be_bytes(data[at + 4..at + 8].try_into().unwrap()) as usize;
+            at += 8 + size.next_multiple_of(8);
+        }
+        data[at..at + 4].copy_from_slice(&FEATURE_NAME_TABLE.to_be_bytes());
+        data[at + 4..at + 8].copy_from_slice(&49u32.to_be_bytes());
+        data[at + 8..at + 8 + 56].fill(0);
+        data[at + 8 + 56..at + 8 + 64].fill(0); // the end marker after it
+        fs::write(&path, &data).unwrap();
+        let e = probe(&path).unwrap_err().to_string();
+        assert!(e.contains("feature name table is 49 bytes"), "{e}");
+        let e = Qcow2Disk::open(&path, true)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("feature name table is 49 bytes"), "{e}");
+        // Whole entries are fine.
+        data[at + 4..at + 8].copy_from_slice(&48u32.to_be_bytes());
+        fs::write(&path, &data).unwrap();
+        assert_eq!(probe(&path).unwrap().format, DiskFormat::Qcow2);
     }
 
     #[test]

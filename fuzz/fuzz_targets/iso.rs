@@ -23,10 +23,10 @@ fn walk(image: &IsoImage<[u8]>, entries: Vec<DirEntry>, depth: usize, walked: &m
             return;
         }
         if entry.is_dir {
-            if depth < 8 {
-                if let Ok(children) = image.read_dir(&entry) {
-                    walk(image, children, depth + 1, walked);
-                }
+            if depth < 8
+                && let Ok(children) = image.read_dir(&entry)
+            {
+                walk(image, children, depth + 1, walked);
             }
         } else if entry.size() <= 1 << 20 {
             let mut out = Vec::new();

@@ -9,6 +9,7 @@
 //! - `bench vm`: the VM process's size and start-up CPU time.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
 //!   with `--installer-iso` also the Debian installer ISO.
+//! - `fuzz`: build every fuzz target and run each for a set time (see `fuzz.rs`).
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ mod bench_firmware;
 mod bench_installer;
 mod bench_vm;
 mod fixtures;
+mod fuzz;
 mod rig;
 mod run;
 mod test;
@@ -43,6 +45,9 @@ fn usage() -> &'static str {
      \x20 bench vm       size of vivarium-vm and its start-up CPU time (docs/BENCHMARKS.md)\n\
      \x20 fixtures [--installer-iso] [--bios-disk]  build the guest fixtures (kernel,\n\
      \x20                initramfs; the Debian installer ISO, the GRUB disk) into the cache\n\
+     \x20 fuzz [--time SECONDS] [--jobs N] [--sanitizer none|address] [TARGET...]\n\
+     \x20                build every fuzz target and run each for a while (default 15 s);\n\
+     \x20                a crash, hang or runaway allocation fails\n\
      \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
 }
 
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "run" => run::run(rest),
         "fixtures" => fixtures::run(rest),
+        "fuzz" => fuzz::run(rest),
         "rig" => rig::run(rest),
         "help" | "--help" | "-h" => {
             print!("{}", usage());

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it on a clean Debian/Ubuntu machine.
 //!
 //! It installs what the tests need (Debian packages), then checks formatting and lints, builds
-//! the workspace and runs every test. Any failure fails the command.
+//! the workspace and runs every test, and then fuzzes every fuzz target for a short time
+//! (`cargo xtask fuzz`, see `fuzz.rs`). Any failure fails the command.
 
 use std::process::Command;
 
@@ -61,6 +62,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         util::run(&mut cmd)
     };
     step(&["fmt", "--all", "--", "--check"])?;
+    // The fuzz crate is not a workspace member.
+    step(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])?;
     step(&[
         "clippy",
         "--workspace",
@@ -99,6 +102,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .env("VIVARIUM_REQUIRE_RIG", "1")
         .args(["test", "--workspace", "--no-fail-fast"]);
     util::run(&mut test)?;
+    // Every fuzz target builds and runs for a short time without a finding.
+    crate::fuzz::run_short()?;
     eprintln!("xtask: the whole suite passed");
     Ok(())
 }

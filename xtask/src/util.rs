@@ -19,6 +19,20 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Vivarium's folder in the user's cache (`$XDG_CACHE_HOME/vivarium`, else
+/// `~/.cache/vivarium`): tools and data the commands keep between runs, outside the repository.
+pub fn cache_dir() -> Result<PathBuf, String> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let cache = match non_empty("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(
+            non_empty("HOME").ok_or("neither XDG_CACHE_HOME nor HOME is set: no cache folder")?,
+        )
+        .join(".cache"),
+    };
+    Ok(cache.join("vivarium"))
+}
+
 /// Builds the release `vivarium` binary and returns its path.
 pub fn build_release_vivarium() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -35,7 +35,9 @@ pub fn edid_for(width: u32, height: u32) -> [u8; EDID_BLOCK_SIZE] {
     e[18] = 1; // EDID version 1.4
     e[19] = 4;
     e[20] = 0xa0; // digital input, 8 bits per colour
-    let cm = |px: u32| (px * 254 / DPI / 100).clamp(1, 255) as u8;
+    // In 64 bits: any u32 size is accepted (found by fuzzing: a width above 16.9 million
+    // overflowed), and a screen wider than 255 cm says 255.
+    let cm = |px: u32| (u64::from(px) * 254 / u64::from(DPI) / 100).clamp(1, 255) as u8;
     e[21] = cm(width);
     e[22] = cm(height);
     e[23] = 120; // gamma 2.2
@@ -146,5 +148,18 @@ mod tests {
         // A big screen that fits the descriptor keeps its size, at a lower refresh rate.
         let e = edid_for(4095, 4095);
         assert_eq!(u16::from_le_bytes([e[54], e[55]]), 0xffff);
+    }
+
+    #[test]
+    fn any_size_gives_a_valid_block() {
+        // Found by fuzzing: the physical size overflowed for widths above 16.9 million
+        // (fuzz/regressions/bochs_display/edid-huge-width).
+        for (width, height) in [(u32::MAX, 0), (0, u32::MAX), (u32::MAX, u32::MAX), (0, 0)] {
+            let e = edid_for(width, height);
+            assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+            assert_eq!(&e[54..58], &[0, 0, 0, 0x10], "{width}x{height}");
+        }
+        let e = edid_for(u32::MAX, 768);
+        assert_eq!((e[21], e[22]), (255, 20));
     }
 }
