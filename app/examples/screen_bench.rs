@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use vivarium::gui::{AppEnv, VivariumApp};
 use vivarium_core::Library;
-use vivarium_core::control::display_path;
 use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
 
 const WIDTH: u32 = 1920;
@@ -261,7 +260,9 @@ fn main() {
     let vm = arg("--vm").expect("--vm NAME");
     let seconds = Duration::from_secs(arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10));
     let library = Library::open(std::path::Path::new(&home)).expect("the library opens");
-    let display = SharedDisplay::open(&display_path(&library, &vm)).expect("the VM's display file");
+    let display = vivarium_core::control::ControlClient::connect(&library, &vm)
+        .and_then(|mut c| c.open_display())
+        .expect("the VM's display");
     // The first picture, before the app looks: the screen is on.
     let mode = DisplayMode::packed(WIDTH, HEIGHT, PixelFormat::Xrgb8888);
     display.set_mode(Some(mode)).expect("1920x1080 fits");

@@ -6,7 +6,6 @@ use std::path::Path;
 use serde_json::json;
 use vivarium_core::config::DisplayConfig;
 use vivarium_core::control::{ControlClient, ControlError};
-use vivarium_core::display::SharedDisplay;
 use vivarium_core::library::Library;
 use vivarium_core::{Error, ErrorKind};
 
@@ -48,8 +47,8 @@ pub fn screenshot(library: &Library, name: &str, out: &Path) -> Result<Captured,
              (vivarium set {name} --display 1024x768)"
         )));
     }
-    match ControlClient::connect(library, name) {
-        Ok(_) => {}
+    let mut client = match ControlClient::connect(library, name) {
+        Ok(client) => client,
         Err(ControlError::NotRunning(_)) => {
             return Err(Error::Reported {
                 kind: ErrorKind::NotRunning,
@@ -60,9 +59,8 @@ pub fn screenshot(library: &Library, name: &str, out: &Path) -> Result<Captured,
             });
         }
         Err(e) => return Err(e.into()),
-    }
-    let path = vivarium_core::control::RuntimePaths::of_running(library, name).display;
-    let display = SharedDisplay::open(&path).map_err(|e| Error::Reported {
+    };
+    let display = client.open_display().map_err(|e| Error::Reported {
         kind: ErrorKind::Broken,
         message: format!(
             "`{name}` runs but its screen cannot be read ({e}); if it was started before its \

@@ -17,6 +17,12 @@
 //! reads is checked against the video memory size, so a broken or hostile VM process cannot make
 //! a viewer read outside the mapping.
 //!
+//! On Linux the VM process keeps it in sealed shared memory (`memfd_create`, sealed against
+//! shrinking and growing) instead of a file in the runtime folder, and hands it to viewers over
+//! its control socket (`ControlClient::open_display`). A viewer maps it only once it has checked
+//! the seal, so a hostile VM process cannot truncate the memory under a viewer and kill it with
+//! SIGBUS; no file is left behind however the VM process ends.
+//!
 //! Hand-written on `mmap` rather than a mapping crate: the video memory is written concurrently
 //! by the guest, so it is only ever reached through raw pointers and volatile-style copies, never
 //! as a Rust slice, which the safe wrappers of mapping crates would hand out.
@@ -75,7 +81,19 @@ pub enum DisplayError {
     /// A mode does not fit in the video memory.
     #[error("display mode {0} does not fit in the video memory")]
     ModeTooLarge(DisplayMode),
+    /// Shared memory handed to a viewer that the VM process could still shrink under it.
+    #[error(
+        "{what} is not sealed against shrinking, so the VM process could make the viewer crash: refused"
+    )]
+    NotSealed {
+        /// What was handed over.
+        what: String,
+    },
 }
+
+/// The seals a display's shared memory carries, and which a viewer requires.
+#[cfg(target_os = "linux")]
+const DISPLAY_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
 /// How pixels are laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,7 +233,9 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE as usize);
 
 /// A VM's display file, mapped.
 pub struct SharedDisplay {
-    path: PathBuf,
+    /// Where it is on the file system (`None` for sealed shared memory), or what to call it.
+    path: Option<PathBuf>,
+    label: PathBuf,
     file: File,
     base: NonNull<u8>,
     len: usize,
@@ -231,7 +251,7 @@ unsafe impl Sync for SharedDisplay {}
 impl std::fmt::Debug for SharedDisplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedDisplay")
-            .field("path", &self.path)
+            .field("path", &self.label)
             .field("vram_size", &self.vram_size)
             .finish()
     }
@@ -263,8 +283,56 @@ impl SharedDisplay {
             .open(path)
             .map_err(io_err)?;
         file.set_len(HEADER_SIZE + vram_size).map_err(io_err)?;
-        let display = SharedDisplay::map(path, file, vram_size)?;
-        let header = display.header_ptr();
+        let display = SharedDisplay::map(Some(path), path, file, vram_size)?;
+        display.write_identity();
+        Ok(display)
+    }
+
+    /// Creates a display in sealed shared memory (Linux's `memfd_create`): `vram_size` bytes of
+    /// zeroed video memory, no mode set, sealed so that its size can never change. `name` is
+    /// what `/proc` and error messages call it. Viewers get it through
+    /// [`SharedDisplay::try_clone_file`] and [`SharedDisplay::from_file`].
+    #[cfg(target_os = "linux")]
+    pub fn create_sealed(name: &str, vram_size: u64) -> Result<SharedDisplay, DisplayError> {
+        use std::os::fd::FromRawFd;
+        if !(64 << 10..=MAX_VRAM_SIZE).contains(&vram_size) || !vram_size.is_multiple_of(4096) {
+            return Err(DisplayError::BadVramSize(vram_size));
+        }
+        let label = PathBuf::from(format!("the shared memory `{name}`"));
+        let io_err = |source| DisplayError::Io {
+            path: label.clone(),
+            source,
+        };
+        let c_name = std::ffi::CString::new(name.replace('\0', "_")).expect("NULs were replaced");
+        // SAFETY: memfd_create with a valid C string and flags; the descriptor it returns is
+        // owned by the File made right after.
+        let fd = unsafe {
+            libc::memfd_create(c_name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(HEADER_SIZE + vram_size).map_err(io_err)?;
+        // SAFETY: fcntl F_ADD_SEALS on a descriptor we own, with constant flags.
+        if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, DISPLAY_SEALS) } != 0 {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        let display = SharedDisplay::map(None, &label, file, vram_size)?;
+        display.write_identity();
+        Ok(display)
+    }
+
+    /// A new descriptor of the display's memory, to hand to a viewer.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Writes the header's identity (magic last), once, when the display is created.
+    fn write_identity(&self) {
+        let vram_size = self.vram_size;
+        let header = self.header_ptr();
         // SAFETY: the mapping is at least HEADER_SIZE long and freshly zeroed; nobody else has it
         // mapped with a valid magic yet, so the plain writes of the identity fields race with no
         // reader that trusts them (readers check the magic, written last with a release fence).
@@ -275,24 +343,52 @@ impl SharedDisplay {
             std::sync::atomic::fence(Ordering::Release);
             std::ptr::addr_of_mut!((*header).magic).write(MAGIC);
         }
-        Ok(display)
     }
 
-    /// Opens an existing display file (a running VM's) for viewing.
+    /// Opens an existing display file for viewing (a display made by
+    /// [`SharedDisplay::create`]: tests, and platforms without sealed shared memory).
     pub fn open(path: &Path) -> Result<SharedDisplay, DisplayError> {
-        let io_err = |source| DisplayError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let not = |what: String| DisplayError::NotADisplay {
-            path: path.to_path_buf(),
-            what,
-        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .map_err(io_err)?;
+            .map_err(|source| DisplayError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        SharedDisplay::check_and_map(Some(path), path, file)
+    }
+
+    /// Views the display whose memory a VM process handed over (see
+    /// [`SharedDisplay::create_sealed`]); `what` names it in errors. On Linux the memory must
+    /// be sealed against shrinking: otherwise it is refused, as the VM process could truncate
+    /// it under this viewer.
+    pub fn from_file(file: File, what: &str) -> Result<SharedDisplay, DisplayError> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl F_GET_SEALS on a descriptor we own.
+            let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+            if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+                return Err(DisplayError::NotSealed { what: what.into() });
+            }
+        }
+        SharedDisplay::check_and_map(None, Path::new(what), file)
+    }
+
+    fn check_and_map(
+        path: Option<&Path>,
+        label: &Path,
+        file: File,
+    ) -> Result<SharedDisplay, DisplayError> {
+        let io_err = |source| DisplayError::Io {
+            path: label.to_path_buf(),
+            source,
+        };
+        let not = |what: String| DisplayError::NotADisplay {
+            path: label.to_path_buf(),
+            what,
+        };
         let len = file.metadata().map_err(io_err)?.len();
         if len < HEADER_SIZE {
             return Err(not(format!("{len} bytes is too short")));
@@ -317,10 +413,15 @@ impl SharedDisplay {
                 "video memory of {vram_size} bytes in a file of {len} bytes"
             )));
         }
-        SharedDisplay::map(path, file, vram_size)
+        SharedDisplay::map(path, label, file, vram_size)
     }
 
-    fn map(path: &Path, file: File, vram_size: u64) -> Result<SharedDisplay, DisplayError> {
+    fn map(
+        path: Option<&Path>,
+        label: &Path,
+        file: File,
+        vram_size: u64,
+    ) -> Result<SharedDisplay, DisplayError> {
         use std::os::fd::AsRawFd;
         let len = (HEADER_SIZE + vram_size) as usize;
         // SAFETY: a fresh shared mapping of `len` bytes of an open file; the kernel picks the
@@ -337,12 +438,13 @@ impl SharedDisplay {
         };
         if base == libc::MAP_FAILED {
             return Err(DisplayError::Io {
-                path: path.to_path_buf(),
+                path: label.to_path_buf(),
                 source: io::Error::last_os_error(),
             });
         }
         Ok(SharedDisplay {
-            path: path.to_path_buf(),
+            path: path.map(Path::to_path_buf),
+            label: label.to_path_buf(),
             file,
             base: NonNull::new(base.cast()).expect("mmap does not return null on success"),
             len,
@@ -361,9 +463,14 @@ impl SharedDisplay {
         unsafe { &*self.header_ptr() }
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file's path; `None` for sealed shared memory, which has none.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// What to call the display in messages: its path, or which shared memory it is.
+    pub fn label(&self) -> &Path {
+        &self.label
     }
 
     /// The open file, for the VM process to map the video memory (at `HEADER_SIZE`) into the
@@ -519,7 +626,7 @@ impl SharedDisplay {
         let end = offset.checked_add(dst.len() as u64);
         if end.is_none_or(|end| end > self.vram_size) {
             return Err(DisplayError::Io {
-                path: self.path.clone(),
+                path: self.label.clone(),
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
@@ -548,7 +655,7 @@ impl SharedDisplay {
         let end = offset.checked_add(src.len() as u64);
         if end.is_none_or(|end| end > self.vram_size) {
             return Err(DisplayError::Io {
-                path: self.path.clone(),
+                path: self.label.clone(),
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
@@ -670,6 +777,32 @@ fn convert_row(format: PixelFormat, src: &[u8], out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// The VM side cannot change the size of a sealed display, and a viewer refuses memory
+    /// that is not sealed: a hostile VM process cannot truncate a viewer's mapping.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_sealed_display_cannot_shrink_and_viewers_refuse_unsealed_memory() {
+        let vm = SharedDisplay::create_sealed("test-display", 1 << 20).unwrap();
+        let file = vm.try_clone_file().unwrap();
+        let shrink = file.set_len(HEADER_SIZE).unwrap_err();
+        assert_eq!(shrink.raw_os_error(), Some(libc::EPERM), "{shrink}");
+        let grow = file.set_len(HEADER_SIZE + (2 << 20)).unwrap_err();
+        assert_eq!(grow.raw_os_error(), Some(libc::EPERM), "{grow}");
+        let view = SharedDisplay::from_file(file, "the test display").unwrap();
+        vm.set_mode(Some(DisplayMode::packed(64, 32, PixelFormat::Xrgb8888)))
+            .unwrap();
+        assert_eq!(view.mode().0.unwrap().width, 64);
+
+        // A file of the right shape, but not sealed: refused before it is mapped.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unsealed");
+        let unsealed = SharedDisplay::create(&path, 1 << 20).unwrap();
+        let refused = SharedDisplay::from_file(unsealed.try_clone_file().unwrap(), "a file")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("not sealed"), "{refused}");
+    }
+
     use super::*;
 
     fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {

@@ -15,7 +15,6 @@ use eframe::egui::{self, Role};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use vivarium::gui::{AppEnv, VivariumApp};
-use vivarium_core::control::display_path;
 use vivarium_core::display::{DisplayMode, PixelFormat, SharedDisplay};
 use vivarium_e2e::handmade::{INPUT_BANNER, input_reports};
 use vivarium_e2e::vivarium::TempLibrary;
@@ -202,8 +201,9 @@ fn the_screen_tab_shows_the_guest_and_has_its_keyboard_while_grabbed() {
         prefs_path: None,
         vm_exe: Some(vivarium_e2e::vivarium::vm_binary()),
     };
-    let display = SharedDisplay::open(&display_path(&env.library, "kb"))
-        .expect("the VM process made its display file");
+    let display = vivarium_core::control::ControlClient::connect(&env.library, "kb")
+        .and_then(|mut c| c.open_display())
+        .expect("the VM process hands over its display");
     let mut harness = Harness::builder()
         .with_size([1200.0, 800.0])
         .build_eframe(move |cc| VivariumApp::new(cc, env));

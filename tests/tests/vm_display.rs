@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use vivarium_core::control::ControlClient;
 use vivarium_core::control::display_path;
-use vivarium_core::display::SharedDisplay;
 use vivarium_e2e::handmade::{BANNER, DISPLAY_BAND, display_picture};
 use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{
@@ -50,8 +50,9 @@ fn a_hand_made_guest_draws_and_the_screenshot_matches_pixel_for_pixel() {
     library.ok(&["start", "screen"]);
 
     // Follow the display like a viewer: take the dirty rows as they come.
-    let path = display_path(&core_library(&library), "screen");
-    let display = SharedDisplay::open(&path).expect("the VM process created its display file");
+    let display = ControlClient::connect(&core_library(&library), "screen")
+        .and_then(|mut c| c.open_display())
+        .expect("the VM process hands over its display");
     let mode = display
         .mode()
         .0
@@ -145,10 +146,17 @@ fn a_hand_made_guest_draws_and_the_screenshot_matches_pixel_for_pixel() {
         );
     }
 
-    // Once the VM is off, its display file is gone and screenshot says it is not running.
+    // The display is sealed shared memory, never a file in the runtime folder: nothing is
+    // left behind. Once the VM is off, screenshot says it is not running.
+    let runtime = display_path(&core_library(&library), "screen");
+    assert!(
+        !runtime.exists(),
+        "no display file at {}",
+        runtime.display()
+    );
     library.ok(&["stop", "--force", "screen"]);
-    wait_until("the display file to go", Duration::from_secs(10), || {
-        !path.exists()
+    wait_until("the VM to stop", Duration::from_secs(10), || {
+        library.json(&["status", "screen"])["state"] == "stopped"
     });
     let refused = library.fails(11, &["screenshot", "screen", png.to_str().unwrap()]);
     assert!(refused.contains("not running"), "{refused}");

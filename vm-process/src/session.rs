@@ -219,10 +219,10 @@ impl Session {
         let display = open_display(library, name, &config.display).map_err(&fail)?;
         if let Some(display) = &display {
             note(&format!(
-                "display {}x{} in `{}` ({} MiB of video memory)",
+                "display {}x{} in {} ({} MiB of video memory)",
                 display.width,
                 display.height,
-                display.shared.path().display(),
+                display.shared.label().display(),
                 display.shared.vram_size() >> 20
             ));
         }
@@ -279,6 +279,7 @@ impl Session {
             serial,
             log: Some(Arc::clone(&log)),
             cdrom: config.cdrom.as_ref().map(|c| c.image.clone()),
+            display: display.as_ref().map(|d| Arc::clone(&d.shared)),
         };
         let server = match ControlServer::bind(&socket_path(library, name), served) {
             Ok(server) => server,
@@ -453,12 +454,23 @@ fn open_display(
              gives a VM: choose a smaller size (vivarium set {name} --display 1920x1080)"
         ))
     })?;
-    let path = display_path(library, name);
-    if let Some(dir) = path.parent() {
-        vivarium_core::fsutil::ensure_private_dir(dir)
-            .map_err(|e| Error::io(format!("could not create `{}`", dir.display()), e))?;
-    }
-    let shared = SharedDisplay::create(&path, vram).map_err(|e| {
+    // Sealed shared memory that viewers get over the control socket (Linux); a file in the
+    // runtime folder elsewhere.
+    #[cfg(target_os = "linux")]
+    let created = {
+        let _ = (library, display_path);
+        SharedDisplay::create_sealed(&format!("vivarium display of {name}"), vram)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let created = {
+        let path = display_path(library, name);
+        if let Some(dir) = path.parent() {
+            vivarium_core::fsutil::ensure_private_dir(dir)
+                .map_err(|e| Error::io(format!("could not create `{}`", dir.display()), e))?;
+        }
+        SharedDisplay::create(&path, vram)
+    };
+    let shared = created.map_err(|e| {
         Error::io(
             "could not create the VM's display",
             std::io::Error::other(e),
@@ -472,10 +484,10 @@ fn open_display(
 }
 
 /// Removes a display file once its machine has ended (viewers that still map it keep their
-/// copy until they let go).
+/// copy until they let go). Sealed shared memory has no file: it goes with its last user.
 fn remove_display(display: Option<&DisplaySpec>) {
-    if let Some(display) = display {
-        let _ = std::fs::remove_file(display.shared.path());
+    if let Some(path) = display.and_then(|d| d.shared.path()) {
+        let _ = std::fs::remove_file(path);
     }
 }
 

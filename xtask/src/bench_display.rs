@@ -98,9 +98,9 @@ pub fn run() -> Result<(), String> {
         let started = cli(&["--json", "start", name])?;
         let pid = json_u32(&started, "pid")?;
         let measured = (|| -> Result<(), String> {
-            let display =
-                SharedDisplay::open(&vivarium_core::control::display_path(&library, name))
-                    .map_err(|e| e.to_string())?;
+            let display = vivarium_core::control::ControlClient::connect(&library, name)
+                .and_then(|mut c| c.open_display())
+                .map_err(|e| e.to_string())?;
             if banner {
                 // The picture is complete once the guest prints its banner.
                 let serial = home.join(format!("vms/{name}.vivm/logs/serial.log"));

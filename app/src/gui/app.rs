@@ -196,11 +196,7 @@ impl VivariumApp {
             let library = &self.env.library;
             let screen = LiveScreen {
                 pid,
-                feed: DisplayFeed::start(
-                    vivarium_core::control::RuntimePaths::of_running(library, &name).display,
-                    &name,
-                    ctx.clone(),
-                ),
+                feed: DisplayFeed::start_for_vm(library, &name, ctx.clone()),
                 link: InputLink::start(library, &name, ctx),
             };
             self.screens.insert(name.clone(), screen);

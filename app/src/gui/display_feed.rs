@@ -8,13 +8,14 @@
 //! the UI to repaint only when it has something new, so a static screen costs no frames.
 
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Color32, ColorImage};
+use vivarium_core::control::{ControlClient, ControlError};
 use vivarium_core::display::{DisplayError, DisplayMode, SharedDisplay};
+use vivarium_core::library::Library;
 
 /// Poll interval while the screen is shown: at most 60 updates a second.
 pub const SHOWN_INTERVAL: Duration = Duration::from_micros(16_667);
@@ -87,9 +88,26 @@ pub struct DisplayFeed {
 }
 
 impl DisplayFeed {
-    /// Starts following the display file at `path` (it may not exist yet). `ctx` is asked to
-    /// repaint when there is something new to show.
-    pub fn start(path: PathBuf, label: &str, ctx: egui::Context) -> DisplayFeed {
+    /// Starts following VM `name`'s screen: its VM process hands the display over its control
+    /// socket (sealed shared memory, see `vivarium_core::display`), asked again until it does.
+    /// `ctx` is asked to repaint when there is something new to show.
+    pub fn start_for_vm(library: &Library, name: &str, ctx: egui::Context) -> DisplayFeed {
+        let (library, vm) = (library.clone(), name.to_string());
+        let open: DisplayOpener = Box::new(move || {
+            match ControlClient::connect(&library, &vm).and_then(|mut c| c.open_display()) {
+                Ok(display) => Ok(Some(display)),
+                // Not (yet, or no longer) answering: wait.
+                Err(ControlError::NotRunning(_) | ControlError::Io { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        DisplayFeed::start(open, name, ctx)
+    }
+
+    /// Starts following the display that `open` gives: `Ok(None)` while there is none yet,
+    /// an error when there will be none. `ctx` is asked to repaint when there is something
+    /// new to show.
+    pub fn start(open: DisplayOpener, label: &str, ctx: egui::Context) -> DisplayFeed {
         let shared = Arc::new(Shared {
             status: Mutex::new(FeedStatus::Waiting),
             picture: Mutex::new(Picture {
@@ -107,7 +125,7 @@ impl DisplayFeed {
         let ctx_for_thread = ctx.clone();
         let started = std::thread::Builder::new()
             .name(format!("display-{label}"))
-            .spawn(move || Follower::new(for_thread, path, ctx_for_thread).run());
+            .spawn(move || Follower::new(for_thread, open, ctx_for_thread).run());
         if let Err(e) = started {
             *lock(&shared.status) = FeedStatus::Failed(format!("no thread to follow it: {e}"));
         }
@@ -145,10 +163,13 @@ impl Drop for DisplayFeed {
     }
 }
 
+/// How a feed gets its display: `Ok(None)` while there is none yet.
+pub type DisplayOpener = Box<dyn FnMut() -> Result<Option<SharedDisplay>, String> + Send>;
+
 /// The feed thread's own state.
 struct Follower {
     shared: Arc<Shared>,
-    path: PathBuf,
+    open: DisplayOpener,
     ctx: egui::Context,
     display: Option<SharedDisplay>,
     /// Mode generation and frame counter the mirror is current with (`None`: refill it).
@@ -162,10 +183,10 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(shared: Arc<Shared>, path: PathBuf, ctx: egui::Context) -> Follower {
+    fn new(shared: Arc<Shared>, open: DisplayOpener, ctx: egui::Context) -> Follower {
         Follower {
             shared,
-            path,
+            open,
             ctx,
             display: None,
             mirrored: None,
@@ -212,19 +233,15 @@ impl Follower {
     }
 
     fn try_open(&mut self) {
-        match SharedDisplay::open(&self.path) {
-            Ok(display) => {
+        match (self.open)() {
+            Ok(Some(display)) => {
                 self.display = Some(display);
                 self.mirrored = None;
                 self.thumbnailed = None;
                 self.set_status(FeedStatus::Off);
             }
-            Err(DisplayError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                self.set_status(FeedStatus::Waiting);
-            }
-            Err(e) => self.set_status(FeedStatus::Failed(e.to_string())),
+            Ok(None) => self.set_status(FeedStatus::Waiting),
+            Err(why) => self.set_status(FeedStatus::Failed(why)),
         }
     }
 
@@ -431,14 +448,22 @@ mod tests {
 
     #[test]
     fn the_feed_mirrors_changed_rows_and_follows_mode_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.display");
+        // The VM process's side, handed to the feed once "started".
+        let handed: Arc<Mutex<Option<std::fs::File>>> = Arc::default();
+        let slot = handed.clone();
+        let open: DisplayOpener = Box::new(move || match lock(&slot).take() {
+            Some(file) => SharedDisplay::from_file(file, "the test display")
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        });
         let ctx = egui::Context::default();
-        let feed = DisplayFeed::start(path.clone(), "test", ctx);
-        wait_for("the missing file noticed", || {
+        let feed = DisplayFeed::start(open, "test", ctx);
+        wait_for("the missing display noticed", || {
             feed.status() == FeedStatus::Waiting
         });
-        let vm = SharedDisplay::create(&path, 1 << 20).unwrap();
+        let vm = SharedDisplay::create_sealed("test display", 1 << 20).unwrap();
+        *lock(&handed) = Some(vm.try_clone_file().unwrap());
         feed.mark_shown();
         wait_for("the display off", || feed.status() == FeedStatus::Off);
         let mode = DisplayMode::packed(64, 32, PixelFormat::Xrgb8888);
@@ -494,14 +519,20 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_a_display_fails_with_the_reason() {
+    fn memory_that_is_not_a_sealed_display_fails_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.display");
         std::fs::write(&path, vec![1u8; 8192]).unwrap();
-        let feed = DisplayFeed::start(path, "test", egui::Context::default());
+        let open: DisplayOpener = Box::new(move || {
+            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            SharedDisplay::from_file(file, "a plain file")
+                .map(Some)
+                .map_err(|e| e.to_string())
+        });
+        let feed = DisplayFeed::start(open, "test", egui::Context::default());
         wait_for(
             "the failure",
-            || matches!(feed.status(), FeedStatus::Failed(why) if why.contains("not a Vivarium display")),
+            || matches!(feed.status(), FeedStatus::Failed(why) if why.contains("not sealed")),
         );
     }
 

@@ -2,6 +2,8 @@
 
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+
+use super::fdpass::FileReader;
 use std::time::Duration;
 
 use super::ControlError;
@@ -19,7 +21,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ControlClient {
     name: String,
     pid: u32,
-    reader: BufReader<UnixStream>,
+    reader: BufReader<FileReader>,
     writer: UnixStream,
 }
 
@@ -56,7 +58,9 @@ impl ControlClient {
         stream
             .set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(io("could not set a timeout on"))?;
-        let reader = BufReader::new(stream.try_clone().map_err(io("could not use"))?);
+        let reader = BufReader::new(FileReader::new(
+            stream.try_clone().map_err(io("could not use"))?,
+        ));
         let mut client = ControlClient {
             name: name.to_string(),
             pid: 0,
@@ -242,11 +246,43 @@ impl ControlClient {
         })
     }
 
+    /// The VM's screen, to view: the VM process hands over its display's shared memory, which
+    /// is mapped here once it is known to be sealed against shrinking (so the VM process
+    /// cannot crash this viewer). A VM without a display refuses.
+    pub fn open_display(&mut self) -> Result<crate::display::SharedDisplay, ControlError> {
+        // A file left over from an earlier reply is not this one's.
+        while self.reader.get_mut().take_file().is_some() {}
+        match self.exchange(&Request::Display)? {
+            Reply::Display { .. } => {
+                let file =
+                    self.reader
+                        .get_mut()
+                        .take_file()
+                        .ok_or_else(|| ControlError::Protocol {
+                            name: self.name.clone(),
+                            what: "a display reply without the display's memory".into(),
+                        })?;
+                let what = format!("the display of `{}`", self.name);
+                crate::display::SharedDisplay::from_file(file, &what).map_err(|e| {
+                    ControlError::Protocol {
+                        name: self.name.clone(),
+                        what: e.to_string(),
+                    }
+                })
+            }
+            Reply::Error { message, .. } => Err(ControlError::Refused {
+                name: self.name.clone(),
+                message,
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Turns this connection into the VM's serial console.
     pub fn attach_serial(mut self) -> Result<SerialStream, ControlError> {
         match self.exchange(&Request::AttachSerial)? {
             Reply::SerialAttached { backlog_bytes } => {
-                let _ = self.reader.get_ref().set_read_timeout(None);
+                let _ = self.reader.get_ref().get_ref().set_read_timeout(None);
                 let _ = self.writer.set_write_timeout(None);
                 Ok(SerialStream {
                     backlog_bytes,
@@ -268,7 +304,7 @@ impl ControlClient {
 /// another thread may own.
 pub struct SerialStream {
     backlog_bytes: u64,
-    reader: BufReader<UnixStream>,
+    reader: BufReader<FileReader>,
     writer: UnixStream,
 }
 
@@ -285,7 +321,7 @@ impl SerialStream {
 
     /// Waits at most `timeout` in each read (`None`: wait for ever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        self.reader.get_ref().set_read_timeout(timeout)
+        self.reader.get_ref().get_ref().set_read_timeout(timeout)
     }
 }
 

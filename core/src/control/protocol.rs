@@ -96,6 +96,9 @@ pub enum Request {
     Reset,
     /// Turns the connection into the serial console stream.
     AttachSerial,
+    /// Asks for the VM's screen: answered by [`Reply::Display`] with the display's sealed
+    /// shared memory attached as an open file (see `crate::display`).
+    Display,
     /// Ejects the CD-ROM's medium; `force` even if the guest locked the drive.
     Eject {
         /// Eject even if the guest prevents medium removal.
@@ -140,6 +143,11 @@ pub enum Reply {
     SerialAttached {
         /// Bytes of earlier output that precede the live output.
         backlog_bytes: u64,
+    },
+    /// Answer to [`Request::Display`]: the display's memory comes attached to this reply.
+    Display {
+        /// Bytes of video memory (after the header page).
+        vram_size: u64,
     },
     /// The request failed or was not understood; the VM is not affected.
     Error {

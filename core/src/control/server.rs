@@ -40,6 +40,8 @@ pub struct ServedVm {
     pub log: Option<Arc<Mutex<RotatingLog>>>,
     /// The CD-ROM drive at start: `None` without one, else the image in it.
     pub cdrom: Option<Option<PathBuf>>,
+    /// The screen, handed to viewers that ask (`None`: the VM has no display).
+    pub display: Option<Arc<crate::display::SharedDisplay>>,
 }
 
 struct Shared {
@@ -201,6 +203,32 @@ fn send(stream: &mut UnixStream, reply: &Reply) -> bool {
     stream.write_all(&encode(reply)).is_ok()
 }
 
+/// Answers a display request: the reply, with a new descriptor of the display's sealed memory
+/// attached.
+fn send_display(stream: &mut UnixStream, shared: &Shared) -> bool {
+    let Some(display) = &shared.vm.display else {
+        return send(
+            stream,
+            &Reply::error(
+                "refused",
+                "this VM has no display (its settings say `none`)",
+            ),
+        );
+    };
+    match display.try_clone_file() {
+        Ok(file) => {
+            let reply = Reply::Display {
+                vram_size: display.vram_size(),
+            };
+            super::fdpass::send_with_file(stream, &encode(&reply), &file).is_ok()
+        }
+        Err(e) => send(
+            stream,
+            &Reply::error("refused", format!("the display cannot be shared: {e}")),
+        ),
+    }
+}
+
 fn serve_client(stream: UnixStream, shared: &Shared) {
     let _count = ClientCount::new(&shared.control_clients);
     let Ok(read_half) = stream.try_clone() else {
@@ -275,6 +303,12 @@ fn serve_client(stream: UnixStream, shared: &Shared) {
                 serial_session(reader, writer, shared);
                 return;
             }
+            Ok(Request::Display) => {
+                if !send_display(&mut writer, shared) {
+                    return;
+                }
+                continue;
+            }
             Ok(request) => {
                 let reply = handle(request, reader.get_mut(), shared);
                 // A file is for the request it came with: none is kept for a later one.
@@ -300,7 +334,9 @@ fn handle(request: Request, files: &mut FileReader, shared: &Shared) -> Reply {
         Request::Hello { .. } => {
             return Reply::error("bad-message", "hello was already said");
         }
-        Request::AttachSerial => unreachable!("handled by the connection loop"),
+        Request::AttachSerial | Request::Display => {
+            unreachable!("handled by the connection loop")
+        }
         Request::Eject { force } => {
             shared.note(&format!("control: eject the CD-ROM (force: {force})"));
             return cdrom_reply(machine.change_cdrom(None, force), None, shared);
@@ -545,6 +581,9 @@ mod tests {
                 serial: hub.clone(),
                 log: None,
                 cdrom: None,
+                display: Some(Arc::new(
+                    crate::display::SharedDisplay::create_sealed("fake-display", 1 << 20).unwrap(),
+                )),
             },
         )
         .unwrap();
@@ -584,6 +623,19 @@ mod tests {
         );
         assert_eq!(client.status().unwrap().serial_clients, 1);
         drop(console);
+
+        // The screen is handed over as sealed shared memory: what the VM side draws, the
+        // viewer sees.
+        let view = client.open_display().unwrap();
+        assert_eq!(view.vram_size(), 1 << 20);
+        assert!(view.path().is_none());
+        view.write_vram(0, b"drawn").unwrap();
+        let mut again = client.open_display().unwrap();
+        let mut seen = [0u8; 5];
+        again.read_vram(0, &mut seen).unwrap();
+        assert_eq!(&seen, b"drawn");
+        again = client.open_display().unwrap();
+        drop((view, again));
 
         // CD-ROM changes reach the machine, which has no drive and says so. The client opens
         // the image itself (a missing one never reaches the VM process) and hands it over.
