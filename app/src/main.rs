@@ -11,6 +11,13 @@ fn main() -> ExitCode {
     if std::env::args_os().len() <= 1 {
         return gui::run_app();
     }
+    // A command line ends quietly when its reader goes (`vivarium list | head`), as other
+    // Unix tools do, instead of panicking on the failed print. (Its sockets never raise
+    // SIGPIPE: the control client sends with MSG_NOSIGNAL.)
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -679,6 +679,33 @@ fn ctrl_c_sigterm_and_sighup_cancel_a_full_clone_cleanly() {
     }
 }
 
+/// `vivarium list | head` and the like: the command ends quietly when its reader goes, as
+/// Unix tools do (SIGPIPE), never with a panic message.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let lib = TempLibrary::new();
+    let k = kernel(&lib);
+    for i in 0..40 {
+        lib.ok(&["create", &format!("vm{i}"), "--kernel", &k, "--no-disk"]);
+    }
+    let mut child = lib
+        .command(&["list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 /// What a new user runs into with sizes, look-alike names, scripts and overlays.
 #[test]
 fn sizes_names_usage_errors_and_missing_backing_files_get_clear_answers() {

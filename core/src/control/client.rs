@@ -58,6 +58,7 @@ impl ControlClient {
         stream
             .set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(io("could not set a timeout on"))?;
+        super::fdpass::no_sigpipe(&stream);
         let reader = BufReader::new(FileReader::new(
             stream.try_clone().map_err(io("could not use"))?,
         ));
@@ -140,7 +141,7 @@ impl ControlClient {
         let bytes = encode(request);
         match file {
             Some(file) => super::fdpass::send_with_file(&mut self.writer, &bytes, file),
-            None => self.writer.write_all(&bytes),
+            None => super::fdpass::write_all_no_sigpipe(&self.writer, &bytes),
         }
         .map_err(lost)?;
         let line = match read_line(&mut self.reader, MAX_LINE).map_err(lost)? {
@@ -344,7 +345,7 @@ impl SerialInput {
 
 impl Write for SerialInput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        super::fdpass::write_all_no_sigpipe(&self.0, buf).map(|()| buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()

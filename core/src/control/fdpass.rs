@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
@@ -65,6 +65,61 @@ impl Read for FileReader {
     }
 }
 
+/// Writes all of `bytes` to `stream` without raising SIGPIPE when the other end has gone (the
+/// write fails with `BrokenPipe` instead): the CLI leaves SIGPIPE's default on, so that
+/// `vivarium list | head` ends quietly, and a VM process that ends while a client talks to it
+/// must not kill the client.
+pub fn write_all_no_sigpipe(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: send(2) reads `bytes.len()` bytes from a live slice on an open socket.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// `send`'s flag that turns SIGPIPE into an EPIPE error (Linux; macOS sockets get the same
+/// from `SO_NOSIGPIPE`, set by [`no_sigpipe`]).
+#[cfg(target_os = "linux")]
+const MSG_NOSIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(target_os = "linux"))]
+const MSG_NOSIGNAL: libc::c_int = 0;
+
+/// Makes writes on `stream` fail with EPIPE instead of raising SIGPIPE, on platforms where that
+/// is a socket option (macOS); Linux passes a flag on each send instead.
+pub fn no_sigpipe(stream: &UnixStream) {
+    #[cfg(target_os = "macos")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from a live local on an open socket.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_os = "macos"))]
+    let _ = stream;
+}
+
 /// Writes `bytes` to `stream` with `file` attached to the first of them.
 pub fn send_with_file(stream: &mut UnixStream, bytes: &[u8], file: &File) -> io::Result<()> {
     if bytes.is_empty() {
@@ -80,13 +135,13 @@ pub fn send_with_file(stream: &mut UnixStream, bytes: &[u8], file: &File) -> io:
             Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
         }
     };
-    stream.write_all(&bytes[sent..])
+    write_all_no_sigpipe(stream, &bytes[sent..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Seek};
+    use std::io::{BufRead, BufReader, Seek, Write};
 
     #[test]
     fn a_file_sent_with_a_line_arrives_with_it_and_reads_the_same() {
@@ -111,6 +166,21 @@ mod tests {
         reader.read_line(&mut line).unwrap();
         assert_eq!(line, "{\"type\":\"status\"}\n");
         assert!(reader.get_mut().take_file().is_none());
+    }
+
+    /// With SIGPIPE's default on (as in the CLI), writing to a socket whose VM process has
+    /// gone fails with BrokenPipe instead of killing the writer.
+    #[test]
+    fn a_write_to_a_closed_socket_fails_instead_of_raising_sigpipe() {
+        let (client, server) = UnixStream::pair().unwrap();
+        drop(server);
+        // SAFETY: changing SIGPIPE's disposition for this test and back; no other test in
+        // this crate writes to a closed pipe or socket in between without MSG_NOSIGNAL.
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let result = write_all_no_sigpipe(&client, b"hello");
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, previous) };
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[test]
