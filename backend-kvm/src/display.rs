@@ -4,6 +4,14 @@
 //! times a second otherwise (so thumbnails and screenshots stay current).
 //!
 //! The guest writes pixels straight into the shared file: nothing is copied on the VM side.
+//!
+//! With the standard VGA (a BIOS machine), what the guest shows while the framebuffer (DISPI)
+//! is off is the legacy VGA's: the refresh thread has the device model draw its text mode when
+//! it changed (or the cursor or characters blink) and writes the rows that changed into the
+//! end of the video memory, which becomes the display's mode. The VGA's planes live in the
+//! device model, reached through the legacy window 0xa0000..0xbffff, which is trapped MMIO
+//! rather than memory: planar, odd/even and chain-4 addressing and the write modes decide
+//! where each CPU byte goes, which no memory slot can do, and text mode writes few bytes.
 
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -15,7 +23,8 @@ use std::time::Duration;
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vivarium_core::display::{DisplayMode, HEADER_SIZE, PixelFormat, SharedDisplay};
-use vivarium_devices::display::bochs::{Scanout, ScanoutSink};
+use vivarium_devices::display::bochs::{BochsDisplay, Scanout, ScanoutSink};
+use vivarium_devices::display::vga::Picture;
 
 use crate::error::{Error, Result};
 
@@ -90,6 +99,19 @@ pub struct KvmScreen {
     address: Mutex<Option<u64>>,
     /// Whether KVM refused to give the dirty log (then every refresh marks everything).
     no_dirty_log: std::sync::atomic::AtomicBool,
+    /// The standard VGA whose text mode the refresh draws, once it is plugged in.
+    legacy: std::sync::OnceLock<Arc<Mutex<BochsDisplay>>>,
+    /// What was drawn of it last.
+    legacy_state: Mutex<LegacyState>,
+    /// When the screen was made: the blink clock.
+    started: std::time::Instant,
+}
+
+/// The last drawing of the VGA: the generation and blink phase it was of, and its pixels.
+#[derive(Default)]
+struct LegacyState {
+    key: Option<(u64, u8)>,
+    shown: Option<Picture>,
 }
 
 impl KvmScreen {
@@ -104,7 +126,82 @@ impl KvmScreen {
             memory,
             address: Mutex::new(None),
             no_dirty_log: std::sync::atomic::AtomicBool::new(false),
+            legacy: std::sync::OnceLock::new(),
+            legacy_state: Mutex::new(LegacyState::default()),
+            started: std::time::Instant::now(),
         }))
+    }
+
+    /// Shows `adapter`'s legacy VGA while its framebuffer is off (a standard VGA).
+    pub fn set_legacy(&self, adapter: Arc<Mutex<BochsDisplay>>) {
+        let _ = self.legacy.set(adapter);
+    }
+
+    /// Draws the legacy VGA into the end of the video memory if what it shows changed, and
+    /// makes that the display's mode. Nothing while the framebuffer is on.
+    pub fn refresh_legacy(&self) {
+        let Some(adapter) = self.legacy.get() else {
+            return;
+        };
+        let frame = (self.started.elapsed().as_millis() * 60 / 1000) as u64;
+        let mut state = self.legacy_state.lock().unwrap_or_else(|e| e.into_inner());
+        let (vga, mode) = {
+            let device = adapter.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(vga) = device.vga().filter(|_| !device.framebuffer_enabled()) else {
+                *state = LegacyState::default();
+                return;
+            };
+            let key = (vga.generation(), vga.blink_phase(frame));
+            if state.key == Some(key) {
+                return;
+            }
+            state.key = Some(key);
+            let (width, height) = vga.picture_size();
+            let bytes = (u64::from(width) * u64::from(height) * 4).next_multiple_of(4096);
+            let Some(offset) = self.display.vram_size().checked_sub(bytes) else {
+                return;
+            };
+            let mode = DisplayMode {
+                width,
+                height,
+                stride: width * 4,
+                offset,
+                format: PixelFormat::Xrgb8888,
+            };
+            // The mode is set while the adapter is locked, so a framebuffer mode the guest
+            // sets meanwhile comes after it and stays.
+            if self.display.mode().0 != Some(mode) {
+                if let Err(e) = self.display.set_mode(Some(mode)) {
+                    tracing::warn!("the VGA's picture is not shown: {e}");
+                    return;
+                }
+                state.shown = None;
+            }
+            // A snapshot, drawn without holding up the vCPUs.
+            (vga.clone(), mode)
+        };
+        let picture = vga.render(frame);
+        let row_bytes = picture.width as usize * 4;
+        let mut bytes = vec![0u8; row_bytes];
+        for y in 0..picture.height as usize {
+            let row = &picture.pixels[y * picture.width as usize..(y + 1) * picture.width as usize];
+            let same = state.shown.as_ref().is_some_and(|old| {
+                (old.width, old.height) == (picture.width, picture.height)
+                    && old.pixels[y * old.width as usize..(y + 1) * old.width as usize] == *row
+            });
+            if same {
+                continue;
+            }
+            for (out, pixel) in bytes.chunks_exact_mut(4).zip(row) {
+                out.copy_from_slice(&pixel.to_le_bytes());
+            }
+            let at = mode.offset + (y * row_bytes) as u64;
+            if let Err(e) = self.display.write_vram(at, &bytes) {
+                tracing::warn!("the VGA's picture could not be drawn: {e}");
+                return;
+            }
+        }
+        state.shown = Some(picture);
     }
 
     /// The display file.
@@ -154,6 +251,7 @@ impl KvmScreen {
     /// Reads KVM's dirty log of the video memory into the display's dirty bits. Without a
     /// dirty log (a KVM that refuses it) marks everything, so viewers still follow.
     pub fn refresh(&self) {
+        self.refresh_legacy();
         let current = self.address.lock().unwrap_or_else(|e| e.into_inner());
         if current.is_none() {
             return;
@@ -196,6 +294,17 @@ impl ScanoutSink for KvmScreen {
             tracing::warn!("the guest's display mode is not shown: {e}");
             let _ = self.display.set_mode(None);
         }
+    }
+
+    fn read_video_memory(&self, offset: u64, data: &mut [u8]) {
+        if self.display.read_vram(offset, data).is_err() {
+            data.fill(0);
+        }
+    }
+
+    fn write_video_memory(&self, offset: u64, data: &[u8]) {
+        // Outside the video memory (the device checks): dropped.
+        let _ = self.display.write_vram(offset, data);
     }
 
     fn framebuffer_moved(&self, address: u64) {

@@ -521,7 +521,7 @@ impl BochsDisplay {
 }
 
 impl BochsDisplay {
-    /// Puts `rom` (a VGA BIOS, e.g. SeaBIOS's `vgabios-bochs-display.bin`) behind the
+    /// Puts `rom` (a VGA BIOS, e.g. SeaBIOS's `vgabios-stdvga.bin`) behind the
     /// expansion ROM BAR, where firmware finds and runs it. Refuses an image that is not an
     /// option ROM (no 0x55 0xaa signature) or is larger than 16 MiB.
     pub fn set_option_rom(&mut self, mut rom: Vec<u8>) -> Result<()> {

@@ -623,30 +623,37 @@ impl Vga {
         (scale(r) << 16) | (scale(g) << 8) | scale(b)
     }
 
+    /// The size of the picture [`Vga::render`] makes now (never above 2048x2048).
+    pub fn picture_size(&self) -> (u32, u32) {
+        let (width, height) = match self.text_geometry() {
+            Some(geometry) => geometry.size(),
+            None => {
+                let mut width = (u32::from(self.crtc[CR_HDISP_END]) + 1) * 8;
+                if self.seq[SR_CLOCKING] & 0x08 != 0 {
+                    width *= 2;
+                }
+                let mut height = self.vertical_lines();
+                if self.crtc[CR_MAX_SCAN] & 0x80 != 0 {
+                    height /= 2;
+                }
+                (width, height)
+            }
+        };
+        (width.clamp(1, MAX_WIDTH), height.clamp(1, MAX_HEIGHT))
+    }
+
     /// Draws what the VGA shows at `frame` (frames at about 60 Hz; it picks the blink phase).
     /// Text mode is drawn; a graphics mode is a black placeholder of its size, and so is a
-    /// blanked screen.
+    /// blanked screen or a text mode larger than 2048x2048.
     pub fn render(&self, frame: u64) -> Picture {
-        let Some(geometry) = self.text_geometry() else {
-            let mut width = (u32::from(self.crtc[CR_HDISP_END]) + 1) * 8;
-            if self.seq[SR_CLOCKING] & 0x08 != 0 {
-                width *= 2;
-            }
-            let mut height = self.vertical_lines();
-            if self.crtc[CR_MAX_SCAN] & 0x80 != 0 {
-                height /= 2;
-            }
-            return Picture::blank(width, height);
-        };
-        let (width, height) = geometry.size();
-        if width > MAX_WIDTH || height > MAX_HEIGHT {
-            return Picture::blank(MAX_WIDTH.min(width), MAX_HEIGHT.min(height));
-        }
+        let (width, height) = self.picture_size();
         let mut picture = Picture::blank(width, height);
-        if self.blanked() {
-            return picture;
+        if let Some(geometry) = self.text_geometry()
+            && geometry.size() == (width, height)
+            && !self.blanked()
+        {
+            self.draw_text(&geometry, frame, &mut picture);
         }
-        self.draw_text(&geometry, frame, &mut picture);
         picture
     }
 
