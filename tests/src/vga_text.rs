@@ -119,7 +119,7 @@ impl TextScreen {
                         }
                     }
                 }
-                colours.sort_by(|a, b| b.1.cmp(&a.1));
+                colours.sort_by_key(|c| std::cmp::Reverse(c.1));
                 let cell = match colours.as_slice() {
                     [(only, _)] => Cell {
                         ch: Some(if font.by_bitmap.contains_key(&[0; 16]) {
@@ -240,9 +240,9 @@ mod tests {
         for (r, line) in text.iter().enumerate() {
             for (c, ch) in line.iter().enumerate() {
                 let glyph = font.glyph(*ch);
-                for y in 0..16 {
+                for (y, bits) in glyph.iter().enumerate() {
                     for x in 0..9 {
-                        let on = x < 8 && glyph[y] & (0x80 >> x) != 0;
+                        let on = x < 8 && bits & (0x80 >> x) != 0;
                         let i = ((r * 16 + y) * columns * 9 + c * 9 + x) * 3;
                         rgb[i..i + 3].copy_from_slice(if on { &fg } else { &bg });
                     }
