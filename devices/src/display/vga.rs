@@ -21,10 +21,11 @@
 //! character map select register chooses, foreground/background attributes through the
 //! attribute palette and the DAC, blinking (or background intensity) and the cursor.
 //!
-//! Not modelled: the pictures of the VGA graphics modes (0x04..0x13, planar and chain-4)
-//! render as a black placeholder of the mode's size (their memory behaves, only the picture is
-//! not drawn); nor are pixel panning, the line compare split screen, the monochrome underline
-//! and the overscan colour. The values the guest writes are untrusted: every index is masked,
+//! The 16-colour planar graphics modes (0x0d, 0x0e, 0x10, 0x12) and the 256-colour ones
+//! (0x13, chain-4 or not) are drawn too. Not modelled: the pictures of the CGA-compatible
+//! graphics modes (0x04..0x06) render as a black placeholder of the mode's size (their memory
+//! behaves, only the picture is not drawn); nor are pixel panning, the line compare split
+//! screen, the monochrome underline and the overscan colour. The values the guest writes are untrusted: every index is masked,
 //! every size is bounded, and no register setting makes the renderer read outside the planes.
 
 /// Guest physical address of the legacy memory window.
@@ -611,7 +612,12 @@ impl Vga {
             entry
         };
         dac_index |= (select & 0x0c) << 4;
-        let [r, g, b] = self.dac[usize::from(dac_index & self.pel_mask)];
+        self.dac_color(dac_index & self.pel_mask)
+    }
+
+    /// The colour of DAC entry `index`.
+    fn dac_color(&self, index: u8) -> u32 {
+        let [r, g, b] = self.dac[usize::from(index)];
         let scale = |v: u8| -> u32 {
             if self.dac_8bit {
                 u32::from(v)
@@ -627,34 +633,94 @@ impl Vga {
     pub fn picture_size(&self) -> (u32, u32) {
         let (width, height) = match self.text_geometry() {
             Some(geometry) => geometry.size(),
-            None => {
-                let mut width = (u32::from(self.crtc[CR_HDISP_END]) + 1) * 8;
-                if self.seq[SR_CLOCKING] & 0x08 != 0 {
-                    width *= 2;
-                }
-                let mut height = self.vertical_lines();
-                if self.crtc[CR_MAX_SCAN] & 0x80 != 0 {
-                    height /= 2;
-                }
-                (width, height)
-            }
+            None => self.graphics_size(),
         };
         (width.clamp(1, MAX_WIDTH), height.clamp(1, MAX_HEIGHT))
     }
 
+    /// A graphics mode's pixels across and distinct lines down.
+    fn graphics_size(&self) -> (u32, u32) {
+        let mut width = (u32::from(self.crtc[CR_HDISP_END]) + 1) * 8;
+        if self.ar[AR_MODE] & 0x40 != 0 {
+            // 256 colours: a pixel is two dots.
+            width /= 2;
+        }
+        let mut repeat = u32::from(self.crtc[CR_MAX_SCAN] & 0x1f) + 1;
+        if self.crtc[CR_MAX_SCAN] & 0x80 != 0 {
+            repeat *= 2;
+        }
+        (width, self.vertical_lines() / repeat)
+    }
+
     /// Draws what the VGA shows at `frame` (frames at about 60 Hz; it picks the blink phase).
-    /// Text mode is drawn; a graphics mode is a black placeholder of its size, and so is a
-    /// blanked screen or a text mode larger than 2048x2048.
+    /// Text mode is drawn, and the 16-colour planar and 256-colour chain-4 graphics modes; the
+    /// CGA-compatible modes (4-6) and anything larger than 2048x2048 are a black placeholder
+    /// of their size, and so is a blanked screen.
     pub fn render(&self, frame: u64) -> Picture {
         let (width, height) = self.picture_size();
         let mut picture = Picture::blank(width, height);
-        if let Some(geometry) = self.text_geometry()
-            && geometry.size() == (width, height)
-            && !self.blanked()
-        {
-            self.draw_text(&geometry, frame, &mut picture);
+        if self.blanked() {
+            return picture;
+        }
+        match self.text_geometry() {
+            Some(geometry) if geometry.size() == (width, height) => {
+                self.draw_text(&geometry, frame, &mut picture);
+            }
+            Some(_) => {}
+            None if self.graphics_size() == (width, height) => self.draw_graphics(&mut picture),
+            None => {}
         }
         picture
+    }
+
+    /// The 16-colour planar modes (0x0d, 0x0e, 0x10, 0x12) and the 256-colour modes (0x13
+    /// and its unchained variants): each line from the start address plus the offset, a
+    /// pixel from the four planes' bits (16 colours, through the attribute palette) or from
+    /// one plane's byte (256 colours, the DAC directly).
+    fn draw_graphics(&self, picture: &mut Picture) {
+        // The CGA-compatible modes interleave the planes' bits (shift register modes): not
+        // drawn.
+        if self.gr[GR_MODE] & 0x60 == 0x20 {
+            return;
+        }
+        let start =
+            (usize::from(self.crtc[CR_START_HI]) << 8) | usize::from(self.crtc[CR_START_LO]);
+        let row_stride = usize::from(self.crtc[CR_OFFSET]) * 2;
+        let shift = self.address_shift();
+        let colors256 = self.ar[AR_MODE] & 0x40 != 0;
+        let mut palette = [0u32; 16];
+        for (i, c) in palette.iter_mut().enumerate() {
+            *c = self.color_of(i as u8);
+        }
+        let width = picture.width as usize;
+        for y in 0..picture.height as usize {
+            let line = start + y * row_stride;
+            for x in 0..width {
+                let color = if colors256 {
+                    let at = ((line + x / 4) << shift) & (PLANE_SIZE - 1);
+                    let index = self.plane(x % 4, at) & self.pel_mask;
+                    self.dac_color(index)
+                } else {
+                    let at = ((line + x / 8) << shift) & (PLANE_SIZE - 1);
+                    let bit = 7 - (x % 8);
+                    let index =
+                        (0..4).fold(0u8, |acc, p| acc | (((self.plane(p, at) >> bit) & 1) << p));
+                    palette[usize::from(index)]
+                };
+                picture.pixels[y * width + x] = color;
+            }
+        }
+    }
+
+    /// Memory address to plane offset: doubleword mode quadruples it, word mode doubles it.
+    fn address_shift(&self) -> u32 {
+        if self.crtc[CR_UNDERLINE] & 0x40 != 0 {
+            2
+        } else if self.crtc[CR_MODE] & 0x40 == 0 {
+            1
+        } else {
+            0
+        }
     }
 
     fn draw_text(&self, g: &TextGeometry, frame: u64, picture: &mut Picture) {
@@ -663,15 +729,7 @@ impl Vga {
         let cursor =
             (usize::from(self.crtc[CR_CURSOR_HI]) << 8) | usize::from(self.crtc[CR_CURSOR_LO]);
         let row_stride = usize::from(self.crtc[CR_OFFSET]) * 2;
-        // Memory address to plane offset: word mode (the text modes) doubles it, doubleword
-        // mode quadruples it.
-        let shift = if self.crtc[CR_UNDERLINE] & 0x40 != 0 {
-            2
-        } else if self.crtc[CR_MODE] & 0x40 == 0 {
-            1
-        } else {
-            0
-        };
+        let shift = self.address_shift();
         let cursor_on = self.cursor_shown() && (frame / CURSOR_BLINK_FRAMES) & 1 == 0;
         let cursor_first = u32::from(self.crtc[CR_CURSOR_START] & 0x1f);
         let cursor_last = u32::from(self.crtc[CR_CURSOR_END] & 0x1f).min(g.cell_height - 1);
@@ -1197,13 +1255,107 @@ mod tests {
         v.write_port(0x3c5, 0x29);
         put(&mut v, 0, 0, b"\xdb\xdb", 0x7f);
         assert!(v.render(0).pixels.iter().all(|p| *p == 0));
-        // A graphics mode is a black placeholder of its size.
+        // A CGA-compatible graphics mode (shift register interleave) is a black placeholder
+        // of its size: 320 pixels, 400 lines of 8-line rows.
         v.write_port(0x3c5, 0x01);
         v.write_port(0x3ce, 6);
         v.write_port(0x3cf, 0x05);
+        v.write_port(0x3ce, 5);
+        v.write_port(0x3cf, 0x30);
         let g = v.render(0);
-        assert_eq!((g.width, g.height), (320, 400));
+        assert_eq!((g.width, g.height), (320, 50));
         assert!(g.pixels.iter().all(|p| *p == 0));
+    }
+
+    /// Sets a mode from its register table (misc, sequencer, CRTC, graphics, attribute).
+    fn set_mode(v: &mut Vga, misc: u8, seq: &[u8], crtc: &[u8], gr: &[u8], ar: &[u8]) {
+        v.write_port(0x3c2, misc);
+        for (i, value) in seq.iter().enumerate() {
+            v.write_port(0x3c4, i as u8);
+            v.write_port(0x3c5, *value);
+        }
+        set_crtc(v, 0x11, 0);
+        for (i, value) in crtc.iter().enumerate() {
+            set_crtc(v, i as u8, *value);
+        }
+        for (i, value) in gr.iter().enumerate() {
+            v.write_port(0x3ce, i as u8);
+            v.write_port(0x3cf, *value);
+        }
+        v.read_port(0x3da);
+        for (i, value) in ar.iter().enumerate() {
+            v.write_port(0x3c0, i as u8);
+            v.write_port(0x3c0, *value);
+        }
+        v.write_port(0x3c0, 0x20);
+    }
+
+    #[test]
+    fn mode_13h_draws_bytes_through_the_dac() {
+        let mut v = Vga::new();
+        let ar: Vec<u8> = (0..16).chain([0x41, 0x00, 0x0f, 0x00, 0x00]).collect();
+        set_mode(
+            &mut v,
+            0x63,
+            &[0x03, 0x01, 0x0f, 0x00, 0x0e],
+            &[
+                0x5f, 0x4f, 0x50, 0x82, 0x54, 0x80, 0xbf, 0x1f, 0x00, 0x41, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x9c, 0x0e, 0x8f, 0x28, 0x40, 0x96, 0xb9, 0xa3, 0xff,
+            ],
+            &[0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x05, 0x0f, 0xff],
+            &ar,
+        );
+        v.write_port(0x3c8, 200);
+        for c in [63, 32, 0] {
+            v.write_port(0x3c9, c);
+        }
+        // A pixel at (x 13, y 7) and one at the last place, written at 0xa0000 + y*320 + x.
+        v.write_memory(7 * 320 + 13, 200);
+        v.write_memory(199 * 320 + 319, 1);
+        let p = v.render(0);
+        assert_eq!((p.width, p.height), (320, 200));
+        assert_eq!(p.pixels[7 * 320 + 13], 0xff_82_00);
+        assert_eq!(p.pixels[199 * 320 + 319], rgb8(POWER_ON_PALETTE[1]));
+        let lit = p.pixels.iter().filter(|px| **px != 0).count();
+        assert_eq!(lit, 2);
+    }
+
+    #[test]
+    fn mode_12h_draws_four_planes_through_the_attribute_palette() {
+        let mut v = Vga::new();
+        set_mode(
+            &mut v,
+            0xe3,
+            &[0x03, 0x01, 0x0f, 0x00, 0x06],
+            &[
+                0x5f, 0x4f, 0x50, 0x82, 0x54, 0x80, 0x0b, 0x3e, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0xea, 0x8c, 0xdf, 0x28, 0x00, 0xe7, 0x04, 0xe3, 0xff,
+            ],
+            &[0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x0f, 0xff],
+            &MODE3_AR[..16]
+                .iter()
+                .copied()
+                .chain([0x01, 0x00, 0x0f, 0x00, 0x00])
+                .collect::<Vec<u8>>(),
+        );
+        v.write_port(0x3c8, 0);
+        for i in 0..64u8 {
+            for c in ega(i) {
+                v.write_port(0x3c9, c);
+            }
+        }
+        // Write mode 2, colour 14 (yellow), at pixel (x 10, y 3): bit mask 0x20.
+        v.write_port(0x3ce, 5);
+        v.write_port(0x3cf, 0x02);
+        v.write_port(0x3ce, 8);
+        v.write_port(0x3cf, 0x80 >> (10 % 8));
+        let at = 3 * 80 + 10 / 8;
+        v.read_memory(at);
+        v.write_memory(at, 14);
+        let p = v.render(0);
+        assert_eq!((p.width, p.height), (640, 480));
+        assert_eq!(p.pixels[3 * 640 + 10], rgb8(ega(MODE3_AR[14])));
+        assert_eq!(p.pixels.iter().filter(|px| **px != 0).count(), 1);
     }
 
     /// A small deterministic generator (xorshift), so the test is repeatable.
