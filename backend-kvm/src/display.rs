@@ -6,8 +6,9 @@
 //! The guest writes pixels straight into the shared file: nothing is copied on the VM side.
 //!
 //! With the standard VGA (a BIOS machine), what the guest shows while the framebuffer (DISPI)
-//! is off is the legacy VGA's: the refresh thread has the device model draw its text mode when
-//! it changed (or the cursor or characters blink) and writes the rows that changed into the
+//! is off is the legacy VGA's: the refresh thread has the device model draw its picture (text
+//! mode, and the planar and 256-colour graphics modes) when it changed (or the cursor or
+//! characters blink) and writes the rows that changed into the
 //! end of the video memory, which becomes the display's mode. The VGA's planes live in the
 //! device model, reached through the legacy window 0xa0000..0xbffff, which is trapped MMIO
 //! rather than memory: planar, odd/even and chain-4 addressing and the write modes decide
