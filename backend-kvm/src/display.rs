@@ -25,7 +25,7 @@ use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vivarium_core::display::{DisplayMode, HEADER_SIZE, PixelFormat, SharedDisplay};
 use vivarium_devices::display::bochs::{BochsDisplay, Scanout, ScanoutSink};
-use vivarium_devices::display::vga::Picture;
+use vivarium_devices::display::vga::{Picture, RenderCache};
 
 use crate::error::{Error, Result};
 
@@ -108,11 +108,13 @@ pub struct KvmScreen {
     started: std::time::Instant,
 }
 
-/// The last drawing of the VGA: the generation and blink phase it was of, and its pixels.
+/// The last drawing of the VGA: the generation and blink phase it was of, its pixels (as
+/// the display file has them), and what it was made of.
 #[derive(Default)]
 struct LegacyState {
     key: Option<(u64, u8)>,
     shown: Option<Picture>,
+    cache: RenderCache,
 }
 
 impl KvmScreen {
@@ -177,32 +179,34 @@ impl KvmScreen {
                     return;
                 }
                 state.shown = None;
+                state.cache = RenderCache::default();
             }
             // A snapshot, drawn without holding up the vCPUs.
             (vga.clone(), mode)
         };
-        let picture = vga.render(frame);
-        let row_bytes = picture.width as usize * 4;
-        let mut bytes = vec![0u8; row_bytes];
-        for y in 0..picture.height as usize {
-            let row = &picture.pixels[y * picture.width as usize..(y + 1) * picture.width as usize];
-            let same = state.shown.as_ref().is_some_and(|old| {
-                (old.width, old.height) == (picture.width, picture.height)
-                    && old.pixels[y * old.width as usize..(y + 1) * old.width as usize] == *row
-            });
-            if same {
-                continue;
+        // Only the rows that changed are drawn and written (the whole picture after a mode
+        // change, when there is no earlier drawing).
+        let state = &mut *state;
+        let picture = state.shown.get_or_insert_with(|| Picture {
+            width: 0,
+            height: 0,
+            pixels: Vec::new(),
+        });
+        let rows = vga.render_update(frame, picture, &mut state.cache);
+        let row_pixels = picture.width as usize;
+        for range in rows {
+            let (first, end) = (range.start as usize, range.end as usize);
+            let mut bytes = Vec::with_capacity((end - first) * row_pixels * 4);
+            for pixel in &picture.pixels[first * row_pixels..end * row_pixels] {
+                bytes.extend_from_slice(&pixel.to_le_bytes());
             }
-            for (out, pixel) in bytes.chunks_exact_mut(4).zip(row) {
-                out.copy_from_slice(&pixel.to_le_bytes());
-            }
-            let at = mode.offset + (y * row_bytes) as u64;
+            let at = mode.offset + (first * row_pixels * 4) as u64;
             if let Err(e) = self.display.write_vram(at, &bytes) {
                 tracing::warn!("the VGA's picture could not be drawn: {e}");
+                state.shown = None;
                 return;
             }
         }
-        state.shown = Some(picture);
     }
 
     /// The display file.

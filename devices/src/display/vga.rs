@@ -129,6 +129,19 @@ impl Picture {
     }
 }
 
+/// What an earlier drawing of text mode was made of, for [`Vga::render_update`].
+#[derive(Debug, Clone, Default)]
+pub struct RenderCache {
+    /// The layout generation and picture size it was drawn with.
+    key: Option<(u64, (u32, u32))>,
+    /// Its cells (character, attribute).
+    cells: Vec<u16>,
+    /// The cell its cursor was drawn in.
+    cursor: Option<usize>,
+    /// Whether its blinking characters were in their hidden phase.
+    blink_off: bool,
+}
+
 /// The geometry of the text mode the CRTC and sequencer describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TextGeometry {
@@ -187,6 +200,9 @@ pub struct Vga {
     latch: [u8; 4],
     planes: Vec<u8>,
     generation: u64,
+    /// Counts changes to anything but the text in planes 0 and 1 and the cursor position:
+    /// equal, an earlier drawing of text mode needs only its changed rows redrawn.
+    layout_generation: u64,
 }
 
 impl std::fmt::Debug for Vga {
@@ -247,6 +263,7 @@ impl Vga {
             latch: [0; 4],
             planes: vec![0; 4 * PLANE_SIZE],
             generation: 0,
+            layout_generation: 0,
         }
     }
 
@@ -259,6 +276,11 @@ impl Vga {
     /// Marks the picture as changed (the owner switched something the VGA does not see, such
     /// as the extended framebuffer mode, on or off).
     pub fn touch(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.layout_generation = self.layout_generation.wrapping_add(1);
+    }
+
+    fn touch_text(&mut self) {
         self.generation = self.generation.wrapping_add(1);
     }
 
@@ -356,7 +378,15 @@ impl Vga {
             0x3cf => self.gr[usize::from(self.gr_index & 0x0f)] = value,
             _ => return,
         }
-        self.touch();
+        // Index registers change nothing on the screen; the cursor position changes text
+        // only; the rest may change anything.
+        let cursor_move = matches!(port, 0x3b5 | 0x3d5)
+            && matches!(usize::from(self.crtc_index), CR_CURSOR_HI | CR_CURSOR_LO);
+        if cursor_move {
+            self.touch_text();
+        } else if !matches!(port, 0x3b4 | 0x3d4 | 0x3c4 | 0x3ce | 0x3c7 | 0x3c8) {
+            self.touch();
+        }
     }
 
     /// Whether a CRTC or input status port answers in the current addressing (colour
@@ -501,7 +531,12 @@ impl Vga {
                 self.planes[p * PLANE_SIZE + at] = *byte;
             }
         }
-        self.touch();
+        if planes & 0b1100 != 0 {
+            // The font (plane 2), or plane 3.
+            self.touch();
+        } else {
+            self.touch_text();
+        }
     }
 
     /// The bytes write modes 0-3 make for each plane from the CPU's `value` and the latches.
@@ -723,7 +758,109 @@ impl Vga {
         }
     }
 
+    /// Brings `picture` (an earlier drawing, or any picture) up to what the VGA shows at
+    /// `frame`, redrawing only the character rows that changed since the drawing `cache`
+    /// describes when only text, the cursor or blinking changed. Returns the ranges of pixel
+    /// rows it changed. The picture ends up as [`Vga::render`] would draw it.
+    pub fn render_update(
+        &self,
+        frame: u64,
+        picture: &mut Picture,
+        cache: &mut RenderCache,
+    ) -> Vec<std::ops::Range<u32>> {
+        let size = self.picture_size();
+        let text = self
+            .text_geometry()
+            .filter(|g| g.size() == size && !self.blanked());
+        let Some(g) = text else {
+            *picture = self.render(frame);
+            *cache = RenderCache::default();
+            return vec![0..picture.height];
+        };
+        if (picture.width, picture.height) != size {
+            *picture = Picture::blank(size.0, size.1);
+            *cache = RenderCache::default();
+        }
+        let cells = self.text_cells(&g);
+        let cursor = self.cursor_cell(&g, frame);
+        let blink = self.ar[AR_MODE] & 0x08 != 0;
+        let blink_off = blink && (frame / CHAR_BLINK_FRAMES) & 1 == 1;
+        let key = (self.layout_generation, size);
+        let columns = g.columns as usize;
+        let full = cache.key != Some(key) || cache.cells.len() != cells.len();
+        let mut redraw = vec![full; g.rows as usize];
+        if !full {
+            for (row, flag) in redraw.iter_mut().enumerate() {
+                let range = row * columns..(row + 1) * columns;
+                *flag = cells[range.clone()] != cache.cells[range.clone()]
+                    || (blink_off != cache.blink_off
+                        && cells[range].iter().any(|c| c & 0x8000 != 0));
+            }
+            if cursor != cache.cursor {
+                for at in [cursor, cache.cursor].into_iter().flatten() {
+                    redraw[at / columns] = true;
+                }
+            }
+        }
+        self.draw_text_rows(&g, frame, picture, &redraw);
+        *cache = RenderCache {
+            key: Some(key),
+            cells,
+            cursor,
+            blink_off,
+        };
+        let cell_lines = g.cell_height * if g.double_scan { 2 } else { 1 };
+        let mut ranges: Vec<std::ops::Range<u32>> = Vec::new();
+        for (row, _) in redraw.iter().enumerate().filter(|(_, r)| **r) {
+            let lines = row as u32 * cell_lines..(row as u32 + 1) * cell_lines;
+            match ranges.last_mut() {
+                Some(last) if last.end == lines.start => last.end = lines.end,
+                _ => ranges.push(lines),
+            }
+        }
+        ranges
+    }
+
+    /// Each cell's character and attribute (attribute in the high byte), row after row.
+    fn text_cells(&self, g: &TextGeometry) -> Vec<u16> {
+        let start =
+            (usize::from(self.crtc[CR_START_HI]) << 8) | usize::from(self.crtc[CR_START_LO]);
+        let row_stride = usize::from(self.crtc[CR_OFFSET]) * 2;
+        let shift = self.address_shift();
+        let mut cells = Vec::with_capacity((g.rows * g.columns) as usize);
+        for row in 0..g.rows as usize {
+            for column in 0..g.columns as usize {
+                let at = ((start + row * row_stride + column) << shift) & (PLANE_SIZE - 1);
+                cells.push(u16::from(self.plane(0, at)) | (u16::from(self.plane(1, at)) << 8));
+            }
+        }
+        cells
+    }
+
+    /// The cell the cursor is drawn in at `frame`, if it is shown then and on the screen.
+    fn cursor_cell(&self, g: &TextGeometry, frame: u64) -> Option<usize> {
+        if !self.cursor_shown() || (frame / CURSOR_BLINK_FRAMES) & 1 != 0 {
+            return None;
+        }
+        let start =
+            (usize::from(self.crtc[CR_START_HI]) << 8) | usize::from(self.crtc[CR_START_LO]);
+        let cursor =
+            (usize::from(self.crtc[CR_CURSOR_HI]) << 8) | usize::from(self.crtc[CR_CURSOR_LO]);
+        let row_stride = usize::from(self.crtc[CR_OFFSET]) * 2;
+        (0..g.rows as usize).find_map(|row| {
+            let first = start + row * row_stride;
+            (first..first + g.columns as usize)
+                .position(|address| address & 0xffff == cursor)
+                .map(|column| row * g.columns as usize + column)
+        })
+    }
+
     fn draw_text(&self, g: &TextGeometry, frame: u64, picture: &mut Picture) {
+        self.draw_text_rows(g, frame, picture, &vec![true; g.rows as usize]);
+    }
+
+    /// Draws the character rows of text mode that `redraw` says.
+    fn draw_text_rows(&self, g: &TextGeometry, frame: u64, picture: &mut Picture, redraw: &[bool]) {
         let start =
             (usize::from(self.crtc[CR_START_HI]) << 8) | usize::from(self.crtc[CR_START_LO]);
         let cursor =
@@ -750,7 +887,7 @@ impl Vga {
         let dot_width = if g.double_width { 2 } else { 1 };
         let line_height = if g.double_scan { 2 } else { 1 };
         let width = picture.width as usize;
-        for row in 0..g.rows as usize {
+        for row in (0..g.rows as usize).filter(|r| redraw.get(*r) == Some(&true)) {
             for column in 0..g.columns as usize {
                 let address = start + row * row_stride + column;
                 let at = (address << shift) & (PLANE_SIZE - 1);
@@ -1356,6 +1493,58 @@ mod tests {
         assert_eq!((p.width, p.height), (640, 480));
         assert_eq!(p.pixels[3 * 640 + 10], rgb8(ega(MODE3_AR[14])));
         assert_eq!(p.pixels.iter().filter(|px| **px != 0).count(), 1);
+    }
+
+    #[test]
+    fn updates_redraw_only_the_rows_that_changed_and_match_a_full_drawing() {
+        let mut v = text_vga();
+        let mut picture = Picture::blank(1, 1);
+        let mut cache = RenderCache::default();
+        // The first drawing is whole.
+        assert_eq!(v.render_update(0, &mut picture, &mut cache), vec![0..400]);
+        assert_eq!(picture, v.render(0));
+        // Nothing changed: nothing redrawn.
+        assert!(v.render_update(1, &mut picture, &mut cache).is_empty());
+        // Text on row 3, and the cursor moved from row 0 to row 10: those rows only.
+        put(&mut v, 3, 5, b"text", 0x1e);
+        set_crtc(&mut v, 0x0e, 0x03);
+        set_crtc(&mut v, 0x0f, 0x20);
+        assert_eq!(
+            v.render_update(2, &mut picture, &mut cache),
+            vec![0..16, 48..64, 160..176]
+        );
+        assert_eq!(picture, v.render(2));
+        // The cursor blinks off: its row.
+        assert_eq!(
+            v.render_update(CURSOR_BLINK_FRAMES, &mut picture, &mut cache),
+            vec![160..176]
+        );
+        assert_eq!(picture, v.render(CURSOR_BLINK_FRAMES));
+        // Blinking characters change phase: the rows that have them.
+        put(&mut v, 7, 0, b"!", 0x8f);
+        v.render_update(CURSOR_BLINK_FRAMES, &mut picture, &mut cache);
+        assert_eq!(
+            v.render_update(
+                CHAR_BLINK_FRAMES + CURSOR_BLINK_FRAMES,
+                &mut picture,
+                &mut cache
+            ),
+            vec![112..128]
+        );
+        assert_eq!(picture, v.render(CHAR_BLINK_FRAMES + CURSOR_BLINK_FRAMES));
+        // A palette change redraws everything; so does the font.
+        v.write_port(0x3c8, 1);
+        for c in [10, 20, 30] {
+            v.write_port(0x3c9, c);
+        }
+        assert_eq!(v.render_update(0, &mut picture, &mut cache), vec![0..400]);
+        assert_eq!(picture, v.render(0));
+        // A graphics mode is drawn whole.
+        v.write_port(0x3ce, 6);
+        v.write_port(0x3cf, 0x05);
+        let (w, h) = v.picture_size();
+        assert_eq!(v.render_update(0, &mut picture, &mut cache), vec![0..h]);
+        assert_eq!((picture.width, picture.height), (w, h));
     }
 
     /// A small deterministic generator (xorshift), so the test is repeatable.
