@@ -775,7 +775,8 @@ impl Vga {
         let Some(g) = text else {
             *picture = self.render(frame);
             *cache = RenderCache::default();
-            return vec![0..picture.height];
+            let whole = 0..picture.height;
+            return std::iter::once(whole).collect();
         };
         if (picture.width, picture.height) != size {
             *picture = Picture::blank(size.0, size.1);
