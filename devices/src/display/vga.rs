@@ -1548,6 +1548,27 @@ mod tests {
         assert_eq!((picture.width, picture.height), (w, h));
     }
 
+    #[test]
+    fn random_text_updates_match_full_drawings() {
+        let mut rng = Xorshift(0x1234_5678_9abc_def1);
+        let mut v = text_vga();
+        let mut picture = Picture::blank(1, 1);
+        let mut cache = RenderCache::default();
+        for round in 0..300u64 {
+            for _ in 0..(rng.next() % 50) {
+                let r = rng.next();
+                match r % 10 {
+                    0 => set_crtc(&mut v, 0x0f, (r >> 8) as u8),
+                    1 => set_crtc(&mut v, 0x0e, ((r >> 8) & 7) as u8),
+                    _ => v.write_memory(0x1_8000 + (r >> 16) % 4000, (r >> 8) as u8),
+                }
+            }
+            let frame = round * 7;
+            v.render_update(frame, &mut picture, &mut cache);
+            assert_eq!(picture, v.render(frame), "round {round}");
+        }
+    }
+
     /// A small deterministic generator (xorshift), so the test is repeatable.
     struct Xorshift(u64);
     impl Xorshift {
