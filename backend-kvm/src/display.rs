@@ -115,7 +115,14 @@ struct LegacyState {
     key: Option<(u64, u8)>,
     shown: Option<Picture>,
     cache: RenderCache,
+    /// The frame from which the next drawing is whole again.
+    whole_at: u64,
 }
+
+/// Frames between whole drawings of the VGA (about a second): the picture lives in video
+/// memory the guest can also write through the framebuffer BAR, so it is redrawn and rewritten
+/// whole now and then, whatever changed.
+const WHOLE_DRAWING_FRAMES: u64 = 60;
 
 impl KvmScreen {
     /// A screen over `display` whose video memory becomes KVM memory slot `slot` once the
@@ -155,10 +162,15 @@ impl KvmScreen {
                 return;
             };
             let key = (vga.generation(), vga.blink_phase(frame));
-            if state.key == Some(key) {
+            let whole = frame >= state.whole_at;
+            if state.key == Some(key) && !whole {
                 return;
             }
             state.key = Some(key);
+            if whole {
+                state.cache = RenderCache::default();
+                state.whole_at = frame + WHOLE_DRAWING_FRAMES;
+            }
             let (width, height) = vga.picture_size();
             let bytes = (u64::from(width) * u64::from(height) * 4).next_multiple_of(4096);
             let Some(offset) = self.display.vram_size().checked_sub(bytes) else {
