@@ -4,11 +4,14 @@
 //! at 0xb8000 — shown only because the screen is the standard VGA with its legacy text mode.
 //!
 //! One rig run, both ISOs one after the other: `create --iso` (a BIOS VM booting its CD) and
-//! `start`. The script takes the screen until memtest's header is on it (the screenshot's text
-//! is read against the VGA BIOS's font by `vivarium-screen-check --has`), bounded, keeps that
-//! picture, then takes the screen until it has changed (the test running: its timer and
-//! progress move), bounded, and keeps that one too. The test reads both pictures' text and
-//! colours: the header, the test running, and the two pictures different in the progress area.
+//! `start`. The script takes the screen until memtest's ready screen is on it, its header and
+//! its "<Enter> to start testing" prompt (the screenshot's text is read against the VGA BIOS's
+//! font by `vivarium-screen-check --has`), bounded, and keeps that picture (a); presses Enter;
+//! takes the screen until the prompt and the "Init." status are gone (b), then until the
+//! screen changed again (c), each bounded. The test reads the three pictures' text and
+//! colours: the header in its colours, the blue screen, the build named on the last row, the
+//! ready prompt in (a), the test running with no errors in (b) and (c), and its elapsed time
+//! or progress moved on from (b) to (c).
 
 use std::path::{Path, PathBuf};
 
@@ -51,10 +54,11 @@ until_text() {{
         fi
     done
 }}
-has() {{ $C --has {rom} "$2" "$1"; }}
+both() {{ $C --has {rom} "$3" "$1" && $C --has {rom} "$3" "$2"; }}
 lacks() {{ ! $C --has {rom} "$3" "$1" && ! $C --has {rom} "$3" "$2"; }}
 differs() {{ ! $C --same "$1" "$2" > /dev/null; }}
-# memtest NAME ISO: boot it; wait for memtest's ready screen and keep it (a); Enter; wait
+# memtest NAME ISO: boot it; wait for memtest's ready screen (its header and its prompt) and
+# keep it (a); Enter; wait
 # until it tests (its prompt and "Init." gone) and keep that (b); wait for the screen to move
 # on (its timer, progress) and keep that (c).
 memtest() {{
@@ -62,7 +66,7 @@ memtest() {{
         --display 1024x768 || return 1
     $V start "$1" || return 1
     echo "VIVARIUM-RIG-MARK $1 started"
-    until_text "$1" /tmp/$1-a.png 300 has "to start testing" || return 1
+    until_text "$1" /tmp/$1-a.png 300 both "Memtest86+ v" "to start testing" || return 1
     echo "VIVARIUM-RIG-MARK $1 ready"
     carry $1-a /tmp/$1-a.png
     $V key "$1" enter

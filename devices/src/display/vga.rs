@@ -1563,9 +1563,27 @@ mod tests {
                     _ => v.write_memory(0x1_8000 + (r >> 16) % 4000, (r >> 8) as u8),
                 }
             }
+            // Now and then a register the text does not depend on, or one it does.
+            match rng.next() % 8 {
+                0 => set_crtc(&mut v, 0x0a, (rng.next() % 2) as u8 * 0x20),
+                1 => {
+                    v.write_port(0x3c8, (rng.next() % 16) as u8);
+                    for _ in 0..3 {
+                        v.write_port(0x3c9, rng.next() as u8);
+                    }
+                }
+                2 => {
+                    v.read_port(0x3da);
+                    v.write_port(0x3c0, 0x30);
+                    v.write_port(0x3c0, if rng.next() % 2 == 0 { 0x0c } else { 0x04 });
+                }
+                _ => {}
+            }
             let frame = round * 7;
-            v.render_update(frame, &mut picture, &mut cache);
-            assert_eq!(picture, v.render(frame), "round {round}");
+            // As the backend does: a snapshot drawn into the same picture.
+            let snapshot = v.clone();
+            snapshot.render_update(frame, &mut picture, &mut cache);
+            assert_eq!(picture, snapshot.render(frame), "round {round}");
         }
     }
 
