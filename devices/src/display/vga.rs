@@ -1575,7 +1575,14 @@ mod tests {
                 2 => {
                     v.read_port(0x3da);
                     v.write_port(0x3c0, 0x30);
-                    v.write_port(0x3c0, if rng.next() % 2 == 0 { 0x0c } else { 0x04 });
+                    v.write_port(
+                        0x3c0,
+                        if rng.next().is_multiple_of(2) {
+                            0x0c
+                        } else {
+                            0x04
+                        },
+                    );
                 }
                 _ => {}
             }
