@@ -209,6 +209,9 @@ pub struct ScreenDevice {
     pub boot_mode: bool,
     /// The VGA BIOS behind the adapter's ROM BAR, for a firmware boot.
     pub option_rom: Option<Vec<u8>>,
+    /// Whether the adapter is the standard VGA (a BIOS machine: the legacy VGA ports and the
+    /// window at 0xa0000, which must hold no RAM) rather than the bochs display.
+    pub vga: bool,
 }
 
 /// The PCI host bridge with its configuration mechanisms (ports 0xcf8-0xcff, and ECAM with
@@ -264,7 +267,7 @@ pub fn attach_pci(
             .map_err(|e| Error::Setup(format!("could not plug in the PIIX functions: {e}")))?;
     }
     if let Some(screen) = screen {
-        attach_display(&root, screen)?;
+        attach_display(&root, pio, mmio, screen)?;
     }
     let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(KvmMsi { vm: vm.clone() });
     let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<u8> {
@@ -322,31 +325,65 @@ pub fn attach_pci(
 /// largest, gets the start of the 32-bit window (`layout::FRAMEBUFFER_START`). It starts in the
 /// boot mode with decoding on, as firmware leaves a display; the screen maps the video memory
 /// at BAR 0 as the root assigns it.
-fn attach_display(root: &Arc<Mutex<PciRoot>>, device: ScreenDevice) -> Result<()> {
+fn attach_display(
+    root: &Arc<Mutex<PciRoot>>,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    device: ScreenDevice,
+) -> Result<()> {
     let ScreenDevice {
         screen,
         width,
         height,
         boot_mode,
         option_rom,
+        vga,
     } = device;
     let vram = screen.display().vram_size();
-    let mut bochs = BochsDisplay::new(
-        vram,
-        (width, height),
-        boot_mode.then(|| Scanout::packed32(width, height)),
-        screen.clone(),
-    )
-    .map_err(|e| Error::Setup(format!("could not create the display adapter: {e}")))?;
+    let made = if vga {
+        BochsDisplay::new_vga(vram, (width, height), screen.clone())
+    } else {
+        BochsDisplay::new(
+            vram,
+            (width, height),
+            boot_mode.then(|| Scanout::packed32(width, height)),
+            screen.clone(),
+        )
+    };
+    let mut bochs =
+        made.map_err(|e| Error::Setup(format!("could not create the display adapter: {e}")))?;
     if let Some(rom) = option_rom {
         bochs
             .set_option_rom(rom)
             .map_err(|e| Error::Setup(format!("the VGA BIOS cannot be used: {e}")))?;
     }
+    let bochs = Arc::new(Mutex::new(bochs));
     root.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .add_device(Arc::new(Mutex::new(bochs)))
+        .add_device(bochs.clone())
         .map_err(|e| Error::Setup(format!("could not plug in the display adapter: {e}")))?;
+    if vga {
+        use vivarium_devices::display::bochs::{DISPI_PORT, DISPI_PORTS_LEN, VgaIo, VgaWindow};
+        use vivarium_devices::display::vga;
+        for (port, len) in [
+            (vga::PORTS_START, vga::PORTS_LEN),
+            (DISPI_PORT, DISPI_PORTS_LEN),
+        ] {
+            pio.insert(
+                u64::from(port),
+                u64::from(len),
+                Arc::new(Mutex::new(VgaIo(bochs.clone()))),
+            )
+            .map_err(bus_error("VGA ports"))?;
+        }
+        mmio.insert(
+            vga::WINDOW_START,
+            vga::WINDOW_SIZE,
+            Arc::new(Mutex::new(VgaWindow(bochs.clone()))),
+        )
+        .map_err(bus_error("VGA memory window"))?;
+        screen.set_legacy(bochs);
+    }
     match screen.address() {
         Some(layout::FRAMEBUFFER_START) => Ok(()),
         // Decoding stays off until the firmware turns it on (and maps the memory).

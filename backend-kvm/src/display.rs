@@ -4,6 +4,15 @@
 //! times a second otherwise (so thumbnails and screenshots stay current).
 //!
 //! The guest writes pixels straight into the shared file: nothing is copied on the VM side.
+//!
+//! With the standard VGA (a BIOS machine), what the guest shows while the framebuffer (DISPI)
+//! is off is the legacy VGA's: the refresh thread has the device model draw its picture (text
+//! mode, and the planar and 256-colour graphics modes) when it changed (or the cursor or
+//! characters blink) and writes the rows that changed into the
+//! end of the video memory, which becomes the display's mode. The VGA's planes live in the
+//! device model, reached through the legacy window 0xa0000..0xbffff, which is trapped MMIO
+//! rather than memory: planar, odd/even and chain-4 addressing and the write modes decide
+//! where each CPU byte goes, which no memory slot can do, and text mode writes few bytes.
 
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -15,7 +24,8 @@ use std::time::Duration;
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vivarium_core::display::{DisplayMode, HEADER_SIZE, PixelFormat, SharedDisplay};
-use vivarium_devices::display::bochs::{Scanout, ScanoutSink};
+use vivarium_devices::display::bochs::{BochsDisplay, Scanout, ScanoutSink};
+use vivarium_devices::display::vga::{Picture, RenderCache};
 
 use crate::error::{Error, Result};
 
@@ -90,7 +100,29 @@ pub struct KvmScreen {
     address: Mutex<Option<u64>>,
     /// Whether KVM refused to give the dirty log (then every refresh marks everything).
     no_dirty_log: std::sync::atomic::AtomicBool,
+    /// The standard VGA whose text mode the refresh draws, once it is plugged in.
+    legacy: std::sync::OnceLock<Arc<Mutex<BochsDisplay>>>,
+    /// What was drawn of it last.
+    legacy_state: Mutex<LegacyState>,
+    /// When the screen was made: the blink clock.
+    started: std::time::Instant,
 }
+
+/// The last drawing of the VGA: the generation and blink phase it was of, its pixels (as
+/// the display file has them), and what it was made of.
+#[derive(Default)]
+struct LegacyState {
+    key: Option<(u64, u8)>,
+    shown: Option<Picture>,
+    cache: RenderCache,
+    /// The frame from which the next drawing is whole again.
+    whole_at: u64,
+}
+
+/// Frames between whole drawings of the VGA (about a second): the picture lives in video
+/// memory the guest can also write through the framebuffer BAR, so it is redrawn and rewritten
+/// whole now and then, whatever changed.
+const WHOLE_DRAWING_FRAMES: u64 = 60;
 
 impl KvmScreen {
     /// A screen over `display` whose video memory becomes KVM memory slot `slot` once the
@@ -104,7 +136,89 @@ impl KvmScreen {
             memory,
             address: Mutex::new(None),
             no_dirty_log: std::sync::atomic::AtomicBool::new(false),
+            legacy: std::sync::OnceLock::new(),
+            legacy_state: Mutex::new(LegacyState::default()),
+            started: std::time::Instant::now(),
         }))
+    }
+
+    /// Shows `adapter`'s legacy VGA while its framebuffer is off (a standard VGA).
+    pub fn set_legacy(&self, adapter: Arc<Mutex<BochsDisplay>>) {
+        let _ = self.legacy.set(adapter);
+    }
+
+    /// Draws the legacy VGA into the end of the video memory if what it shows changed, and
+    /// makes that the display's mode. Nothing while the framebuffer is on.
+    pub fn refresh_legacy(&self) {
+        let Some(adapter) = self.legacy.get() else {
+            return;
+        };
+        let frame = (self.started.elapsed().as_millis() * 60 / 1000) as u64;
+        let mut state = self.legacy_state.lock().unwrap_or_else(|e| e.into_inner());
+        let (vga, mode) = {
+            let device = adapter.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(vga) = device.vga().filter(|_| !device.framebuffer_enabled()) else {
+                *state = LegacyState::default();
+                return;
+            };
+            let key = (vga.generation(), vga.blink_phase(frame));
+            let whole = frame >= state.whole_at;
+            if state.key == Some(key) && !whole {
+                return;
+            }
+            state.key = Some(key);
+            if whole {
+                state.cache = RenderCache::default();
+                state.whole_at = frame + WHOLE_DRAWING_FRAMES;
+            }
+            let (width, height) = vga.picture_size();
+            let bytes = (u64::from(width) * u64::from(height) * 4).next_multiple_of(4096);
+            let Some(offset) = self.display.vram_size().checked_sub(bytes) else {
+                return;
+            };
+            let mode = DisplayMode {
+                width,
+                height,
+                stride: width * 4,
+                offset,
+                format: PixelFormat::Xrgb8888,
+            };
+            // The mode is set while the adapter is locked, so a framebuffer mode the guest
+            // sets meanwhile comes after it and stays.
+            if self.display.mode().0 != Some(mode) {
+                if let Err(e) = self.display.set_mode(Some(mode)) {
+                    tracing::warn!("the VGA's picture is not shown: {e}");
+                    return;
+                }
+                state.shown = None;
+                state.cache = RenderCache::default();
+            }
+            // A snapshot, drawn without holding up the vCPUs.
+            (vga.clone(), mode)
+        };
+        // Only the rows that changed are drawn and written (the whole picture after a mode
+        // change, when there is no earlier drawing).
+        let state = &mut *state;
+        let picture = state.shown.get_or_insert_with(|| Picture {
+            width: 0,
+            height: 0,
+            pixels: Vec::new(),
+        });
+        let rows = vga.render_update(frame, picture, &mut state.cache);
+        let row_pixels = picture.width as usize;
+        for range in rows {
+            let (first, end) = (range.start as usize, range.end as usize);
+            let mut bytes = Vec::with_capacity((end - first) * row_pixels * 4);
+            for pixel in &picture.pixels[first * row_pixels..end * row_pixels] {
+                bytes.extend_from_slice(&pixel.to_le_bytes());
+            }
+            let at = mode.offset + (first * row_pixels * 4) as u64;
+            if let Err(e) = self.display.write_vram(at, &bytes) {
+                tracing::warn!("the VGA's picture could not be drawn: {e}");
+                state.shown = None;
+                return;
+            }
+        }
     }
 
     /// The display file.
@@ -154,6 +268,7 @@ impl KvmScreen {
     /// Reads KVM's dirty log of the video memory into the display's dirty bits. Without a
     /// dirty log (a KVM that refuses it) marks everything, so viewers still follow.
     pub fn refresh(&self) {
+        self.refresh_legacy();
         let current = self.address.lock().unwrap_or_else(|e| e.into_inner());
         if current.is_none() {
             return;
@@ -196,6 +311,17 @@ impl ScanoutSink for KvmScreen {
             tracing::warn!("the guest's display mode is not shown: {e}");
             let _ = self.display.set_mode(None);
         }
+    }
+
+    fn read_video_memory(&self, offset: u64, data: &mut [u8]) {
+        if self.display.read_vram(offset, data).is_err() {
+            data.fill(0);
+        }
+    }
+
+    fn write_video_memory(&self, offset: u64, data: &[u8]) {
+        // Outside the video memory (the device checks): dropped.
+        let _ = self.display.write_vram(offset, data);
     }
 
     fn framebuffer_moved(&self, address: u64) {

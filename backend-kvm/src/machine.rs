@@ -546,6 +546,13 @@ impl Vm {
             BootSpec::Firmware { firmware, .. } => Some(firmware),
             _ => None,
         };
+        // A BIOS machine's screen is the standard VGA, whose legacy window 0xa0000..0xbffff is
+        // the VGA's memory (trapped MMIO), not RAM.
+        let standard_vga = plan.display.is_some()
+            && matches!(
+                firmware,
+                Some(vivarium_core::backend::FirmwareSpec::Bios { .. })
+            );
         for (index, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
@@ -562,8 +569,13 @@ impl Vm {
             let pieces: Vec<(u32, u64, u64)> = if index == 0 && firmware.is_some() {
                 let bios_start = vivarium_devices::pci::i440fx::PAM_AREA_START;
                 let bios_end = vivarium_devices::pci::i440fx::PAM_AREA_END;
+                let low_end = if standard_vga {
+                    vivarium_devices::display::vga::WINDOW_START
+                } else {
+                    bios_start
+                };
                 vec![
-                    (slot, 0, bios_start),
+                    (slot, 0, low_end),
                     (
                         layout::SLOT_RAM_ABOVE_BIOS_AREA,
                         bios_end,
@@ -691,6 +703,7 @@ impl Vm {
                     // A firmware sets its own modes; a directly booted kernel gets one set.
                     boot_mode: firmware.is_none(),
                     option_rom: vga_rom.clone(),
+                    vga: standard_vga,
                 })
             })
             .transpose()?;

@@ -146,7 +146,7 @@ pub enum FirmwareSpec {
     Bios {
         /// The BIOS image (e.g. `bios-256k.bin`).
         image: PathBuf,
-        /// The VGA option ROM for the bochs display (e.g. `vgabios-bochs-display.bin`).
+        /// The VGA option ROM of the standard VGA (e.g. `vgabios-stdvga.bin`).
         vga_rom: Option<PathBuf>,
     },
     /// UEFI (OVMF): its code, mapped read-only right below 4 GiB, and the VM's own variable

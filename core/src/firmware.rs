@@ -1,7 +1,7 @@
 //! PC firmware on this host, and whether a disk holds something it can boot.
 //!
 //! Vivarium ships no firmware: it uses the builds Debian installs (`seabios`: SeaBIOS and the
-//! bochs display's VGA BIOS; `ovmf`: OVMF for UEFI). `VIVARIUM_FIRMWARE_DIR` names a folder
+//! standard VGA's VGA BIOS; `ovmf`: OVMF for UEFI). `VIVARIUM_FIRMWARE_DIR` names a folder
 //! searched first (for builds of one's own, and for tests).
 
 use std::path::{Path, PathBuf};
@@ -10,8 +10,9 @@ use serde::Serialize;
 
 /// The SeaBIOS image, the larger build first (it has room for every driver).
 const SEABIOS_NAMES: &[&str] = &["bios-256k.bin", "bios.bin"];
-/// The VGA BIOS for the bochs display (PCI 1234:1111 without legacy VGA).
-const VGA_BIOS_NAME: &str = "vgabios-bochs-display.bin";
+/// The VGA BIOS of a BIOS machine's screen, the standard VGA (PCI 1234:1111 with the legacy
+/// VGA: text mode at 0xb8000, and the VBE modes of its DISPI registers).
+const VGA_BIOS_NAME: &str = "vgabios-stdvga.bin";
 /// Where Debian (and Ubuntu) put SeaBIOS.
 const SEABIOS_DIRS: &[&str] = &["/usr/share/seabios", "/usr/share/qemu"];
 /// OVMF's code and variable-store template, 4 MiB builds without Secure Boot keys enrolled.
@@ -28,7 +29,7 @@ pub const FIRMWARE_DIR_VAR: &str = "VIVARIUM_FIRMWARE_DIR";
 pub struct HostFirmware {
     /// SeaBIOS (BIOS boot).
     pub seabios: Option<PathBuf>,
-    /// The bochs display's VGA BIOS (the BIOS console and VESA modes on the screen).
+    /// The standard VGA's VGA BIOS (the BIOS console in text mode, and the VESA modes).
     pub vga_bios: Option<PathBuf>,
     /// OVMF's code (UEFI boot).
     pub ovmf_code: Option<PathBuf>,
@@ -96,7 +97,11 @@ impl HostFirmware {
         };
         vec![
             line("BIOS (SeaBIOS)", &self.seabios, "seabios"),
-            line("VGA BIOS", &self.vga_bios, "seabios"),
+            line(
+                &format!("VGA BIOS ({VGA_BIOS_NAME})"),
+                &self.vga_bios,
+                "seabios",
+            ),
             line("UEFI (OVMF)", &self.ovmf_code, "ovmf"),
             line("UEFI variables template", &self.ovmf_vars, "ovmf"),
         ]
@@ -276,6 +281,8 @@ mod tests {
         );
         let lines = none.describe();
         assert!(lines[0].contains("not installed (sudo apt install seabios)"));
+        assert!(lines[1].contains("vgabios-stdvga.bin"));
+        assert!(lines[1].contains("not installed (sudo apt install seabios)"));
         assert!(lines[2].contains("sudo apt install ovmf"));
     }
 

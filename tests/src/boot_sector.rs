@@ -52,3 +52,32 @@ pub fn write_boot_iso(iso: &Path, sector: &[u8]) -> PathBuf {
     assert!(status.success(), "xorriso made {}", iso.display());
     iso.to_path_buf()
 }
+
+/// A 512-byte boot sector that writes `text` (ASCII) in `attribute` straight into the VGA text
+/// buffer at 0xb8000, from the start of text row `row` (no BIOS call), then `serial` to COM1,
+/// and halts.
+pub fn text_buffer_boot_sector(text: &str, attribute: u8, row: u16, serial: &str) -> Vec<u8> {
+    // 0: xor ax, ax | 2: mov ds, ax | 4: mov ax, 0xb800 | 7: mov es, ax | 9: mov di, row*160
+    // 12: mov si, text | 15: mov ah, attribute | 17: cld
+    // 18: lodsb | 19: test al, al | 21: jz +3 (26) | 23: stosw | 24: jmp -8 (18)
+    // 26: mov si, serial | 29: mov dx, 0x3f8 | 32: lodsb | 33: test al, al | 35: jz +3 (40)
+    // 37: out dx, al | 38: jmp -8 (32) | 40: cli | 41: hlt | 42: jmp -4 (40)
+    let mut code = vec![
+        0x31, 0xc0, 0x8e, 0xd8, 0xb8, 0x00, 0xb8, 0x8e, 0xc0, 0xbf, 0, 0, 0xbe, 0, 0, 0xb4,
+        attribute, 0xfc, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xab, 0xeb, 0xf8, 0xbe, 0, 0, 0xba, 0xf8,
+        0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xfa, 0xf4, 0xeb, 0xfc,
+    ];
+    code[10..12].copy_from_slice(&(row * 160).to_le_bytes());
+    let text_at = 0x7c00 + code.len();
+    code.extend_from_slice(text.as_bytes());
+    code.push(0);
+    let serial_at = 0x7c00 + code.len();
+    code.extend_from_slice(serial.as_bytes());
+    code.extend_from_slice(b"\n\0");
+    code[13..15].copy_from_slice(&(text_at as u16).to_le_bytes());
+    code[27..29].copy_from_slice(&(serial_at as u16).to_le_bytes());
+    assert!(code.len() <= 510, "the text does not fit in a boot sector");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code
+}

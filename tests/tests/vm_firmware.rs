@@ -1,20 +1,25 @@
 //! Firmware boot through the real `vivarium` binary on the host's KVM (SeaBIOS runs on any
 //! `/dev/kvm`, the software-only `kvm_pvm` included): a VM made from a BIOS-bootable ISO boots
 //! its CD while its disk is empty, the BIOS console and the boot sector's text are on the
-//! VM's screen through the bochs display's VGA BIOS, the disk boots once it holds a boot
-//! sector, and `start --boot-from cdrom` boots the CD that once.
+//! VM's screen in the standard VGA's text mode (through SeaBIOS's VGA BIOS), the disk boots
+//! once it holds a boot sector, and `start --boot-from cdrom` boots the CD that once; a boot
+//! sector that writes the VGA text buffer at 0xb8000 itself, with no BIOS call, shows its
+//! words and colours on the screen.
 
 use std::time::{Duration, Instant};
 
-use vivarium_e2e::boot_sector::{printing_boot_sector, write_boot_iso};
+use vivarium_e2e::boot_sector::{printing_boot_sector, text_buffer_boot_sector, write_boot_iso};
 use vivarium_e2e::gate;
 use vivarium_e2e::screen::Picture;
+use vivarium_e2e::vga_text::{TextScreen, VgaFont};
 use vivarium_e2e::vivarium::TempLibrary;
 use vivarium_e2e::vm_process::{
     PowerOffOnDrop, kvm_usable, read_text, wait_for_serial, wait_until,
 };
 
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// The VGA BIOS the screen runs, whose font the screenshots are read with.
+const VGA_BIOS: &str = "/usr/share/seabios/vgabios-stdvga.bin";
 
 /// Whether the test can run: KVM, and Debian's SeaBIOS (`cargo xtask test` installs it, and
 /// there its absence is a failure).
@@ -125,8 +130,22 @@ fn a_vm_from_a_bios_iso_boots_its_cd_on_the_screen_then_its_disk() {
         };
         assert_eq!(
             (picture.width, picture.height),
-            (1024, 768),
-            "the VGA BIOS's console is in the VM's preferred mode"
+            (720, 400),
+            "the VGA BIOS's console is VGA text mode: 80x25 characters of 9x16 dots"
+        );
+        let font = VgaFont::load(std::path::Path::new(VGA_BIOS)).expect("the VGA BIOS's font");
+        let screen = TextScreen::read(&picture, &font, 9).expect("a text screen");
+        assert!(
+            screen.line(0).starts_with("SeaBIOS (version "),
+            "{}",
+            screen.text()
+        );
+        assert!(
+            screen
+                .line(5)
+                .starts_with("Hello from a BIOS boot sector on the CD"),
+            "{}",
+            screen.text()
         );
         library.ok(&["stop", "--force", "bios"]);
     }
@@ -172,6 +191,75 @@ fn a_vm_from_a_bios_iso_boots_its_cd_on_the_screen_then_its_disk() {
     }
     let info = library.json(&["info", "bios"]);
     assert_eq!(info["config"]["boot"]["kind"], "disk", "{info}");
+}
+
+#[test]
+fn a_boot_sector_writing_the_text_buffer_shows_on_the_screen() {
+    if !can_run("vm_firmware")
+        || !gate::runs("vm_firmware", gate::file_missing(VGA_BIOS, "seabios"))
+    {
+        return;
+    }
+    let font = VgaFont::load(std::path::Path::new(VGA_BIOS)).expect("the VGA BIOS's font");
+    let library = TempLibrary::new();
+    // Yellow on blue, at the start of row 20, straight into 0xb8000.
+    let words = "Written to 0xB8000 by the boot sector";
+    let iso = write_boot_iso(
+        &library.scratch().join("text.iso"),
+        &text_buffer_boot_sector(words, 0x1e, 20, "text buffer written"),
+    );
+    library.json(&[
+        "create",
+        "text",
+        "--iso",
+        iso.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--network",
+        "none",
+        "--display",
+        "1024x768",
+    ]);
+    let _guard = PowerOffOnDrop::new(&library, "text");
+    library.ok(&["start", "text"]);
+    wait_for_serial(
+        &library,
+        "text",
+        "text buffer written",
+        Duration::from_secs(60),
+    );
+    let shot = keep_dir().join("firmware-text-buffer.png");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let screen = loop {
+        library.ok(&["screenshot", "text", shot.to_str().unwrap()]);
+        let picture = Picture::load(&shot).expect("a PNG");
+        if let Ok(screen) = TextScreen::read(&picture, &font, 9)
+            && screen.line(20).starts_with(words)
+        {
+            break screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the screen never showed the boot sector's words on row 20 (see {})",
+            shot.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The colours of attribute 0x1e through the VGA BIOS's palette: yellow on blue, every
+    // cell of the words (spaces too), and the rest of the row as the BIOS cleared it.
+    let (yellow, blue) = ([255, 255, 85], [0, 0, 170]);
+    for column in 0..words.len() {
+        let cell = screen.cell(20, column);
+        assert_eq!(cell.bg, blue, "column {column} (see {})", shot.display());
+        if words.as_bytes()[column] != b' ' {
+            assert_eq!(cell.fg, yellow, "column {column} (see {})", shot.display());
+        }
+    }
+    let after = screen.cell(20, words.len() + 1);
+    assert_eq!((after.ch, after.bg), (Some(b' '), [0, 0, 0]));
+    // SeaBIOS's console is still above it.
+    assert!(screen.line(0).starts_with("SeaBIOS"), "{}", screen.text());
+    library.ok(&["stop", "--force", "text"]);
 }
 
 #[test]

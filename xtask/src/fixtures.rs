@@ -12,18 +12,21 @@ use std::time::Instant;
 use vivarium_e2e::fixtures::{self, Fixtures};
 use vivarium_e2e::installer_iso;
 
-const USAGE: &str = "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--dir DIR]";
+const USAGE: &str =
+    "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest] [--dir DIR]";
 
 /// Entry point of `cargo xtask fixtures [--installer-iso] [--dir DIR]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut dir = None;
     let mut with_iso = false;
     let mut with_bios_disk = false;
+    let mut with_memtest = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--installer-iso" => with_iso = true,
             "--bios-disk" => with_bios_disk = true,
+            "--memtest" => with_memtest = true,
             "--dir" => dir = Some(PathBuf::from(rest.next().ok_or(USAGE)?)),
             _ => return Err(USAGE.into()),
         }
@@ -47,6 +50,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let disk = vivarium_e2e::bios_disk::build(&dir, &fixtures)?;
         println!("  BIOS disk        {}", disk.path().display());
     }
+    if with_memtest {
+        let isos = vivarium_e2e::memtest::build(&dir)?;
+        println!(
+            "  Memtest86+ ISOs  {} (memtest86+ {})",
+            isos.path(vivarium_e2e::memtest::Flavour::X64)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            isos.version()
+        );
+    }
     eprintln!("fixtures: took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -64,6 +78,11 @@ pub fn ensure_installer_iso() -> Result<installer_iso::InstallerIso, String> {
 /// The GRUB-on-BIOS disk in the default cache, built first when missing or out of date.
 pub fn ensure_bios_disk(fixtures: &Fixtures) -> Result<vivarium_e2e::bios_disk::BiosDisk, String> {
     vivarium_e2e::bios_disk::build(&fixtures::default_dir()?, fixtures)
+}
+
+/// Memtest86+'s ISOs in the default cache, unpacked first when missing or out of date.
+pub fn ensure_memtest() -> Result<vivarium_e2e::memtest::MemtestIsos, String> {
+    vivarium_e2e::memtest::build(&fixtures::default_dir()?)
 }
 
 fn ensure_in(dir: &std::path::Path) -> Result<Fixtures, String> {

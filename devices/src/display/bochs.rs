@@ -12,6 +12,16 @@
 //! 0x600..0x608  QEMU's extended registers: their size (8), and the framebuffer byte order
 //! ```
 //!
+//! Made with [`BochsDisplay::new_vga`] it is the standard VGA (what QEMU's `-vga std` is): PCI
+//! class 0x0300, the same registers, and in front of them a legacy [`Vga`] (ports
+//! 0x3b0..0x3df, also reached at BAR 2 offset 0x400, and the memory window 0xa0000..0xbffff,
+//! which the backend routes here through [`VgaIo`] and [`VgaWindow`]) and the DISPI registers
+//! at ports 0x1ce (index) and 0x1cf (data), where SeaBIOS's `vgabios-stdvga.bin` programs them.
+//! While DISPI is enabled the framebuffer is what the guest shows, as without the VGA; while it
+//! is off the backend shows what [`Vga::render`] draws (text mode). With DISPI enabled and the
+//! linear framebuffer off (a banked VBE mode), the window shows 64 KiB of the video memory at
+//! the bank the BANK register selects, through the sink.
+//!
 //! The framebuffer itself is memory the backend maps into the guest at BAR 0, so the device
 //! model never sees a pixel: it works out what the guest shows (the scanout) from the
 //! registers and tells the backend through a [`ScanoutSink`]. Register values are the guest's
@@ -21,6 +31,8 @@
 use std::sync::Arc;
 
 use super::edid::{EDID_BLOCK_SIZE, edid_for};
+use super::vga::{self, Vga};
+use crate::bus::BusDevice;
 use crate::pci::{BarDef, BarKind, PciConfiguration, PciDevice, PciHeader};
 use crate::{Error, Result};
 
@@ -65,6 +77,14 @@ const ID_OLDEST: u16 = 0xb0c0;
 const ENABLED: u16 = 0x01;
 const GET_CAPS: u16 = 0x02;
 const LFB_ENABLED: u16 = 0x40;
+const DAC_8BIT: u16 = 0x20;
+/// The DISPI registers' index and data ports (the standard VGA's; the bochs display has them
+/// in BAR 2 only).
+pub const DISPI_PORT: u16 = 0x1ce;
+/// Ports from [`DISPI_PORT`] on: the index, the data, and the data again (Bochs's alias).
+pub const DISPI_PORTS_LEN: u16 = 3;
+/// Size of the banked VBE window.
+const BANK_SIZE: u64 = 64 << 10;
 /// Largest resolution and depth the adapter reports (and accepts).
 const MAX_RES: u16 = 16384;
 const MAX_BPP: u16 = 32;
@@ -106,6 +126,17 @@ pub trait ScanoutSink: Send + Sync {
     /// BAR 0 now decodes at guest physical `address`: the framebuffer memory must appear
     /// there. Not called when decoding is switched off (the memory stays where it was).
     fn framebuffer_moved(&self, address: u64);
+    /// Reads video memory from `offset` (a banked VBE mode through the legacy window); a sink
+    /// that cannot reads zeros.
+    fn read_video_memory(&self, offset: u64, data: &mut [u8]) {
+        let _ = offset;
+        data.fill(0);
+    }
+    /// Writes video memory at `offset` (a banked VBE mode through the legacy window); a sink
+    /// that cannot drops it.
+    fn write_video_memory(&self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
 }
 
 /// The bochs display adapter.
@@ -123,6 +154,10 @@ pub struct BochsDisplay {
     /// The VGA BIOS behind the expansion ROM BAR (what a PC firmware runs to get a
     /// console), if the machine boots through firmware.
     option_rom: Option<Vec<u8>>,
+    /// The legacy VGA, on the standard VGA ([`BochsDisplay::new_vga`]).
+    vga: Option<Box<Vga>>,
+    /// The DISPI index register behind port 0x1ce.
+    dispi_index: u16,
 }
 
 impl std::fmt::Debug for BochsDisplay {
@@ -146,6 +181,27 @@ impl BochsDisplay {
         boot_mode: Option<Scanout>,
         sink: Arc<dyn ScanoutSink>,
     ) -> Result<BochsDisplay> {
+        Self::build(vram_size, preferred, boot_mode, sink, false)
+    }
+
+    /// The standard VGA: the adapter of [`BochsDisplay::new`] (disabled, with no boot mode) as
+    /// a VGA-compatible device with the legacy VGA in front, for a machine whose firmware runs
+    /// a VGA BIOS (SeaBIOS's `vgabios-stdvga.bin`).
+    pub fn new_vga(
+        vram_size: u64,
+        preferred: (u32, u32),
+        sink: Arc<dyn ScanoutSink>,
+    ) -> Result<BochsDisplay> {
+        Self::build(vram_size, preferred, None, sink, true)
+    }
+
+    fn build(
+        vram_size: u64,
+        preferred: (u32, u32),
+        boot_mode: Option<Scanout>,
+        sink: Arc<dyn ScanoutSink>,
+        vga: bool,
+    ) -> Result<BochsDisplay> {
         if !vram_size.is_power_of_two() || !(64 << 10..=1 << 31).contains(&vram_size) {
             return Err(Error::InvalidBar {
                 index: FRAMEBUFFER_BAR,
@@ -156,8 +212,9 @@ impl BochsDisplay {
             vendor_id: VENDOR_ID,
             device_id: DEVICE_ID,
             revision_id: 2,
-            class: 0x03,    // display controller
-            subclass: 0x80, // other (not VGA compatible: no legacy VGA ports or window)
+            class: 0x03, // display controller
+            // VGA compatible, or other (no legacy VGA ports or window).
+            subclass: if vga { 0x00 } else { 0x80 },
             prog_if: 0,
             subsystem_vendor_id: 0x1af4,
             subsystem_id: 0x1100,
@@ -191,6 +248,8 @@ impl BochsDisplay {
             shown: None,
             warned: false,
             option_rom: None,
+            vga: vga.then(|| Box::new(Vga::new())),
+            dispi_index: 0,
         };
         if let Some(mode) = boot_mode {
             let as_reg = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
@@ -236,6 +295,113 @@ impl BochsDisplay {
             stride,
             offset,
         })
+    }
+
+    /// Whether the guest shows the framebuffer (DISPI enabled), which wins over the VGA.
+    pub fn framebuffer_enabled(&self) -> bool {
+        self.regs[ENABLE] & ENABLED != 0
+    }
+
+    /// The legacy VGA, on the standard VGA.
+    pub fn vga(&self) -> Option<&Vga> {
+        self.vga.as_deref()
+    }
+
+    /// Reads `data.len()` bytes of I/O ports from `port` (the VGA's 0x3b0..0x3df, DISPI's
+    /// 0x1ce..0x1d0); other ports, and all of them without the VGA, read all-ones.
+    pub fn read_io(&mut self, port: u16, data: &mut [u8]) {
+        if (DISPI_PORT..DISPI_PORT + DISPI_PORTS_LEN).contains(&port) && self.vga.is_some() {
+            let value = if port == DISPI_PORT {
+                self.dispi_index
+            } else {
+                let index = usize::from(self.dispi_index);
+                if index < REGISTERS {
+                    self.read_register(index)
+                } else {
+                    0
+                }
+            };
+            let bytes = value.to_le_bytes();
+            for (i, byte) in data.iter_mut().enumerate() {
+                *byte = bytes.get(i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = port.wrapping_add(i as u16);
+            *byte = match self.vga.as_mut() {
+                Some(vga) if is_vga_port(at) => vga.read_port(at),
+                _ => 0xff,
+            };
+        }
+    }
+
+    /// Writes `data` to I/O ports from `port` (a 16-bit write to an index port sets the index
+    /// and the data register after it, as on a VGA).
+    pub fn write_io(&mut self, port: u16, data: &[u8]) {
+        if (DISPI_PORT..DISPI_PORT + DISPI_PORTS_LEN).contains(&port) && self.vga.is_some() {
+            let mut bytes = [0u8; 2];
+            for (b, d) in bytes.iter_mut().zip(data) {
+                *b = *d;
+            }
+            let value = u16::from_le_bytes(bytes);
+            if port == DISPI_PORT {
+                self.dispi_index = value;
+            } else if usize::from(self.dispi_index) < REGISTERS {
+                self.write_register(usize::from(self.dispi_index), value);
+            }
+            return;
+        }
+        for (i, byte) in data.iter().enumerate() {
+            let at = port.wrapping_add(i as u16);
+            if let Some(vga) = self.vga.as_mut()
+                && is_vga_port(at)
+            {
+                vga.write_port(at, *byte);
+            }
+        }
+    }
+
+    /// Reads the legacy window at `offset` (from 0xa0000): the VGA's planes, or the video
+    /// memory of a banked VBE mode.
+    pub fn read_window(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(at) = self.bank_offset(offset, data.len()) {
+            self.sink.read_video_memory(at, data);
+            return;
+        }
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = match self.vga.as_mut() {
+                Some(vga) => vga.read_memory(offset + i as u64),
+                None => 0xff,
+            };
+        }
+    }
+
+    /// Writes the legacy window at `offset` (from 0xa0000).
+    pub fn write_window(&mut self, offset: u64, data: &[u8]) {
+        if let Some(at) = self.bank_offset(offset, data.len()) {
+            self.sink.write_video_memory(at, data);
+            return;
+        }
+        if let Some(vga) = self.vga.as_mut() {
+            for (i, byte) in data.iter().enumerate() {
+                vga.write_memory(offset + i as u64, *byte);
+            }
+        }
+    }
+
+    /// Where a window access lands in the video memory in a banked VBE mode (DISPI on, the
+    /// linear framebuffer off): the first 64 KiB of the window show the selected bank.
+    fn bank_offset(&self, offset: u64, len: usize) -> Option<u64> {
+        let banked = self.vga.is_some()
+            && self.regs[ENABLE] & ENABLED != 0
+            && self.regs[ENABLE] & LFB_ENABLED == 0;
+        let end = offset.checked_add(len as u64)?;
+        if !banked || end > BANK_SIZE {
+            return None;
+        }
+        let at = u64::from(self.regs[BANK]) * BANK_SIZE + offset;
+        (at + len as u64 <= self.vram_size).then_some(at)
     }
 
     fn update_scanout(&mut self) {
@@ -284,6 +450,14 @@ impl BochsDisplay {
                 // Derived from the stride: however many rows the video memory holds.
                 let _ = value;
             }
+            ENABLE => {
+                self.regs[ENABLE] = value;
+                if let Some(vga) = self.vga.as_mut() {
+                    vga.set_dac_8bit(value & DAC_8BIT != 0);
+                    // What the screen shows switches between the VGA and the framebuffer.
+                    vga.touch();
+                }
+            }
             _ => self.regs[index] = value,
         }
         let stride = u64::from(u32::from(self.regs[VIRT_WIDTH].max(self.regs[XRES])))
@@ -292,7 +466,11 @@ impl BochsDisplay {
         self.update_scanout();
     }
 
-    fn read_mmio(&self, offset: u64, data: &mut [u8]) {
+    fn read_mmio(&mut self, offset: u64, data: &mut [u8]) {
+        if self.vga.is_some() && (VGA_PORTS..VGA_PORTS + 0x20).contains(&offset) {
+            self.read_io(0x3c0 + (offset - VGA_PORTS) as u16, data);
+            return;
+        }
         for (i, byte) in data.iter_mut().enumerate() {
             let at = offset + i as u64;
             *byte = match at {
@@ -333,13 +511,17 @@ impl BochsDisplay {
             // ignored (the guest reads the register back to learn what it got).
             tracing::debug!("bochs display: framebuffer byte order write ignored");
         } else if (VGA_PORTS..VGA_PORTS + 0x20).contains(&offset) {
-            // The VGA attribute controller's unblank bit: the scanout follows ENABLE only.
+            // Without the VGA, the attribute controller's unblank bit Linux writes is ignored
+            // (the scanout follows ENABLE only).
+            if self.vga.is_some() {
+                self.write_io(0x3c0 + (offset - VGA_PORTS) as u16, data);
+            }
         }
     }
 }
 
 impl BochsDisplay {
-    /// Puts `rom` (a VGA BIOS, e.g. SeaBIOS's `vgabios-bochs-display.bin`) behind the
+    /// Puts `rom` (a VGA BIOS, e.g. SeaBIOS's `vgabios-stdvga.bin`) behind the
     /// expansion ROM BAR, where firmware finds and runs it. Refuses an image that is not an
     /// option ROM (no 0x55 0xaa signature) or is larger than 16 MiB.
     pub fn set_option_rom(&mut self, mut rom: Vec<u8>) -> Result<()> {
@@ -393,6 +575,39 @@ impl PciDevice for BochsDisplay {
     }
 }
 
+fn is_vga_port(port: u16) -> bool {
+    (vga::PORTS_START..vga::PORTS_START + vga::PORTS_LEN).contains(&port)
+}
+
+/// The standard VGA's I/O ports on the port bus: register it over the VGA's ports
+/// ([`vga::PORTS_START`], [`vga::PORTS_LEN`]) and over the DISPI ports ([`DISPI_PORT`],
+/// [`DISPI_PORTS_LEN`]), sharing the adapter the PCI root has.
+pub struct VgaIo(pub Arc<std::sync::Mutex<BochsDisplay>>);
+
+impl BusDevice for VgaIo {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        let port = u16::try_from(base + offset).unwrap_or(0);
+        crate::lock(&self.0).read_io(port, data);
+    }
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let port = u16::try_from(base + offset).unwrap_or(0);
+        crate::lock(&self.0).write_io(port, data);
+    }
+}
+
+/// The standard VGA's legacy memory window on the MMIO bus: register it over
+/// [`vga::WINDOW_START`], [`vga::WINDOW_SIZE`] (which must then be no RAM).
+pub struct VgaWindow(pub Arc<std::sync::Mutex<BochsDisplay>>);
+
+impl BusDevice for VgaWindow {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        crate::lock(&self.0).read_window(offset, data);
+    }
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        crate::lock(&self.0).write_window(offset, data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +617,7 @@ mod tests {
     struct Recorder {
         scanouts: Mutex<Vec<Option<Scanout>>>,
         moves: Mutex<Vec<u64>>,
+        vram_writes: Mutex<Vec<(u64, usize)>>,
     }
 
     impl ScanoutSink for Recorder {
@@ -410,6 +626,12 @@ mod tests {
         }
         fn framebuffer_moved(&self, address: u64) {
             self.moves.lock().unwrap().push(address);
+        }
+        fn read_video_memory(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0xaa);
+        }
+        fn write_video_memory(&self, offset: u64, data: &[u8]) {
+            self.vram_writes.lock().unwrap().push((offset, data.len()));
         }
     }
 
@@ -577,6 +799,70 @@ mod tests {
         d.write_bar(MMIO_BAR, DISPI + 2 * BPP as u64 + 1, &[0]);
         write_reg(&mut d, ENABLE, ENABLED | LFB_ENABLED);
         assert_eq!(last(&r), Some(Scanout::packed32(640, 480)));
+    }
+
+    #[test]
+    fn the_standard_vga_has_dispi_at_ports_the_vga_behind_bar_2_and_banks() {
+        let recorder = Arc::new(Recorder::default());
+        let mut d = BochsDisplay::new_vga(VRAM, (1024, 768), recorder.clone()).unwrap();
+        assert_eq!(d.config().u8_at(0x0b), 0x03);
+        assert_eq!(d.config().u8_at(0x0a), 0x00, "VGA compatible");
+        assert!(d.vga().is_some() && !d.framebuffer_enabled());
+        // DISPI through 0x1ce/0x1cf, as vgabios-stdvga.bin does.
+        let dispi = |d: &mut BochsDisplay, index: usize, value: u16| {
+            d.write_io(DISPI_PORT, &(index as u16).to_le_bytes());
+            d.write_io(DISPI_PORT + 1, &value.to_le_bytes());
+        };
+        d.write_io(DISPI_PORT, &(ID as u16).to_le_bytes());
+        let mut b = [0u8; 2];
+        d.read_io(DISPI_PORT + 1, &mut b);
+        assert_eq!(u16::from_le_bytes(b), ID_LATEST);
+        dispi(&mut d, BPP, 32);
+        dispi(&mut d, XRES, 640);
+        dispi(&mut d, YRES, 480);
+        dispi(&mut d, ENABLE, ENABLED | LFB_ENABLED);
+        assert_eq!(last(&recorder), Some(Scanout::packed32(640, 480)));
+        assert!(d.framebuffer_enabled());
+        // The VGA's ports at BAR 2 offset 0x400 (0x3c0 on): the sequencer index at 0x3c4.
+        d.write_bar(MMIO_BAR, VGA_PORTS + 4, &[0x02, 0x0a]);
+        d.read_io(0x3c4, &mut b);
+        assert_eq!(
+            b,
+            [0x02, 0x0a],
+            "a 16-bit write sets the index and the data"
+        );
+        let mut one = [0u8];
+        d.read_bar(MMIO_BAR, VGA_PORTS + 5, &mut one);
+        assert_eq!(one, [0x0a]);
+        // Ports of neither read all-ones; a too-large DISPI index reads 0.
+        d.read_io(0x3e0, &mut one);
+        assert_eq!(one, [0xff]);
+        d.write_io(DISPI_PORT, &[0x40, 0]);
+        d.read_io(DISPI_PORT + 1, &mut b);
+        assert_eq!(b, [0, 0]);
+        d.write_io(DISPI_PORT + 1, &[1, 2]);
+        // A banked mode: the window is the video memory at the bank.
+        dispi(&mut d, ENABLE, ENABLED);
+        dispi(&mut d, BANK, 3);
+        let mut w = [0u8; 4];
+        d.read_window(0x10, &mut w);
+        assert_eq!(w, [0xaa; 4], "the sink's memory");
+        d.write_window(0x10, &[1, 2]);
+        assert_eq!(
+            *recorder.vram_writes.lock().unwrap(),
+            vec![(3 * 65536 + 0x10, 2)]
+        );
+        // Off: the window is the VGA's again (GR6 at reset maps all 128 KiB).
+        dispi(&mut d, ENABLE, 0);
+        d.write_io(0x3c4, &[0x02, 0x0f]);
+        d.write_window(0x10, &[0x5a]);
+        d.read_window(0x10, &mut one);
+        assert_eq!(one, [0x5a]);
+        // Without the VGA, none of it answers.
+        let (mut plain, _) = adapter(None);
+        plain.read_io(DISPI_PORT, &mut b);
+        plain.read_window(0, &mut one);
+        assert_eq!((b, one), ([0xff, 0xff], [0xff]));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! for a blinking cursor: at most [`CURSOR_PIXELS`] pixels differ. Prints the comparison;
 //! exits 0 when the same, 1 when not (or unreadable).
 //!
+//! `vivarium-screen-check --text ROM FILE`: the text of a VGA text-mode picture (9x16 cells),
+//! read against the font of the VGA BIOS `ROM` ([`vivarium_e2e::vga_text`]), a line per row.
+//! `vivarium-screen-check --has ROM FILE NEEDLE`: exits 0 when that text holds `NEEDLE`, 1
+//! when not (or unreadable), so a rig script can wait for words on the screen.
+//!
 //! `dominant` is the colour most pixels have (8 bits a channel, as stored) and `share` their
 //! part of the picture; `newt` says whether it is the Debian installer's text interface
 //! ([`Picture::is_newt_screen`]). A test-support tool for scripts inside the nested rig, which
@@ -31,6 +36,11 @@ fn main() -> ExitCode {
         && flag == "--same"
     {
         return same(a, b);
+    }
+    match files.as_slice() {
+        [flag, rom, file] if flag == "--text" => return text(rom, file, None),
+        [flag, rom, file, needle] if flag == "--has" => return text(rom, file, Some(needle)),
+        _ => {}
     }
     let mut code = ExitCode::SUCCESS;
     for file in files {
@@ -72,6 +82,27 @@ fn same(a: &str, b: &str) -> ExitCode {
         }
         Err(e) => {
             println!("same=false {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--text ROM FILE` and `--has ROM FILE NEEDLE`.
+fn text(rom: &str, file: &str, needle: Option<&str>) -> ExitCode {
+    use vivarium_e2e::vga_text::{TextScreen, VgaFont};
+    let screen = VgaFont::load(Path::new(rom)).and_then(|font| {
+        let picture = Picture::load(Path::new(file)).map_err(|e| e.to_string())?;
+        TextScreen::read(&picture, &font, 9)
+    });
+    match (screen, needle) {
+        (Ok(screen), None) => {
+            println!("{}", screen.text());
+            ExitCode::SUCCESS
+        }
+        (Ok(screen), Some(needle)) if screen.find(needle).is_some() => ExitCode::SUCCESS,
+        (Ok(_), Some(_)) => ExitCode::FAILURE,
+        (Err(e), _) => {
+            eprintln!("vivarium-screen-check: {file}: {e}");
             ExitCode::FAILURE
         }
     }
