@@ -136,8 +136,9 @@ pub struct RenderCache {
     key: Option<(u64, (u32, u32))>,
     /// Its cells (character, attribute).
     cells: Vec<u16>,
-    /// The cell its cursor was drawn in.
-    cursor: Option<usize>,
+    /// The cells its cursor was drawn in (more than one when rows overlap: a CRTC offset
+    /// smaller than a row shows the same addresses, the cursor's too, in several rows).
+    cursor: Vec<usize>,
     /// Whether its blinking characters were in their hidden phase.
     blink_off: bool,
 }
@@ -783,7 +784,7 @@ impl Vga {
             *cache = RenderCache::default();
         }
         let cells = self.text_cells(&g);
-        let cursor = self.cursor_cell(&g, frame);
+        let cursor = self.cursor_cells(&g, frame);
         let blink = self.ar[AR_MODE] & 0x08 != 0;
         let blink_off = blink && (frame / CHAR_BLINK_FRAMES) & 1 == 1;
         let key = (self.layout_generation, size);
@@ -798,7 +799,7 @@ impl Vga {
                         && cells[range].iter().any(|c| c & 0x8000 != 0));
             }
             if cursor != cache.cursor {
-                for at in [cursor, cache.cursor].into_iter().flatten() {
+                for &at in cursor.iter().chain(&cache.cursor) {
                     redraw[at / columns] = true;
                 }
             }
@@ -838,22 +839,24 @@ impl Vga {
         cells
     }
 
-    /// The cell the cursor is drawn in at `frame`, if it is shown then and on the screen.
-    fn cursor_cell(&self, g: &TextGeometry, frame: u64) -> Option<usize> {
+    /// The cells the cursor is drawn in at `frame` (none when it is hidden then or off the
+    /// screen; several when overlapping rows show its address more than once), as
+    /// [`Vga::draw_text_rows`] draws it.
+    fn cursor_cells(&self, g: &TextGeometry, frame: u64) -> Vec<usize> {
         if !self.cursor_shown() || (frame / CURSOR_BLINK_FRAMES) & 1 != 0 {
-            return None;
+            return Vec::new();
         }
         let start =
             (usize::from(self.crtc[CR_START_HI]) << 8) | usize::from(self.crtc[CR_START_LO]);
         let cursor =
             (usize::from(self.crtc[CR_CURSOR_HI]) << 8) | usize::from(self.crtc[CR_CURSOR_LO]);
         let row_stride = usize::from(self.crtc[CR_OFFSET]) * 2;
-        (0..g.rows as usize).find_map(|row| {
-            let first = start + row * row_stride;
-            (first..first + g.columns as usize)
-                .position(|address| address & 0xffff == cursor)
-                .map(|column| row * g.columns as usize + column)
-        })
+        let columns = g.columns as usize;
+        (0..g.rows as usize)
+            .flat_map(|row| (0..columns).map(move |column| (row, column)))
+            .filter(|&(row, column)| (start + row * row_stride + column) & 0xffff == cursor)
+            .map(|(row, column)| row * columns + column)
+            .collect()
     }
 
     fn draw_text(&self, g: &TextGeometry, frame: u64, picture: &mut Picture) {
@@ -945,6 +948,27 @@ impl Vga {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/vga/cursor-in-overlapping-rows`): with a CRTC
+    /// offset of 0 every row shows the same addresses, the cursor's included, so the cursor is
+    /// drawn in every row; when it blinked off, the row-by-row redraw cleared it in the first
+    /// row only and the picture differed from a whole drawing.
+    #[test]
+    fn the_cursor_blinks_off_in_every_row_that_shows_it() {
+        let mut vga = Vga::new();
+        vga.write_port(0x3c0, 0x29);
+        vga.write_port(0x3d4, 0xd2);
+        vga.write_port(0x3c2, 0x2c);
+        vga.write_memory(1, 0xb4);
+        vga.write_port(0x3b5, 0xd1);
+        let mut cache = RenderCache::default();
+        let mut picture = vga.render(0x95);
+        vga.render_update(0x95, &mut picture, &mut cache);
+        for frame in [0x95 * 2, 0x95 * 3, 0x95 * 4] {
+            vga.render_update(frame, &mut picture, &mut cache);
+            assert!(picture == vga.render(frame), "frame {frame}");
+        }
+    }
 
     /// The registers of mode 3 (80x25 colour text, 9x16 cells), as a VGA BIOS sets them.
     const MODE3_SEQ: [u8; 5] = [0x03, 0x00, 0x03, 0x00, 0x02];
