@@ -1151,6 +1151,7 @@ fn state_word(live: Option<&LiveState>) -> &'static str {
         None => "broken",
         Some(LiveState::Stopped { .. }) => "stopped",
         Some(LiveState::Running(status)) => status.state.as_str(),
+        Some(LiveState::Busy) => "busy",
     }
 }
 

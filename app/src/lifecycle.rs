@@ -195,6 +195,7 @@ pub fn live_json(state: &LiveState) -> Value {
             "state": "stopped",
             "last_run": last_run.as_ref().map(last_run_json),
         }),
+        LiveState::Busy => json!({"state": "busy"}),
     }
 }
 
@@ -207,6 +208,9 @@ pub fn describe(state: &LiveState) -> String {
             status.pid,
             when(status.started_at_unix)
         ),
+        LiveState::Busy => {
+            "busy: another operation (such as a full clone copying its disks) holds it".into()
+        }
         LiveState::Stopped { last_run: None } => "stopped (never run)".into(),
         LiveState::Stopped {
             last_run: Some(run),

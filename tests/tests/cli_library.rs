@@ -660,6 +660,17 @@ fn ctrl_c_sigterm_and_sighup_cancel_a_full_clone_cleanly() {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        if signal == libc::SIGINT {
+            // While it is copied, the source is busy (not "stopped", which `start` would
+            // contradict), in `status` and in `list`.
+            assert_eq!(lib.json(&["status", "big"])["state"], "busy");
+            let start = lib.fails(6, &["start", "big"]);
+            assert!(start.contains("another operation"), "{start}");
+            assert!(
+                lib.list()
+                    .contains(&("big".to_string(), "busy".to_string()))
+            );
+        }
         // SAFETY: kill(2) with a valid pid and signal number touches no memory.
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         assert_eq!(rc, 0);

@@ -36,6 +36,9 @@ pub enum VmState {
     ShuttingDown,
     /// Its `vm.toml` cannot be read.
     Broken,
+    /// Another operation holds it (a full clone copying its disks): it cannot start until
+    /// that ends.
+    Busy,
 }
 
 impl VmState {
@@ -51,6 +54,7 @@ impl VmState {
             VmState::Paused => "Paused",
             VmState::ShuttingDown => "Shutting down",
             VmState::Broken => "Broken",
+            VmState::Busy => "Busy",
         }
     }
 
@@ -84,6 +88,7 @@ impl VmState {
                 Some(LastExit::Failed { .. }) => VmState::Failed,
                 Some(LastExit::Killed) | None => VmState::Stopped,
             },
+            LiveState::Busy => VmState::Busy,
         }
     }
 }

@@ -12,7 +12,9 @@ pub const ACCENT: Color32 = Color32::from_rgb(0x17, 0xA5, 0x89);
 pub fn state_color(state: VmState) -> Color32 {
     match state {
         VmState::Running => Color32::from_rgb(0x2E, 0xB8, 0x5C),
-        VmState::Starting | VmState::ShuttingDown => Color32::from_rgb(0x3B, 0x9E, 0xD9),
+        VmState::Starting | VmState::ShuttingDown | VmState::Busy => {
+            Color32::from_rgb(0x3B, 0x9E, 0xD9)
+        }
         VmState::Paused => Color32::from_rgb(0xE0, 0x9B, 0x1A),
         VmState::Stopped | VmState::PoweredOff => Color32::from_rgb(0x8A, 0x93, 0xA0),
         VmState::Crashed | VmState::Failed | VmState::Broken => Color32::from_rgb(0xD6, 0x3B, 0x3B),

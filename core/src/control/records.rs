@@ -100,6 +100,9 @@ pub enum LiveState {
     },
     /// A VM process runs it.
     Running(VmStatus),
+    /// No VM process runs it, but another operation of the library holds it (a full clone
+    /// copying its disks, a rename): it cannot be started or changed until that ends.
+    Busy,
 }
 
 fn state_dir(bundle: &Path) -> PathBuf {
@@ -167,6 +170,8 @@ pub fn live_state(library: &Library, name: &str) -> LiveState {
                         cdrom: None,
                     });
                 }
+                // Locked, no run record: a library operation, not a VM process.
+                return LiveState::Busy;
             }
         }
     } else {
