@@ -40,19 +40,17 @@ fn attempt(how: &str, path: &Path) -> String {
     }
 }
 
-/// The confined side; does nothing unless run by the test below.
-#[test]
-#[ignore = "the child process of the_confined_vm_process_reaches_only_its_own_vm"]
-fn confined_probe() {
-    let (Ok(name), Ok(tries)) = (std::env::var(PROBE_VM), std::env::var(PROBE_TRIES)) else {
-        return;
-    };
+/// What a VM process does for VM `name` of the library in `VIVARIUM_HOME` before it builds
+/// the machine: gives up privileges and confines its file-system reach with the same function
+/// and the same reach. Reports the confinement as `PROBE confined ...`; returns the VM's
+/// bundle and control socket.
+fn confine_as_vm_process(name: &str) -> (PathBuf, PathBuf) {
     let library = Library::open_default().expect("the library");
-    let entry = library.get(&name).expect("the VM");
+    let entry = library.get(name).expect("the VM");
     let config = entry.config().expect("its configuration").clone();
     let spec = MachineSpec::from_config(&config, &entry.path, Box::new(std::io::sink()))
         .expect("its machine");
-    let socket = vivarium_core::control::socket_path(&library, &name);
+    let socket = vivarium_core::control::socket_path(&library, name);
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let reach = vivarium_vm::confine::Reach::for_machine(&entry.path, &spec, &socket);
     for warning in vivarium_vm::harden::harden_process() {
@@ -60,6 +58,17 @@ fn confined_probe() {
     }
     let confined = vivarium_vm::confine::confine_filesystem(&reach);
     println!("PROBE confined {confined:?}");
+    (entry.path, socket)
+}
+
+/// The confined side; does nothing unless run by the test below.
+#[test]
+#[ignore = "the child process of the_confined_vm_process_reaches_only_its_own_vm"]
+fn confined_probe() {
+    let (Ok(name), Ok(tries)) = (std::env::var(PROBE_VM), std::env::var(PROBE_TRIES)) else {
+        return;
+    };
+    confine_as_vm_process(&name);
     for line in tries.lines() {
         let (how, path) = line.split_once(' ').expect("HOW PATH");
         println!("PROBE {how} {path} {}", attempt(how, Path::new(path)));
@@ -179,22 +188,10 @@ fn seccomp_probe() {
     let Ok(name) = std::env::var(SECCOMP_PROBE_VM) else {
         return;
     };
-    let library = Library::open_default().expect("the library");
-    let entry = library.get(&name).expect("the VM");
-    let config = entry.config().expect("its configuration").clone();
-    let spec = MachineSpec::from_config(&config, &entry.path, Box::new(std::io::sink()))
-        .expect("its machine");
-    let socket = vivarium_core::control::socket_path(&library, &name);
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let reach = vivarium_vm::confine::Reach::for_machine(&entry.path, &spec, &socket);
-    vivarium_vm::harden::harden_process();
-    println!(
-        "PROBE confined {:?}",
-        vivarium_vm::confine::confine_filesystem(&reach)
-    );
+    let (bundle, socket) = confine_as_vm_process(&name);
     vivarium_vm::seccomp::enable().expect("the filters");
     let failure = vivarium_vm::session::FailureRecord {
-        bundle: entry.path.clone(),
+        bundle,
         started_at_unix: vivarium_core::control::now_unix(),
         runtime: vec![socket],
     };
