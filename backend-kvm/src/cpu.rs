@@ -5,24 +5,18 @@ use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
-use vm_memory::{Address, Bytes};
+use vivarium_hypervisor::x86::{
+    CODE_SELECTOR, CR0_LONG_MODE, CR4_LONG_MODE, DATA_SELECTOR, EFER_LONG_MODE, Entry, Segment,
+    TSS_SELECTOR,
+};
 
-use crate::error::{Error, Result};
-use crate::layout;
-use vivarium_devices::GuestMemoryMmap;
-
-fn hv(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |e| Error::Kvm {
-        context,
-        source: std::io::Error::from_raw_os_error(e.errno()),
-    }
-}
+use crate::error::{Error, Result, kvm_error};
 
 /// KVM's supported CPUID, with per-vCPU APIC ids, the topology and the hypervisor bit.
 pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, index: u32, count: u32) -> Result<()> {
     let mut cpuid: CpuId = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(hv("reading the CPUID KVM supports"))?;
+        .map_err(kvm_error("KVM refused reading the CPUID KVM supports"))?;
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             0x1 => {
@@ -47,7 +41,7 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, index: u32, count: u32) -> Result<(
         }
     }
     vcpu.set_cpuid2(&cpuid)
-        .map_err(hv("setting the vCPU's CPUID"))
+        .map_err(kvm_error("KVM refused setting the vCPU's CPUID"))
 }
 
 /// Model-specific registers a freshly reset x86_64 CPU has, as Linux expects at entry.
@@ -81,12 +75,13 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
         entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, FAST_STRING),
     ];
-    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Setup("too many MSRs".into()))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|_| Error::Invalid("too many boot MSRs".into()))?;
     let written = vcpu
         .set_msrs(&msrs)
-        .map_err(hv("setting the vCPU's MSRs"))?;
+        .map_err(kvm_error("KVM refused setting the vCPU's MSRs"))?;
     if written != entries.len() {
-        return Err(Error::Setup(format!(
+        return Err(Error::Unsupported(format!(
             "KVM accepted only {written} of {} boot MSRs",
             entries.len()
         )));
@@ -102,7 +97,7 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<()> {
         ..Default::default()
     };
     vcpu.set_fpu(&fpu)
-        .map_err(hv("setting the vCPU's FPU state"))
+        .map_err(kvm_error("KVM refused setting the vCPU's FPU state"))
 }
 
 /// Local APIC LINT0 as ExtINT (the PIC's output) and LINT1 as NMI, as firmware leaves them.
@@ -111,7 +106,9 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<()> {
     const APIC_LVT1: usize = 0x360;
     const DELIVERY_EXTINT: u32 = 0x7;
     const DELIVERY_NMI: u32 = 0x4;
-    let mut lapic = vcpu.get_lapic().map_err(hv("reading the local APIC"))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(kvm_error("KVM refused reading the local APIC"))?;
     let read = |regs: &[libc::c_char], at: usize| {
         let bytes: Vec<u8> = regs[at..at + 4].iter().map(|&b| b as u8).collect();
         u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
@@ -126,144 +123,110 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<()> {
     write(&mut lapic.regs, APIC_LVT0, set_mode(lvt0, DELIVERY_EXTINT));
     let lvt1 = read(&lapic.regs, APIC_LVT1);
     write(&mut lapic.regs, APIC_LVT1, set_mode(lvt1, DELIVERY_NMI));
-    vcpu.set_lapic(&lapic).map_err(hv("setting the local APIC"))
+    vcpu.set_lapic(&lapic)
+        .map_err(kvm_error("KVM refused setting the local APIC"))
 }
 
-/// Encodes an x86 segment descriptor (Intel SDM vol. 3, 3.4.5).
-fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
-    let base = u64::from(base);
-    let limit = u64::from(limit);
-    let flags = u64::from(flags);
-    ((base & 0xff00_0000) << 32)
-        | ((flags & 0xf0ff) << 40)
-        | ((limit & 0x000f_0000) << 32)
-        | ((base & 0x00ff_ffff) << 16)
-        | (limit & 0x0000_ffff)
-}
-
-/// The KVM view of the segment a descriptor at GDT index `index` describes.
-fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let bit = |shift: u32| ((entry >> shift) & 1) as u8;
-    let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
-    let granular = bit(55) == 1;
+/// The KVM view of a segment.
+fn kvm_segment_of(segment: &Segment) -> kvm_segment {
     kvm_segment {
-        base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if granular {
-            (limit << 12) | 0xfff
-        } else {
-            limit
-        },
-        selector: u16::from(index) * 8,
-        type_: ((entry >> 40) & 0xf) as u8,
-        present: bit(47),
-        dpl: ((entry >> 45) & 0x3) as u8,
-        db: bit(54),
-        s: bit(44),
-        l: bit(53),
-        g: bit(55),
-        avl: bit(52),
-        unusable: u8::from(bit(47) == 0),
+        base: segment.base,
+        limit: segment.limit,
+        selector: segment.selector,
+        type_: segment.kind,
+        present: u8::from(segment.present),
+        dpl: segment.dpl,
+        db: u8::from(segment.db),
+        s: u8::from(segment.s),
+        l: u8::from(segment.l),
+        g: u8::from(segment.g),
+        avl: u8::from(segment.avl),
+        unusable: u8::from(!segment.present),
         padding: 0,
     }
 }
 
-/// Writes the GDT, an empty IDT and identity page tables for the first GiB, and puts the vCPU
-/// in 64-bit long mode at `entry` with `rsi` pointing at the Linux zero page.
-pub fn setup_long_mode(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: u64) -> Result<()> {
-    let gdt = [
-        gdt_entry(0, 0, 0),            // null
-        gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
-        gdt_entry(0xc093, 0, 0xfffff), // data
-        gdt_entry(0x808b, 0, 0xfffff), // TSS
-    ];
-    let write_err =
-        |what: &str| Error::Setup(format!("could not write the {what} to guest memory"));
-    for (i, descriptor) in gdt.iter().enumerate() {
-        mem.write_obj(*descriptor, layout::GDT_START.unchecked_add(i as u64 * 8))
-            .map_err(|_| write_err("GDT"))?;
-    }
-    mem.write_obj(0u64, layout::IDT_START)
-        .map_err(|_| write_err("IDT"))?;
-
-    // PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] -> 2 MiB page i (present, writable, large).
-    mem.write_obj(layout::PDPTE_START.raw_value() | 0x03, layout::PML4_START)
-        .map_err(|_| write_err("page tables"))?;
-    mem.write_obj(layout::PDE_START.raw_value() | 0x03, layout::PDPTE_START)
-        .map_err(|_| write_err("page tables"))?;
-    for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, layout::PDE_START.unchecked_add(i * 8))
-            .map_err(|_| write_err("page tables"))?;
-    }
-
-    let mut sregs = vcpu.get_sregs().map_err(hv("reading segment registers"))?;
-    let code = segment_from_gdt(gdt[1], 1);
-    let data = segment_from_gdt(gdt[2], 2);
-    let tss = segment_from_gdt(gdt[3], 3);
-    sregs.gdt.base = layout::GDT_START.raw_value();
-    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
-    sregs.idt.base = layout::IDT_START.raw_value();
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
-    const CR0_PE: u64 = 1;
-    const CR0_ET: u64 = 1 << 4;
-    const CR0_PG: u64 = 1 << 31;
-    const CR4_PAE: u64 = 1 << 5;
-    const EFER_LME: u64 = 1 << 8;
-    const EFER_LMA: u64 = 1 << 10;
-    sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
-    sregs.cr3 = layout::PML4_START.raw_value();
-    sregs.cr4 |= CR4_PAE;
-    sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs)
-        .map_err(hv("setting segment registers"))?;
-
-    let regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry,
-        rsp: layout::BOOT_STACK_POINTER,
-        rbp: layout::BOOT_STACK_POINTER,
-        rsi: layout::ZERO_PAGE_START.raw_value(),
-        ..Default::default()
+/// Puts the vCPU where `entry` says (from the state KVM gives a reset CPU).
+pub fn set_entry(vcpu: &VcpuFd, entry: &Entry) -> Result<()> {
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(kvm_error("KVM refused reading segment registers"))?;
+    let regs = match entry {
+        Entry::LongMode {
+            rip,
+            rsp,
+            rsi,
+            gdt_base,
+            gdt,
+            idt_base,
+            idt_limit,
+            cr3,
+        } => {
+            let descriptor = |index: u8| {
+                gdt.get(usize::from(index)).copied().ok_or_else(|| {
+                    Error::Invalid(format!("the boot GDT has no descriptor {index}"))
+                })
+            };
+            let code = kvm_segment_of(&Segment::from_descriptor(
+                descriptor(CODE_SELECTOR)?,
+                CODE_SELECTOR,
+            ));
+            let data = kvm_segment_of(&Segment::from_descriptor(
+                descriptor(DATA_SELECTOR)?,
+                DATA_SELECTOR,
+            ));
+            let tss = kvm_segment_of(&Segment::from_descriptor(
+                descriptor(TSS_SELECTOR)?,
+                TSS_SELECTOR,
+            ));
+            sregs.gdt.base = *gdt_base;
+            sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+            sregs.idt.base = *idt_base;
+            sregs.idt.limit = *idt_limit;
+            sregs.cs = code;
+            sregs.ds = data;
+            sregs.es = data;
+            sregs.fs = data;
+            sregs.gs = data;
+            sregs.ss = data;
+            sregs.tr = tss;
+            sregs.cr0 |= CR0_LONG_MODE;
+            sregs.cr3 = *cr3;
+            sregs.cr4 |= CR4_LONG_MODE;
+            sregs.efer |= EFER_LONG_MODE;
+            kvm_regs {
+                rflags: 0x2,
+                rip: *rip,
+                rsp: *rsp,
+                rbp: *rsp,
+                rsi: *rsi,
+                ..Default::default()
+            }
+        }
+        Entry::RealMode { ip, sp } => {
+            for segment in [
+                &mut sregs.cs,
+                &mut sregs.ds,
+                &mut sregs.es,
+                &mut sregs.fs,
+                &mut sregs.gs,
+                &mut sregs.ss,
+            ] {
+                segment.base = 0;
+                segment.selector = 0;
+            }
+            kvm_regs {
+                rflags: 0x2,
+                rip: u64::from(*ip),
+                rsp: u64::from(*sp),
+                ..Default::default()
+            }
+        }
     };
-    vcpu.set_regs(&regs)
-        .map_err(hv("setting general registers"))
-}
-
-/// Puts the vCPU in real mode at physical address `entry` (below 64 KiB) with flat segments.
-pub fn setup_real_mode(vcpu: &VcpuFd, entry: u64) -> Result<()> {
-    if entry >= 0x1_0000 {
-        return Err(Error::Setup(format!(
-            "a real-mode entry point must be below 64 KiB, not {entry:#x}"
-        )));
-    }
-    let mut sregs = vcpu.get_sregs().map_err(hv("reading segment registers"))?;
-    for segment in [
-        &mut sregs.cs,
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        segment.base = 0;
-        segment.selector = 0;
-    }
     vcpu.set_sregs(&sregs)
-        .map_err(hv("setting segment registers"))?;
-    let regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry,
-        rsp: 0xfff0,
-        ..Default::default()
-    };
+        .map_err(kvm_error("KVM refused setting segment registers"))?;
     vcpu.set_regs(&regs)
-        .map_err(hv("setting general registers"))
+        .map_err(kvm_error("KVM refused setting general registers"))
 }
 
 /// The registers of a vCPU as text, for crash reports.
@@ -309,21 +272,19 @@ pub fn describe_registers(vcpu: &VcpuFd) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vivarium_hypervisor::x86::descriptor;
 
     #[test]
-    fn descriptors_round_trip_into_kvm_segments() {
-        let code = gdt_entry(0xa09b, 0, 0xfffff);
-        assert_eq!(code, 0x00af_9b00_0000_ffff);
-        let seg = segment_from_gdt(code, 1);
-        assert_eq!(seg.selector, 8);
-        assert_eq!(seg.l, 1);
-        assert_eq!(seg.present, 1);
-        assert_eq!(seg.type_, 0xb);
-        assert_eq!(seg.limit, 0xffff_ffff);
-        let data = segment_from_gdt(gdt_entry(0xc093, 0, 0xfffff), 2);
-        assert_eq!(data.db, 1);
-        assert_eq!(data.type_, 0x3);
-        let null = segment_from_gdt(0, 0);
+    fn segments_become_kvm_segments() {
+        let code = kvm_segment_of(&Segment::from_descriptor(
+            descriptor(0xa09b, 0, 0xfffff),
+            CODE_SELECTOR,
+        ));
+        assert_eq!(code.selector, 8);
+        assert_eq!((code.l, code.present, code.unusable), (1, 1, 0));
+        assert_eq!(code.type_, 0xb);
+        assert_eq!(code.limit, 0xffff_ffff);
+        let null = kvm_segment_of(&Segment::from_descriptor(0, 0));
         assert_eq!(null.unusable, 1);
     }
 }

@@ -1,77 +1,12 @@
-//! Errors of the KVM backend.
-
-use std::path::PathBuf;
+//! Errors of the KVM backend: a KVM call that failed, as the hypervisor trait set's error.
 
 /// Result of a KVM backend operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// What can go wrong building or running a KVM machine.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A KVM ioctl failed.
-    #[error("KVM refused {context}: {source}")]
-    Kvm {
-        /// What was being done.
-        context: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The kernel image cannot be used.
-    #[error("the kernel `{path}` cannot be booted: {why}")]
-    Kernel {
-        /// The kernel file.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// The initrd cannot be used.
-    #[error("the initrd `{path}` cannot be used: {why}")]
-    Initrd {
-        /// The initrd file.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// A firmware file cannot be used.
-    #[error("the firmware `{path}` cannot be used: {why}")]
-    Firmware {
-        /// The firmware file.
-        path: PathBuf,
-        /// Why, and what to do.
-        why: String,
-    },
-    /// The machine description cannot be built (too much memory, bad command line, ...).
-    #[error("{0}")]
-    InvalidMachine(String),
-    /// Setting up the machine failed.
-    #[error("machine setup failed: {0}")]
-    Setup(String),
-    /// A disk cannot be opened.
-    #[error("the disk `{path}` cannot be opened: {source}")]
-    Disk {
-        /// The image file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// What can go wrong in the KVM backend.
+pub type Error = vivarium_hypervisor::Error;
 
-impl From<Error> for vivarium_core::backend::BackendError {
-    fn from(e: Error) -> Self {
-        use vivarium_core::backend::BackendError;
-        match e {
-            Error::Kvm { context, source } => BackendError::Hypervisor {
-                context: format!("KVM refused {context}"),
-                source,
-            },
-            Error::Kernel { .. }
-            | Error::Initrd { .. }
-            | Error::Firmware { .. }
-            | Error::InvalidMachine(_) => BackendError::InvalidMachine(e.to_string()),
-            Error::Disk { .. } => BackendError::InvalidMachine(e.to_string()),
-            Error::Setup(_) => BackendError::InvalidMachine(e.to_string()),
-        }
-    }
+/// The error of the KVM call doing `context`.
+pub(crate) fn kvm_error(context: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |e| Error::from_errno(context, e.errno())
 }

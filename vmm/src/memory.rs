@@ -1,4 +1,4 @@
-//! Guest RAM, mapped so that KVM can back the guest with 2 MiB pages.
+//! Guest RAM, mapped so that the hypervisor can back the guest with 2 MiB pages.
 //!
 //! KVM maps a guest page range with a huge page only when the host mapping is a huge page and
 //! the guest physical address and the host virtual address are congruent modulo 2 MiB. The

@@ -11,8 +11,9 @@ use linux_loader::loader::{Cmdline, KernelLoader, load_cmdline};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::pc::layout;
 use vivarium_devices::GuestMemoryMmap;
+use vivarium_hypervisor::x86;
 
 /// e820 type of usable RAM.
 const E820_RAM: u32 = 1;
@@ -234,6 +235,56 @@ pub fn e820_map(memory_size: u64) -> Vec<boot_e820_entry> {
         ));
     }
     map
+}
+
+/// Writes the boot GDT, an empty IDT and identity page tables for the first GiB, and returns
+/// how the boot CPU enters 64-bit long mode at `entry` with `rsi` pointing at the Linux zero
+/// page.
+pub fn long_mode_entry(mem: &GuestMemoryMmap, entry: u64) -> Result<x86::Entry> {
+    let gdt = vec![
+        x86::descriptor(0, 0, 0),            // null
+        x86::descriptor(0xa09b, 0, 0xfffff), // 64-bit code
+        x86::descriptor(0xc093, 0, 0xfffff), // data
+        x86::descriptor(0x808b, 0, 0xfffff), // TSS
+    ];
+    let write_err =
+        |what: &str| Error::Setup(format!("could not write the {what} to guest memory"));
+    for (i, descriptor) in gdt.iter().enumerate() {
+        mem.write_obj(*descriptor, layout::GDT_START.unchecked_add(i as u64 * 8))
+            .map_err(|_| write_err("GDT"))?;
+    }
+    mem.write_obj(0u64, layout::IDT_START)
+        .map_err(|_| write_err("IDT"))?;
+
+    // PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] -> 2 MiB page i (present, writable, large).
+    mem.write_obj(layout::PDPTE_START.raw_value() | 0x03, layout::PML4_START)
+        .map_err(|_| write_err("page tables"))?;
+    mem.write_obj(layout::PDE_START.raw_value() | 0x03, layout::PDPTE_START)
+        .map_err(|_| write_err("page tables"))?;
+    for i in 0..512u64 {
+        mem.write_obj((i << 21) | 0x83, layout::PDE_START.unchecked_add(i * 8))
+            .map_err(|_| write_err("page tables"))?;
+    }
+    Ok(x86::Entry::LongMode {
+        rip: entry,
+        rsp: layout::BOOT_STACK_POINTER,
+        rsi: layout::ZERO_PAGE_START.raw_value(),
+        gdt_base: layout::GDT_START.raw_value(),
+        gdt,
+        idt_base: layout::IDT_START.raw_value(),
+        idt_limit: 7,
+        cr3: layout::PML4_START.raw_value(),
+    })
+}
+
+/// How a hand-made real-mode image loaded at `load_address` (below 64 KiB) is entered.
+pub fn real_mode_entry(load_address: u64) -> Result<x86::Entry> {
+    let ip = u16::try_from(load_address).map_err(|_| {
+        Error::InvalidMachine(format!(
+            "a real-mode entry point must be below 64 KiB, not {load_address:#x}"
+        ))
+    })?;
+    Ok(x86::Entry::RealMode { ip, sp: 0xfff0 })
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
-use kvm_ioctls::VmFd;
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::bus::BusDevice;
 use vivarium_devices::fw_cfg::{FwCfg, key};
@@ -27,10 +25,11 @@ use vivarium_devices::pci::i440fx::{
     PAM_AREA_END, PAM_AREA_START, PAM_REGISTERS, PAM_SEGMENTS, PamListener, PamMode, PamSegment,
     pam_segments,
 };
+use vivarium_hypervisor::{MemoryMapping, Vm};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::pc::layout;
 
 /// Smallest BIOS image accepted (SeaBIOS's `bios.bin` is 128 KiB).
 const MIN_ROM_SIZE: usize = 64 << 10;
@@ -41,7 +40,7 @@ const ISA_BIOS_SIZE: usize = 128 << 10;
 /// The erase block of the UEFI flash (what OVMF's flash driver erases at a time).
 pub const FLASH_BLOCK_SIZE: usize = 4 << 10;
 
-/// A firmware image in memory of its own, page-aligned so KVM can map it.
+/// A firmware image in memory of its own, page-aligned so the hypervisor can map it.
 pub struct Rom {
     address: *mut u8,
     len: usize,
@@ -50,7 +49,7 @@ pub struct Rom {
 // SAFETY: the pointer is to a private mapping owned by the `Rom`, only written while it is
 // built (before it is shared) and unmapped once in Drop.
 unsafe impl Send for Rom {}
-// SAFETY: as above; after `load` it is only read (by KVM and by `bytes`).
+// SAFETY: as above; after `load` it is only read (by the guest and by `bytes`).
 unsafe impl Sync for Rom {}
 
 impl Rom {
@@ -131,71 +130,73 @@ impl Rom {
         layout::PCI_HOLE_END - self.len as u64
     }
 
-    fn host_address(&self) -> u64 {
-        self.address as u64
+    fn host_address(&self) -> *mut u8 {
+        self.address
     }
 }
 
 impl Drop for Rom {
     fn drop(&mut self) {
-        // SAFETY: unmapping the mapping made in `load`, once; KVM no longer uses it (the VM
-        // that mapped it is gone before the machine drops its ROM).
+        // SAFETY: unmapping the mapping made in `load`, once; the guest no longer reaches it
+        // (the VM that mapped it is gone before the machine drops its ROM).
         unsafe { libc::munmap(self.address.cast(), self.len) };
     }
 }
 
-/// The BIOS area's memory slots, following the PAM registers.
+/// The BIOS area's guest memory, one mapping per segment, following the PAM registers.
 pub struct BiosArea {
-    vm: Arc<VmFd>,
+    vm: Arc<dyn Vm>,
     memory: Arc<GuestMemoryMmap>,
     rom: Arc<Rom>,
     /// Host address of guest physical address 0 (RAM region 0).
-    ram_host: u64,
-    /// Whether KVM has read-only slots (without, read-only RAM and the ROM stay writable).
+    ram_host: *mut u8,
+    /// Whether the hypervisor has read-only mappings (without, read-only RAM and the ROM
+    /// stay writable).
     read_only_slots: bool,
     state: Mutex<AreaState>,
 }
 
+// SAFETY: `ram_host` is only an address handed to the hypervisor, inside guest RAM that
+// `memory` keeps mapped; nothing is read or written through it here.
+unsafe impl Send for BiosArea {}
+// SAFETY: as above; the state is behind a mutex.
+unsafe impl Sync for BiosArea {}
+
 struct AreaState {
     modes: [PamMode; PAM_SEGMENTS],
-    /// What each segment's slot maps now: (host address, flags), or nothing.
-    slots: [Option<(u64, u32)>; PAM_SEGMENTS],
+    /// What each segment maps now: (host address, read-only), or nothing.
+    slots: [Option<(usize, bool)>; PAM_SEGMENTS],
 }
 
 impl BiosArea {
     /// Maps the ROM below 4 GiB and the BIOS area in its power-on state (every segment reads
     /// the ROM).
     pub fn new(
-        vm: Arc<VmFd>,
+        vm: Arc<dyn Vm>,
         memory: Arc<GuestMemoryMmap>,
         rom: Arc<Rom>,
-        read_only_slots: bool,
     ) -> Result<Arc<BiosArea>> {
         use vm_memory::GuestMemoryBackend;
         let ram_host = memory
             .get_host_address(GuestAddress(0))
-            .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?
-            as u64;
+            .map_err(|e| Error::Setup(format!("guest memory has no host mapping: {e}")))?;
+        let read_only_slots = vm.read_only_memory();
         if rom.len() < ISA_BIOS_SIZE {
             return Err(Error::InvalidMachine(format!(
                 "a BIOS image of {} KiB is smaller than the 128 KiB the BIOS area shows",
                 rom.len() >> 10
             )));
         }
-        let flags = if read_only_slots { KVM_MEM_READONLY } else { 0 };
-        let region = kvm_userspace_memory_region {
-            slot: layout::SLOT_BIOS_ROM,
-            flags,
-            guest_phys_addr: rom.guest_address(),
-            memory_size: rom.len() as u64,
-            userspace_addr: rom.host_address(),
+        let mapping = MemoryMapping {
+            guest_address: rom.guest_address(),
+            size: rom.len() as u64,
+            host_address: rom.host_address(),
+            read_only: read_only_slots,
+            log_dirty: false,
         };
         // SAFETY: the ROM mapping is owned by `rom`, which the machine keeps until after the
-        // VM is gone; the range (the top of the 32-bit space) holds no other slot.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| Error::Kvm {
-            context: "mapping the BIOS image",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        })?;
+        // VM is gone; the range (the top of the 32-bit space) holds no other mapping.
+        unsafe { vm.map_memory(mapping) }?;
         let area = Arc::new(BiosArea {
             vm,
             memory,
@@ -213,26 +214,21 @@ impl BiosArea {
 
     /// What the slot of `segment` maps: RAM, the ROM's copy of the F and E segments, or
     /// nothing (reads go to the PCI side).
-    fn wanted(&self, segment: &PamSegment) -> Option<(u64, u32)> {
-        let read_only = if self.read_only_slots {
-            KVM_MEM_READONLY
-        } else {
-            0
-        };
+    fn wanted(&self, segment: &PamSegment) -> Option<(usize, bool)> {
+        let read_only = self.read_only_slots;
         if segment.mode.reads_ram() {
-            let flags = if segment.mode.writes_ram() {
-                0
-            } else {
-                read_only
-            };
-            return Some((self.ram_host + segment.start, flags));
+            let read_only = read_only && !segment.mode.writes_ram();
+            return Some((self.ram_host as usize + segment.start as usize, read_only));
         }
         // Reads go to the ROM side: the BIOS image's last 128 KiB for 0xe0000..0xfffff, the
         // PCI bus (nothing here; option ROMs live in their BARs) below.
         let isa_bios = PAM_AREA_END - ISA_BIOS_SIZE as u64;
         (segment.start >= isa_bios).then(|| {
             let rom_offset = self.rom.len() as u64 - (PAM_AREA_END - segment.start);
-            (self.rom.host_address() + rom_offset, read_only)
+            (
+                self.rom.host_address() as usize + rom_offset as usize,
+                read_only,
+            )
         })
     }
 
@@ -244,29 +240,22 @@ impl BiosArea {
             if state.slots[i] == want {
                 continue;
             }
-            let slot = layout::SLOT_PAM_FIRST + i as u32;
-            let region = |(host, flags): (u64, u32), size: u64| kvm_userspace_memory_region {
-                slot,
-                flags,
-                guest_phys_addr: segment.start,
-                memory_size: size,
-                userspace_addr: host,
-            };
-            let kvm_error = |e: kvm_ioctls::Error| Error::Kvm {
-                context: "remapping the BIOS area",
-                source: std::io::Error::from_raw_os_error(e.errno()),
-            };
-            if let Some(old) = state.slots[i].take() {
-                // SAFETY: deleting (size 0) a slot of this VM.
-                unsafe { self.vm.set_user_memory_region(region(old, 0)) }.map_err(kvm_error)?;
+            if state.slots[i].take().is_some() {
+                self.vm.unmap_memory(segment.start)?;
             }
-            if let Some(new) = want {
+            if let Some((host, read_only)) = want {
+                let mapping = MemoryMapping {
+                    guest_address: segment.start,
+                    size: segment.len,
+                    host_address: host as *mut u8,
+                    read_only,
+                    log_dirty: false,
+                };
                 // SAFETY: the host range is inside RAM region 0 (which starts at guest 0 and
                 // spans the BIOS area) or inside the ROM mapping, both owned by the machine
-                // until after the VM is gone; no other slot covers this segment.
-                unsafe { self.vm.set_user_memory_region(region(new, segment.len)) }
-                    .map_err(kvm_error)?;
-                state.slots[i] = Some(new);
+                // until after the VM is gone; no other mapping covers this segment.
+                unsafe { self.vm.map_memory(mapping) }?;
+                state.slots[i] = want;
             }
         }
         Ok(())
@@ -420,14 +409,16 @@ impl vivarium_devices::pflash::FlashStorage for VarsStorage {
     }
 }
 
-/// Maps and unmaps the variable store's read-only slot as the flash enters and leaves
-/// read-array mode.
+/// Maps and unmaps the variable store's read-only guest mapping as the flash enters and
+/// leaves read-array mode.
 struct VarsSlot {
-    vm: Arc<VmFd>,
+    vm: Arc<dyn Vm>,
     mapping: Arc<VarsMapping>,
     guest_address: u64,
-    /// Without read-only slots the store is never mapped: every access goes to the model.
+    /// Without read-only mappings the store is never mapped: every access goes to the model.
     read_only_slots: bool,
+    /// Whether it is mapped now.
+    mapped: Mutex<bool>,
 }
 
 impl VarsSlot {
@@ -435,19 +426,26 @@ impl VarsSlot {
         if !self.read_only_slots {
             return Ok(());
         }
-        let region = kvm_userspace_memory_region {
-            slot: layout::SLOT_UEFI_VARS,
-            flags: KVM_MEM_READONLY,
-            guest_phys_addr: self.guest_address,
-            memory_size: if mapped { self.mapping.len as u64 } else { 0 },
-            userspace_addr: self.mapping.address as u64,
-        };
-        // SAFETY: the mapping is owned by `mapping`, which the machine keeps until after the
-        // VM is gone; the range (right below the firmware code) holds no other slot.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| Error::Kvm {
-            context: "mapping the UEFI variable store",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        })
+        let mut current = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == mapped {
+            return Ok(());
+        }
+        if mapped {
+            let mapping = MemoryMapping {
+                guest_address: self.guest_address,
+                size: self.mapping.len as u64,
+                host_address: self.mapping.address,
+                read_only: true,
+                log_dirty: false,
+            };
+            // SAFETY: the mapping is owned by `mapping`, which the machine keeps until after
+            // the VM is gone; the range (right below the firmware code) holds no other one.
+            unsafe { self.vm.map_memory(mapping) }?;
+        } else {
+            self.vm.unmap_memory(self.guest_address)?;
+        }
+        *current = mapped;
+        Ok(())
     }
 }
 
@@ -462,16 +460,16 @@ impl vivarium_devices::pflash::FlashModeListener for VarsSlot {
 /// The UEFI variable store of a machine: the flash model (register it on the MMIO bus over
 /// `guest_address..+len`) over the mapped file, its slot mapped for reading.
 pub fn uefi_vars_flash(
-    vm: Arc<VmFd>,
+    vm: Arc<dyn Vm>,
     mapping: Arc<VarsMapping>,
     guest_address: u64,
-    read_only_slots: bool,
 ) -> Result<vivarium_devices::pflash::CfiFlash> {
     let slot = Arc::new(VarsSlot {
+        read_only_slots: vm.read_only_memory(),
         vm,
         mapping: mapping.clone(),
         guest_address,
-        read_only_slots,
+        mapped: Mutex::new(false),
     });
     slot.set(true)?;
     let mut flash = vivarium_devices::pflash::CfiFlash::new(
@@ -495,7 +493,7 @@ pub struct FirmwareConfig<'a> {
     /// Whether to offer the boot menu.
     pub menu: bool,
     /// The ACPI tables as the table-loader hands them over.
-    pub acpi: &'a crate::acpi::FirmwareAcpi,
+    pub acpi: &'a crate::pc::acpi::FirmwareAcpi,
     /// Whether the machine has a display (else the firmware is told "no graphics").
     pub display: bool,
     /// Whether the firmware is OVMF (UEFI) rather than SeaBIOS.
@@ -556,10 +554,10 @@ pub fn fw_cfg(memory: Arc<GuestMemoryMmap>, config: &FirmwareConfig<'_>) -> Resu
         .add_file("etc/boot-fail-wait", 5_000u32.to_le_bytes().to_vec())
         .map_err(file_error)?;
     device
-        .add_file(crate::acpi::FW_CFG_RSDP, config.acpi.rsdp.clone())
+        .add_file(crate::pc::acpi::FW_CFG_RSDP, config.acpi.rsdp.clone())
         .map_err(file_error)?;
     device
-        .add_file(crate::acpi::FW_CFG_TABLES, config.acpi.tables.clone())
+        .add_file(crate::pc::acpi::FW_CFG_TABLES, config.acpi.tables.clone())
         .map_err(file_error)?;
     device
         .add_file("etc/table-loader", config.acpi.loader.clone())

@@ -1,6 +1,6 @@
-//! The machine's screen on KVM: the display file's video memory as a KVM memory slot (the
-//! bochs display's BAR 0) with dirty logging, and a refresh thread that turns KVM's dirty log
-//! into the display file's dirty bits, about 60 times a second while a viewer looks and a few
+//! The machine's screen: the display file's video memory mapped into the guest (the bochs
+//! display's BAR 0) with dirty logging, and a refresh thread that turns the hypervisor's dirty
+//! log into the display file's dirty bits, about 60 times a second while a viewer looks and a few
 //! times a second otherwise (so thumbnails and screenshots stay current).
 //!
 //! The guest writes pixels straight into the shared file: nothing is copied on the VM side.
@@ -21,11 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
-use kvm_ioctls::VmFd;
 use vivarium_core::display::{DisplayMode, HEADER_SIZE, PixelFormat, SharedDisplay};
 use vivarium_devices::display::bochs::{BochsDisplay, Scanout, ScanoutSink};
 use vivarium_devices::display::vga::{Picture, RenderCache};
+use vivarium_hypervisor::{MemoryMapping, Vm};
 
 use crate::error::{Error, Result};
 
@@ -36,14 +35,14 @@ pub const IDLE_INTERVAL: Duration = Duration::from_millis(250);
 /// A viewer that touched the display within this long counts as looking.
 const VIEWER_WINDOW: Duration = Duration::from_secs(1);
 
-/// The display file's video memory mapped into this process, to be given to KVM.
+/// The display file's video memory mapped into this process, to be given to the hypervisor.
 struct VideoMemory {
     base: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: the mapping is plain shared memory that this process never reads or writes through
-// the pointer; it is only handed to KVM as a memory slot's backing.
+// the pointer; it is only handed to the hypervisor as guest memory.
 unsafe impl Send for VideoMemory {}
 // SAFETY: as above.
 unsafe impl Sync for VideoMemory {}
@@ -80,25 +79,24 @@ impl VideoMemory {
 
 impl Drop for VideoMemory {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`. KVM no longer uses it: the slot is
-        // owned (through an Arc) by the screen, which lives as long as the VM's devices, and
-        // those outlive every vCPU.
+        // SAFETY: unmaps exactly the mapping made in `map`. The guest no longer reaches it:
+        // the mapping is owned (through an Arc) by the screen, which lives as long as the
+        // VM's devices, and those outlive every vCPU.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.len);
         }
     }
 }
 
-/// The screen of one boot of the machine: the display file, the KVM slot of its video memory
+/// The screen of one boot of the machine: the display file, its video memory in the guest
 /// (which follows BAR 0), and the mode the guest shows.
-pub struct KvmScreen {
+pub struct Screen {
     display: Arc<SharedDisplay>,
-    vm: Arc<VmFd>,
-    slot: u32,
+    vm: Arc<dyn Vm>,
     memory: VideoMemory,
-    /// Where the slot is mapped now (`None`: not yet).
+    /// Where the video memory is mapped now (`None`: not yet).
     address: Mutex<Option<u64>>,
-    /// Whether KVM refused to give the dirty log (then every refresh marks everything).
+    /// Whether the hypervisor gives no dirty log (then every refresh marks everything).
     no_dirty_log: std::sync::atomic::AtomicBool,
     /// The standard VGA whose text mode the refresh draws, once it is plugged in.
     legacy: std::sync::OnceLock<Arc<Mutex<BochsDisplay>>>,
@@ -124,15 +122,14 @@ struct LegacyState {
 /// whole now and then, whatever changed.
 const WHOLE_DRAWING_FRAMES: u64 = 60;
 
-impl KvmScreen {
-    /// A screen over `display` whose video memory becomes KVM memory slot `slot` once the
-    /// bochs display's BAR 0 gets an address.
-    pub fn new(vm: Arc<VmFd>, display: Arc<SharedDisplay>, slot: u32) -> Result<Arc<KvmScreen>> {
+impl Screen {
+    /// A screen over `display` whose video memory is mapped into the guest once the bochs
+    /// display's BAR 0 gets an address.
+    pub fn new(vm: Arc<dyn Vm>, display: Arc<SharedDisplay>) -> Result<Arc<Screen>> {
         let memory = VideoMemory::map(&display)?;
-        Ok(Arc::new(KvmScreen {
+        Ok(Arc::new(Screen {
             display,
             vm,
-            slot,
             memory,
             address: Mutex::new(None),
             no_dirty_log: std::sync::atomic::AtomicBool::new(false),
@@ -231,62 +228,60 @@ impl KvmScreen {
         *self.address.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn region(&self, address: u64, size: u64) -> kvm_userspace_memory_region {
-        kvm_userspace_memory_region {
-            slot: self.slot,
-            flags: KVM_MEM_LOG_DIRTY_PAGES,
-            guest_phys_addr: address,
-            memory_size: size,
-            userspace_addr: self.memory.base.as_ptr() as u64,
-        }
-    }
-
-    fn map_at(&self, address: u64) -> std::result::Result<(), kvm_ioctls::Error> {
+    fn map_at(&self, address: u64) -> std::result::Result<(), vivarium_hypervisor::Error> {
         let mut current = self.address.lock().unwrap_or_else(|e| e.into_inner());
         if *current == Some(address) {
             return Ok(());
         }
         if let Some(old) = *current {
-            // A slot moves by deleting it (size 0) and creating it again.
-            // SAFETY: deleting a slot of this VM; no memory is handed to KVM.
-            unsafe { self.vm.set_user_memory_region(self.region(old, 0)) }?;
+            self.vm.unmap_memory(old)?;
             *current = None;
         }
-        // SAFETY: the backing mapping lives as long as `self`, and KVM uses it only while the
-        // VM runs, which ends before `self` is dropped (the devices that own it go after the
-        // vCPUs). The address range is BAR 0's, inside the PCI hole, where no RAM slot is.
-        unsafe {
-            self.vm
-                .set_user_memory_region(self.region(address, self.memory.len as u64))
-        }?;
+        let mapping = MemoryMapping {
+            guest_address: address,
+            size: self.memory.len as u64,
+            host_address: self.memory.base.as_ptr(),
+            read_only: false,
+            log_dirty: true,
+        };
+        // SAFETY: the backing mapping lives as long as `self`, and the guest reaches it only
+        // while the VM runs, which ends before `self` is dropped (the devices that own it go
+        // after the vCPUs). The address range is BAR 0's, inside the PCI hole, where no RAM is.
+        unsafe { self.vm.map_memory(mapping) }?;
         *current = Some(address);
-        // A new slot starts with an empty dirty log: whatever was there is news to viewers.
+        // A new mapping starts with an empty dirty log: whatever was there is news to viewers.
         self.display.mark_dirty(0..self.display.vram_size());
         Ok(())
     }
 
-    /// Reads KVM's dirty log of the video memory into the display's dirty bits. Without a
-    /// dirty log (a KVM that refuses it) marks everything, so viewers still follow.
+    /// Reads the hypervisor's dirty log of the video memory into the display's dirty bits.
+    /// Without a dirty log (a hypervisor that keeps none or refuses it) marks everything, so
+    /// viewers still follow.
     pub fn refresh(&self) {
         self.refresh_legacy();
         let current = self.address.lock().unwrap_or_else(|e| e.into_inner());
-        if current.is_none() {
+        let Some(address) = *current else {
             return;
-        }
+        };
         use std::sync::atomic::Ordering;
         if self.no_dirty_log.load(Ordering::Relaxed) {
             self.display.mark_dirty(0..self.display.vram_size());
             return;
         }
-        match self.vm.get_dirty_log(self.slot, self.memory.len) {
-            Ok(bitmap) => {
+        let log = self.vm.dirty_pages(address);
+        match log {
+            Ok(Some(bitmap)) => {
                 self.display.mark_dirty_pages(&bitmap);
             }
-            Err(e) => {
+            Ok(None) | Err(_) => {
+                let why = match log {
+                    Err(e) => e.to_string(),
+                    _ => "this hypervisor keeps none".into(),
+                };
                 // Said once; the VM process's tracing events go to its `logs/vm.log`.
                 tracing::warn!(
-                    "KVM gives no dirty log for the video memory ({e}): the screen is \
-                     refreshed whole at every tick instead"
+                    "no dirty log for the video memory ({why}): the screen is refreshed \
+                     whole at every tick instead"
                 );
                 self.no_dirty_log.store(true, Ordering::Relaxed);
                 self.display.mark_dirty(0..self.display.vram_size());
@@ -295,7 +290,7 @@ impl KvmScreen {
     }
 }
 
-impl ScanoutSink for KvmScreen {
+impl ScanoutSink for Screen {
     fn set_scanout(&self, scanout: Option<Scanout>) {
         let mode = scanout.and_then(|s| {
             let format = PixelFormat::from_bpp(s.bpp)?;
@@ -342,7 +337,7 @@ pub struct RefreshThread {
 
 impl RefreshThread {
     /// Starts refreshing `screen`.
-    pub fn start(screen: Arc<KvmScreen>) -> Result<RefreshThread> {
+    pub fn start(screen: Arc<Screen>) -> Result<RefreshThread> {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("display-refresh".into())
@@ -358,7 +353,7 @@ impl RefreshThread {
     }
 }
 
-fn refresh_loop(screen: &KvmScreen, stopped: &Receiver<()>) {
+fn refresh_loop(screen: &Screen, stopped: &Receiver<()>) {
     loop {
         let interval = if screen.display.viewer_active(VIEWER_WINDOW) {
             ACTIVE_INTERVAL

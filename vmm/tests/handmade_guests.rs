@@ -6,12 +6,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vivarium_backend_kvm::KvmBackend;
+use vivarium_backend_kvm::Kvm;
 use vivarium_core::backend::{
     Backend, BootSpec, ControlRequest, MachineExit, MachineSpec, RunningMachine,
 };
 use vivarium_devices::i8042::{Key, MouseButtons};
 use vivarium_e2e::{gate, wait};
+use vivarium_vmm::Vmm;
 
 /// Where the guests are loaded and entered.
 const LOAD: u64 = 0x1000;
@@ -68,14 +69,14 @@ impl Capture {
 /// Returns the backend, or `None` after saying loudly why test `test` cannot run here (or
 /// failing it, where every test must run: the suite's one rule, `vivarium_e2e::gate`).
 #[track_caller]
-fn backend(test: &str) -> Option<KvmBackend> {
-    let backend = KvmBackend::new();
+fn backend(test: &str) -> Option<Vmm> {
+    let backend = Vmm::new(Kvm::new());
     let support = backend.probe();
     let unusable = (!support.can_run()).then(|| support.explain());
     gate::kvm(&format!("handmade_guests::{test}"), unusable).then_some(backend)
 }
 
-fn start(backend: &KvmBackend, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMachine>, Capture) {
+fn start(backend: &Vmm, code: Vec<u8>, cpus: u32) -> (Arc<dyn RunningMachine>, Capture) {
     let out = Capture::default();
     let spec = MachineSpec {
         cpus,

@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vivarium_backend_kvm::KvmBackend;
+use vivarium_backend_kvm::Kvm;
 use vivarium_core::backend::{
     Backend, BootDevice, BootSpec, CdromSpec, DiskSpec, FirmwareSpec, MachineExit, MachineSpec,
     RunningMachine,
 };
 use vivarium_core::config::DiskFormat;
 use vivarium_e2e::gate;
+use vivarium_vmm::Vmm;
 
 /// Debian's SeaBIOS image.
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -47,9 +48,9 @@ impl Capture {
 /// here (or failing it, where every test must run: the suite's one rule,
 /// `vivarium_e2e::gate`).
 #[track_caller]
-fn setup(test: &str) -> Option<(KvmBackend, PathBuf)> {
+fn setup(test: &str) -> Option<(Vmm, PathBuf)> {
     let test = format!("firmware_boot::{test}");
-    let backend = KvmBackend::new();
+    let backend = Vmm::new(Kvm::new());
     let support = backend.probe();
     let unusable = (!support.can_run()).then(|| support.explain());
     if !gate::kvm(&test, unusable) || !gate::runs(&test, gate::file_missing(SEABIOS, "seabios")) {
@@ -121,7 +122,7 @@ fn disk(path: PathBuf, format: DiskFormat) -> DiskSpec {
 /// Boots `disks` and `cdrom` through SeaBIOS in `order`; returns what COM1 got once the
 /// machine powered off (or fails after a minute, with what it got).
 fn boot(
-    backend: &KvmBackend,
+    backend: &Vmm,
     bios: &Path,
     disks: Vec<DiskSpec>,
     cdrom: Option<PathBuf>,
@@ -150,7 +151,7 @@ fn boot(
 
 /// Starts `spec` (whose serial output goes to `out`) and waits, at most a minute, for the
 /// guest to power the machine off; returns what COM1 got.
-fn run_to_power_off(backend: &KvmBackend, spec: MachineSpec, out: &Capture) -> String {
+fn run_to_power_off(backend: &Vmm, spec: MachineSpec, out: &Capture) -> String {
     let machine: Arc<dyn RunningMachine> = backend.start(spec).expect("the machine starts");
     let waiter = {
         let machine = machine.clone();
@@ -351,7 +352,7 @@ fn uefi_checks_image() -> Vec<u8> {
 fn a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects() {
     let test =
         "firmware_boot::a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects";
-    let backend = KvmBackend::new();
+    let backend = Vmm::new(Kvm::new());
     let support = backend.probe();
     if !gate::kvm(test, (!support.can_run()).then(|| support.explain())) {
         return;
@@ -400,7 +401,7 @@ fn a_uefi_machine_has_its_flash_variable_store_and_the_chipset_ovmf_expects() {
 #[test]
 fn a_missing_or_odd_sized_uefi_file_is_refused_clearly() {
     let test = "firmware_boot::a_missing_or_odd_sized_uefi_file_is_refused_clearly";
-    let backend = KvmBackend::new();
+    let backend = Vmm::new(Kvm::new());
     let support = backend.probe();
     if !gate::kvm(test, (!support.can_run()).then(|| support.explain())) {
         return;

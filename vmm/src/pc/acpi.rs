@@ -44,7 +44,7 @@ use vivarium_devices::acpi_pm::{
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::layout;
+use crate::pc::layout;
 
 /// The ISA IRQ (and IOAPIC GSI) of the SCI. Wire the `AcpiPm` device's interrupt line to
 /// this GSI.

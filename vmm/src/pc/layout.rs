@@ -49,30 +49,10 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
-/// KVM memory slot of the RAM from guest address 0 (the whole first RAM region, or, when the
-/// machine boots through firmware, the part below the BIOS area).
-pub const SLOT_RAM_LOW: u32 = 0;
-/// KVM memory slot of the RAM above 4 GiB.
-pub const SLOT_RAM_HIGH: u32 = 1;
-/// KVM memory slot of the display's video memory.
-pub const SLOT_DISPLAY: u32 = 2;
-/// KVM memory slot of the first RAM region from 1 MiB on, when the BIOS area is mapped on
-/// its own (firmware boot).
-pub const SLOT_RAM_ABOVE_BIOS_AREA: u32 = 3;
-/// KVM memory slot of the firmware image below 4 GiB.
-pub const SLOT_BIOS_ROM: u32 = 4;
-/// First of the thirteen KVM memory slots of the BIOS area (0xc0000..0x100000), one per
-/// PAM segment.
-pub const SLOT_PAM_FIRST: u32 = 5;
-/// KVM memory slot of the UEFI variable store (right below the firmware code), while its
-/// flash reads like memory.
-pub const SLOT_UEFI_VARS: u32 = SLOT_PAM_FIRST + 13;
-
-/// Where KVM's identity-map page goes (one page), in the PCI hole below the firmware's
-/// flash area and above where firmware places BARs (it is what QEMU uses).
-pub const KVM_IDENTITY_MAP: u64 = 0xfeff_c000;
-/// Where KVM's TSS goes (three pages, right after the identity map).
-pub const KVM_TSS: u64 = 0xfeff_d000;
+/// Four pages the hypervisor may keep for itself (on KVM: the identity-map page, then the
+/// three pages of the TSS of Intel's real-mode emulation), in the PCI hole below the
+/// firmware's flash area and above where firmware places BARs (it is what QEMU uses).
+pub const HYPERVISOR_PAGES: u64 = 0xfeff_c000;
 
 /// End of the 32-bit window in which PC firmware places BARs: the IOAPIC.
 pub const FIRMWARE_MMIO32_END: u64 = IOAPIC_START;

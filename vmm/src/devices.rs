@@ -1,172 +1,47 @@
-//! Wiring of the machine's devices onto the buses and KVM's interrupt controllers: the
-//! legacy PC devices (serial port, i8042), ACPI power management, and PCI with virtio.
+//! Wiring of the machine's devices onto the buses and the hypervisor's interrupts: PCI with
+//! virtio (disks, network, CD-ROM, random numbers) and the display.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::VmFd;
 use std::os::unix::net::UnixStream;
 
 use vivarium_core::backend::{CdromSpec, DiskSpec, NetworkSpec};
 use vivarium_core::config::DiskFormat;
 use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
-use vivarium_devices::acpi_pm::{AcpiPm, AcpiPmPorts, PowerOff};
 use vivarium_devices::bus::Bus;
 use vivarium_devices::display::bochs::{BochsDisplay, Scanout};
-use vivarium_devices::i8042::{I8042, Ps2Input, ResetLine};
 use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
-use vivarium_devices::rtc::CmosRtc;
 use vivarium_devices::scsi::cdrom::{Cdrom, CdromControl};
-use vivarium_devices::serial::Serial;
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
 use vivarium_devices::virtio::net::Net;
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 use vivarium_devices::virtio::scsi::{EVENT_QUEUE, VirtioScsi};
+use vivarium_hypervisor::Vm;
 
-use crate::display::KvmScreen;
+use crate::display::Screen;
 use crate::error::{Error, Result};
-use crate::layout;
-use crate::machine::IrqfdLine;
+use crate::interrupts::DeviceMsi;
 
 /// The legacy PCI configuration mechanism's address port (data at +4).
 const PCI_CONFIG_PORT: u64 = 0xcf8;
-/// Port window for PCI I/O BARs.
-const PCI_IO_START: u64 = 0xc000;
-const PCI_IO_SIZE: u64 = 0x4000;
 
-/// COM1's port range and interrupt.
-const COM1_PORT: u64 = 0x3f8;
-const COM1_IRQ: u32 = 4;
-/// The i8042's data port; its command port is 4 above.
-const I8042_PORT: u64 = 0x60;
-/// The i8042's interrupts: keyboard bytes on IRQ 1, mouse bytes on IRQ 12 (ISA, edge).
-const I8042_KEYBOARD_IRQ: u32 = 1;
-const I8042_MOUSE_IRQ: u32 = 12;
-/// The CMOS real-time clock's index port (data at +1) and interrupt.
-const RTC_PORT: u64 = 0x70;
-const RTC_IRQ: u32 = 8;
-
-fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
+pub(crate) fn bus_error(what: &str) -> impl FnOnce(vivarium_devices::Error) -> Error + '_ {
     move |e| Error::Setup(format!("could not place the {what}: {e}"))
 }
 
-/// Adds COM1 (writing to `serial_output`, IRQ 4), the i8042 with its PS/2 keyboard (IRQ 1)
-/// and mouse (IRQ 12), whose reset command calls `reset`, and the CMOS real-time clock
-/// (IRQ 8, its battery-backed RAM holding the memory size of `memory_size` bytes of RAM, as
-/// firmware reads it) to the port I/O bus. Returns the host's input handle for the PS/2
-/// devices.
-pub fn attach_legacy_devices(
-    vm: &VmFd,
-    pio: &Bus,
-    serial_output: impl Write + Send + 'static,
-    reset: Arc<dyn ResetLine>,
-    memory_size: u64,
-) -> Result<LegacyDevices> {
-    let irq = Arc::new(IrqfdLine::new(vm, COM1_IRQ)?);
-    let serial = Arc::new(Mutex::new(Serial::new(irq, Box::new(serial_output))));
-    pio.insert(COM1_PORT, 8, serial.clone())
-        .map_err(bus_error("serial port"))?;
-    let keyboard_irq = Arc::new(IrqfdLine::new(vm, I8042_KEYBOARD_IRQ)?);
-    let mouse_irq = Arc::new(IrqfdLine::new(vm, I8042_MOUSE_IRQ)?);
-    let i8042 = I8042::new(reset, keyboard_irq, mouse_irq);
-    let ps2_input = i8042.input();
-    pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(i8042)))
-        .map_err(bus_error("keyboard controller"))?;
-    let rtc_irq = Arc::new(IrqfdLine::new(vm, RTC_IRQ)?);
-    let mut rtc = CmosRtc::new(rtc_irq);
-    rtc.set_memory_size(
-        layout::low_ram_end(memory_size),
-        memory_size - layout::low_ram_end(memory_size),
-    );
-    pio.insert(RTC_PORT, 2, Arc::new(Mutex::new(rtc)))
-        .map_err(bus_error("real-time clock"))?;
-    Ok(LegacyDevices { serial, ps2_input })
-}
-
-/// The legacy devices the host talks to while the machine runs.
-pub struct LegacyDevices {
-    /// COM1, where console input goes.
-    pub serial: Arc<Mutex<Serial>>,
-    /// The i8042's keyboard and mouse input.
-    pub ps2_input: Ps2Input,
-}
-
-/// Messages of MSI-X capable devices, delivered with `KVM_SIGNAL_MSI`.
-pub struct KvmMsi {
-    vm: Arc<VmFd>,
-}
-
-impl vivarium_devices::pci::MsiSignaller for KvmMsi {
-    fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
-        let msi = kvm_bindings::kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        self.vm
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-}
-
-/// The guest asking to enter S5 (ACPI power off).
-pub struct GuestPowerOff(pub Box<dyn Fn() + Send + Sync>);
-
-impl PowerOff for GuestPowerOff {
-    fn power_off(&self) {
-        (self.0)()
-    }
-}
-
-/// Adds the ACPI power-management block (power button, S5, PM timer, reset register).
-pub fn attach_acpi_pm(
-    vm: &VmFd,
-    pio: &Bus,
-    power_off: Arc<dyn PowerOff>,
-    reset: Arc<dyn ResetLine>,
-    ports: Option<AcpiPmPorts>,
-) -> Result<Arc<Mutex<AcpiPm>>> {
-    let sci = Arc::new(IrqfdLine::new(vm, crate::acpi::SCI_IRQ)?);
-    let pm = Arc::new(Mutex::new(AcpiPm::new(sci, power_off, reset)));
-    if let Some(ports) = ports {
-        pio.insert(
-            u64::from(ports.base()),
-            u64::from(AcpiPmPorts::LEN),
-            pm.clone(),
-        )
-        .map_err(bus_error("ACPI power management block"))?;
-    }
-    Ok(pm)
-}
-
-/// The PIIX south bridge functions UEFI firmware expects at 00:01.0 and 00:01.3 (see
-/// `vivarium_devices::pci::piix`), with the ACPI PM block `pm` placed at `ports` through the
-/// power-management function's PMBA.
-pub fn piix_functions(
-    pio: &Arc<Bus>,
-    pm: Arc<Mutex<AcpiPm>>,
-    ports: AcpiPmPorts,
-) -> Result<PiixFunctions> {
-    use vivarium_devices::pci::piix::{Piix3IsaBridge, Piix4Pm};
-    let pm_function = Piix4Pm::new(pio, ports.base(), pm, u64::from(AcpiPmPorts::LEN))
-        .map_err(bus_error("ACPI power management block"))?;
-    Ok(PiixFunctions {
-        isa_bridge: Arc::new(Mutex::new(Piix3IsaBridge::new())),
-        power_management: Arc::new(Mutex::new(pm_function)),
-    })
-}
-
-/// The PIIX functions of a UEFI machine, to plug in at 00:01.
-pub struct PiixFunctions {
-    /// The PCI-to-ISA bridge (00:01.0).
-    pub isa_bridge: vivarium_devices::pci::SharedPciDevice,
-    /// The power-management function (00:01.3).
-    pub power_management: vivarium_devices::pci::SharedPciDevice,
+/// Where a board puts PCI: its windows for BARs, the ECAM (with Vivarium's own host bridge)
+/// and the address the display's framebuffer BAR gets (the start of the 32-bit window).
+#[derive(Debug, Clone, Copy)]
+pub struct PciPlacement {
+    /// The BAR windows.
+    pub windows: PciWindows,
+    /// The ECAM window (start, size).
+    pub ecam: (u64, u64),
+    /// Where the display's BAR 0 lands.
+    pub framebuffer: u64,
 }
 
 /// The virtio devices a machine has besides the ones every machine gets.
@@ -183,8 +58,21 @@ pub struct PciDevices<'a> {
     /// The host bridge a firmware expects (the i440FX); `None`: Vivarium's own, with the
     /// ECAM. Without the ECAM, configuration space is reached through ports 0xcf8/0xcfc only.
     pub host_bridge: Option<vivarium_devices::pci::SharedPciDevice>,
-    /// The south bridge functions of a UEFI machine, plugged in at 00:01 before the rest.
-    pub piix: Option<PiixFunctions>,
+    /// Functions the board puts at fixed places (a UEFI PC's south bridge at 00:01), plugged
+    /// in before the rest, function 0 of a slot first.
+    pub board_functions: Vec<BoardFunction>,
+}
+
+/// A PCI function a board puts at a fixed address.
+pub struct BoardFunction {
+    /// What it is, for errors.
+    pub what: &'static str,
+    /// Its slot on bus 0.
+    pub slot: u8,
+    /// Its function number.
+    pub function: u8,
+    /// The function.
+    pub device: vivarium_devices::pci::SharedPciDevice,
 }
 
 /// Where the devices a firmware boots from were plugged in.
@@ -199,7 +87,7 @@ pub struct PciSlots {
 /// The bochs display of a machine with a screen.
 pub struct ScreenDevice {
     /// The video memory and where the guest's mode goes.
-    pub screen: Arc<KvmScreen>,
+    pub screen: Arc<Screen>,
     /// Width of the boot (and preferred) mode.
     pub width: u32,
     /// Height of the boot (and preferred) mode.
@@ -218,11 +106,11 @@ pub struct ScreenDevice {
 /// Vivarium's own bridge), and the virtio devices of the machine behind it. Returns where
 /// the boot devices went.
 pub fn attach_pci(
-    vm: &Arc<VmFd>,
+    vm: &Arc<dyn Vm>,
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
     memory: &Arc<GuestMemoryMmap>,
-    memory_size: u64,
+    placement: &PciPlacement,
     devices: PciDevices<'_>,
 ) -> Result<PciSlots> {
     let PciDevices {
@@ -231,13 +119,9 @@ pub fn attach_pci(
         cdrom,
         screen,
         host_bridge,
-        piix,
+        board_functions,
     } = devices;
-    let windows = PciWindows {
-        mem32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
-        mem64: (layout::mmio64_start(memory_size), layout::PCI_MMIO64_SIZE),
-        io: (PCI_IO_START, PCI_IO_SIZE),
-    };
+    let windows = placement.windows;
     let ecam = host_bridge.is_none();
     let root = Arc::new(Mutex::new(match host_bridge {
         Some(bridge) => PciRoot::with_host_bridge(mmio.clone(), pio.clone(), windows, bridge),
@@ -251,25 +135,32 @@ pub fn attach_pci(
     .map_err(bus_error("PCI configuration ports"))?;
     if ecam {
         mmio.insert(
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_SIZE,
+            placement.ecam.0,
+            placement.ecam.1,
             Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
         )
         .map_err(bus_error("PCI ECAM window"))?;
     }
     let mut slots = PciSlots::default();
 
-    if let Some(piix) = piix {
-        use vivarium_devices::pci::piix::{PIIX_SLOT, PM_FUNCTION};
+    for function in board_functions {
         let mut root = root.lock().unwrap_or_else(|e| e.into_inner());
-        root.add_device_at(PIIX_SLOT, piix.isa_bridge)
-            .and_then(|()| root.add_function(PIIX_SLOT, PM_FUNCTION, piix.power_management))
-            .map_err(|e| Error::Setup(format!("could not plug in the PIIX functions: {e}")))?;
+        let plugged = if function.function == 0 {
+            root.add_device_at(function.slot, function.device)
+        } else {
+            root.add_function(function.slot, function.function, function.device)
+        };
+        plugged.map_err(|e| {
+            Error::Setup(format!(
+                "could not plug in the {} at 00:{:02x}.{}: {e}",
+                function.what, function.slot, function.function
+            ))
+        })?;
     }
     if let Some(screen) = screen {
-        attach_display(&root, pio, mmio, screen)?;
+        attach_display(&root, pio, mmio, screen, placement.framebuffer)?;
     }
-    let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(KvmMsi { vm: vm.clone() });
+    let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(DeviceMsi(Arc::clone(vm)));
     let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<u8> {
         let pci = VirtioPciDevice::new(device, memory.clone(), msi.clone())
             .map_err(|e| Error::Setup(format!("could not create the {what}: {e}")))?;
@@ -322,7 +213,7 @@ pub fn attach_pci(
 }
 
 /// The bochs display, plugged in before any other device so that its framebuffer BAR, the
-/// largest, gets the start of the 32-bit window (`layout::FRAMEBUFFER_START`). It starts in the
+/// largest, gets the start of the 32-bit window (`framebuffer`). It starts in the
 /// boot mode with decoding on, as firmware leaves a display; the screen maps the video memory
 /// at BAR 0 as the root assigns it.
 fn attach_display(
@@ -330,6 +221,7 @@ fn attach_display(
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
     device: ScreenDevice,
+    framebuffer: u64,
 ) -> Result<()> {
     let ScreenDevice {
         screen,
@@ -385,13 +277,13 @@ fn attach_display(
         screen.set_legacy(bochs);
     }
     match screen.address() {
-        Some(layout::FRAMEBUFFER_START) => Ok(()),
+        Some(address) if address == framebuffer => Ok(()),
         // Decoding stays off until the firmware turns it on (and maps the memory).
         None if !boot_mode => Ok(()),
         other => Err(Error::Setup(format!(
             "the display's video memory is at {other:x?}, not at {:#x} where the boot \
              protocol announces it",
-            layout::FRAMEBUFFER_START
+            framebuffer
         ))),
     }
 }

@@ -1,0 +1,33 @@
+//! The hypervisor's interrupts as the device models see them: an [`InterruptLine`] is a
+//! device's [`IrqLine`], and the VM's MSI delivery a device's [`MsiSignaller`].
+
+use std::sync::Arc;
+
+use vivarium_devices::IrqLine;
+use vivarium_devices::pci::MsiSignaller;
+use vivarium_hypervisor::{InterruptLine, Vm};
+
+/// A device's interrupt on a line of the VM's interrupt controller.
+pub struct DeviceIrq(pub Arc<dyn InterruptLine>);
+
+impl IrqLine for DeviceIrq {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.pulse().map_err(std::io::Error::other)
+    }
+}
+
+/// MSIs of a VM's devices.
+pub struct DeviceMsi(pub Arc<dyn Vm>);
+
+impl MsiSignaller for DeviceMsi {
+    fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
+        self.0
+            .signal_msi(address, data)
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// The device-side line of `line` on `vm`.
+pub fn device_irq(vm: &dyn Vm, line: u32) -> crate::Result<Arc<dyn IrqLine>> {
+    Ok(Arc::new(DeviceIrq(vm.interrupt_line(line)?)))
+}
