@@ -26,7 +26,7 @@ const GUEST_MIB: u64 = 256;
 
 /// The script run inside the rig: the arm64 QEMU boots the guest with one virtio-blk disk and a
 /// virtio-rng on PCI, the console quiet (every PL011 character is an exit to the VMM), then the
-/// rig reads back what the guest wrote.
+/// rig reads back what the guest wrote and carries that sector out.
 fn rig_script() -> String {
     let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio";
     let append = format!(
@@ -34,7 +34,8 @@ fn rig_script() -> String {
          vivarium.blk_write_off={WRITE_OFFSET} vivarium.then=poweroff"
     );
     format!(
-        r#"cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
+        r#"{carry}
+cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 echo "VIVARIUM-RIG-MARK inner-start"
 qemu-system-aarch64 -enable-kvm -M virt,gic-version=3 -cpu host \
     -smp {GUEST_CPUS} -m {GUEST_MIB} -nodefaults -no-user-config -display none -nic none \
@@ -49,8 +50,11 @@ echo "VIVARIUM-RIG-MARK inner-end"
 echo "VIVARIUM-RESULT inner_qemu_exit=$code"
 written=$(dd if=disk.img bs=512 skip={skip} count=1 2>/dev/null | head -c 22 | tr ' ' _)
 echo "VIVARIUM-RESULT rig_written=$written"
+dd if=disk.img of=written.bin bs=512 skip={skip} count=1 2>/dev/null
+carry written.bin written.bin
 exit $code
 "#,
+        carry = rig::CARRY_SH,
         skip = WRITE_OFFSET / 512,
     )
 }
@@ -129,6 +133,16 @@ fn arm64_qemu_boots_the_arm64_guest_on_kvm_inside_the_arm64_rig() {
     run.expect("blk_bytes", &DISK_BYTES.to_string());
     run.expect("blk_write", "ok");
     run.expect("rig_written", &format!("VIVARIUM-PATTERN_{WRITE_OFFSET}"));
+    let carried = run.carried();
+    let sector = carried
+        .get("written.bin")
+        .expect("the written sector carried out");
+    assert_eq!(sector.len(), 512, "{}", run.transcript());
+    assert!(
+        sector.starts_with(format!("VIVARIUM-PATTERN {WRITE_OFFSET}").as_bytes()),
+        "the sector carried out of the rig: {:?}",
+        String::from_utf8_lossy(&sector[..40])
+    );
     run.expect("rng_bytes", "64");
     run.expect("virtio_ids", "2,4");
     assert!(
