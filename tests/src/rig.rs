@@ -11,7 +11,8 @@
 //!   ([`crate::elf::library_closure`]) from the arm64 fixtures' sysroot.
 //!
 //! The logic lives here, in the `vivarium-e2e` library, so that tests call it directly (no
-//! nested `cargo` runs) and `cargo xtask rig` is a thin wrapper around the same code.
+//! nested `cargo` runs, but for the cross-builds of arm64 programs, in a target folder of
+//! their own) and `cargo xtask rig` is a thin wrapper around the same code.
 //!
 //! A test describes the run with [`Rig`]: a shell script, the host binaries it needs (copied in
 //! with every library `ldd` lists and the dynamic loader), data files, and files for the script
