@@ -138,16 +138,25 @@ impl Fixtures {
     /// The module files for `names` and all their dependencies, in an order `insmod` accepts
     /// (dependencies first). Names use `_` or `-` alike.
     pub fn modules_in_load_order(&self, names: &[&str]) -> Result<Vec<PathBuf>, String> {
-        let deps_path = self.dir.join("modules").join("deps");
-        let text = fs::read_to_string(&deps_path)
-            .map_err(|e| format!("cannot read {}: {e}", deps_path.display()))?;
-        let graph = parse_deps(&text);
-        let order = load_order(names, |name| graph.get(name).map(|(_, deps)| deps.clone()))?;
-        Ok(order
-            .iter()
-            .map(|name| self.dir.join("modules").join(&graph[name].0))
-            .collect())
+        modules_in_load_order(&self.dir.join("modules"), names)
     }
+}
+
+/// The module files in `modules` (a folder as [`build`] leaves it: flat `.ko` files and a
+/// `deps` file) for `names` and all their dependencies, dependencies first.
+pub(crate) fn modules_in_load_order(
+    modules: &Path,
+    names: &[&str],
+) -> Result<Vec<PathBuf>, String> {
+    let deps_path = modules.join("deps");
+    let text = fs::read_to_string(&deps_path)
+        .map_err(|e| format!("cannot read {}: {e}", deps_path.display()))?;
+    let graph = parse_deps(&text);
+    let order = load_order(names, |name| graph.get(name).map(|(_, deps)| deps.clone()))?;
+    Ok(order
+        .iter()
+        .map(|name| modules.join(&graph[name].0))
+        .collect())
 }
 
 /// The fixture cache folder: `$VIVARIUM_FIXTURES`, else `$XDG_CACHE_HOME/vivarium/fixtures`,
@@ -277,7 +286,7 @@ pub(crate) fn apt_update() -> Result<(), String> {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     capture(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
 }
 
@@ -313,8 +322,10 @@ fn build_in(dir: &Path, work: &Path, packages: &[Package], key: &str) -> Result<
         &out.join("kernel-release"),
         format!("{release}\n").as_bytes(),
     )?;
+    let wanted: Vec<&str> = GUEST_MODULES.iter().chain(RIG_MODULES).copied().collect();
     collect_modules(
         &kernel_root.join("lib/modules").join(&release),
+        &wanted,
         &out.join("modules"),
     )?;
     eprintln!("fixtures: extracting vmlinux");
@@ -324,7 +335,11 @@ fn build_in(dir: &Path, work: &Path, packages: &[Package], key: &str) -> Result<
     }
     let staged = Fixtures { dir: out.clone() };
     eprintln!("fixtures: writing guest-initramfs.cpio.gz");
-    write_guest_initramfs(&staged, &out.join("guest-initramfs.cpio.gz"))?;
+    write_guest_initramfs(
+        &staged.busybox(),
+        &staged.modules_in_load_order(GUEST_MODULES)?,
+        &out.join("guest-initramfs.cpio.gz"),
+    )?;
     write(&out.join("stamp"), key.as_bytes())?;
     install(&out, dir)?;
     let fixtures = Fixtures::open(dir)?;
@@ -361,16 +376,25 @@ pub(crate) fn download(work: &Path, packages: &[Package]) -> Result<Vec<PathBuf>
     packages
         .iter()
         .map(|p| {
-            let prefix = format!("{}_", p.name);
+            // `name:arch` (a foreign architecture's package) downloads as `name_version_arch.deb`.
+            let (name, arch) = match p.name.split_once(':') {
+                Some((name, arch)) => (name, Some(arch)),
+                None => (p.name.as_str(), None),
+            };
+            let prefix = format!("{name}_");
             debs.iter()
-                .find(|d| file_name(d).starts_with(&prefix))
+                .find(|d| {
+                    let file = file_name(d);
+                    file.starts_with(&prefix)
+                        && arch.is_none_or(|arch| file.ends_with(&format!("_{arch}.deb")))
+                })
                 .cloned()
                 .ok_or_else(|| format!("apt-get download left no .deb for {}", p.name))
         })
         .collect()
 }
 
-fn kernel_release(root: &Path) -> Result<String, String> {
+pub(crate) fn kernel_release(root: &Path) -> Result<String, String> {
     let modules = root.join("lib/modules");
     let mut releases: Vec<String> = fs::read_dir(&modules)
         .map_err(|e| format!("the kernel package has no {}: {e}", modules.display()))?
@@ -383,13 +407,16 @@ fn kernel_release(root: &Path) -> Result<String, String> {
         .ok_or_else(|| "the kernel package has no modules folder".to_string())
 }
 
-/// Copies the modules named in [`GUEST_MODULES`] and [`RIG_MODULES`] with their dependencies
-/// into `out` (flat, uncompressed) and writes `out/deps`.
-fn collect_modules(modules_root: &Path, out: &Path) -> Result<(), String> {
+/// Copies the modules named in `wanted` with their dependencies into `out` (flat,
+/// uncompressed) and writes `out/deps`.
+pub(crate) fn collect_modules(
+    modules_root: &Path,
+    wanted: &[&str],
+    out: &Path,
+) -> Result<(), String> {
     let index = index_modules(&modules_root.join("kernel"))?;
-    let wanted: Vec<&str> = GUEST_MODULES.iter().chain(RIG_MODULES).copied().collect();
     let mut deps_of = BTreeMap::new();
-    let order = load_order(&wanted, |name| {
+    let order = load_order(wanted, |name| {
         let path = index.get(name)?;
         let deps = read_module(path).ok().map(|bytes| module_depends(&bytes))?;
         deps_of.insert(name.to_string(), deps.clone());
@@ -586,19 +613,24 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn write_guest_initramfs(fixtures: &Fixtures, out: &Path) -> Result<(), String> {
+/// Writes the guest initramfs (gzip-compressed): `busybox`, the `modules` (in load order) and
+/// [`GUEST_INIT`] as `/init`.
+pub(crate) fn write_guest_initramfs(
+    busybox: &Path,
+    modules: &[PathBuf],
+    out: &Path,
+) -> Result<(), String> {
     let cpio_path = out.with_extension("");
     let file = File::create(&cpio_path)
         .map_err(|e| format!("cannot create {}: {e}", cpio_path.display()))?;
     let mut cpio = Cpio::new(BufWriter::new(file));
-    let modules = fixtures.modules_in_load_order(GUEST_MODULES)?;
     let result = (|| -> io::Result<()> {
         cpio.base_layout()?;
         cpio.file("init", 0o755, GUEST_INIT.as_bytes())?;
-        cpio.file_from("bin/busybox", 0o755, &fixtures.busybox())?;
+        cpio.file_from("bin/busybox", 0o755, busybox)?;
         cpio.symlink("bin/sh", "busybox")?;
         let mut order = String::new();
-        for module in &modules {
+        for module in modules {
             let name = file_name(module);
             cpio.file_from(&format!("lib/modules/{name}"), 0o644, module)?;
             order.push_str(&format!("{name}\n"));

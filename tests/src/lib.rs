@@ -6,7 +6,10 @@ pub mod vivarium;
 
 pub mod bios_disk;
 pub mod boot_sector;
+pub mod cross;
+pub mod elf;
 pub mod fixtures;
+pub mod fixtures_arm64;
 pub mod gate;
 pub mod handmade;
 pub mod installer_cd_modules;

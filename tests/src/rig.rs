@@ -1,10 +1,18 @@
-//! The nested test rig: a machine emulated by QEMU's TCG with an AMD CPU whose Debian kernel
-//! loads `kvm_amd`, giving a genuine `/dev/kvm` in which a VMM boots real guest kernels (the
-//! host's own `/dev/kvm` may be a software hypervisor that cannot; see
-//! `shared/notes/kvm-on-these-machines.md` of the project).
+//! The nested test rig: a machine emulated by QEMU's TCG with a genuine `/dev/kvm` in which a
+//! VMM boots real guest kernels (the host's own `/dev/kvm` may be a software hypervisor that
+//! cannot; see `shared/notes/kvm-on-these-machines.md` of the project). It comes in two
+//! architectures ([`Arch`]):
+//! - **x86_64** ([`Rig::new`]): an emulated AMD CPU whose Debian kernel loads `kvm_amd`;
+//! - **arm64** ([`Rig::arm64`]): QEMU's `virt` machine with the virtualisation extensions
+//!   (EL2) and a GICv3, whose Debian arm64 kernel has KVM built in, so a VMM inside boots
+//!   arm64 guests on real KVM/arm64 (see `shared/notes/arm64-rig.md`). Its programs are arm64
+//!   programs: Debian's arm64 QEMU ([`Rig::qemu`]) and workspace binaries cross-built for it
+//!   ([`crate::cross`]), carried with the arm64 libraries they name
+//!   ([`crate::elf::library_closure`]) from the arm64 fixtures' sysroot.
 //!
 //! The logic lives here, in the `vivarium-e2e` library, so that tests call it directly (no
-//! nested `cargo` runs) and `cargo xtask rig` is a thin wrapper around the same code.
+//! nested `cargo` runs, but for the cross-builds of arm64 programs, in a target folder of
+//! their own) and `cargo xtask rig` is a thin wrapper around the same code.
 //!
 //! A test describes the run with [`Rig`]: a shell script, the host binaries it needs (copied in
 //! with every library `ldd` lists and the dynamic loader), data files, and files for the script
@@ -31,12 +39,50 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::fixtures::{Cpio, Fixtures, RIG_MODULES};
+use crate::fixtures_arm64::{self, Arm64Fixtures};
 
 /// The outer machine's `/init` (busybox sh; its protocol is documented at its top).
 pub const RIG_INIT: &str = include_str!("../../xtask/guest/rig-init.sh");
 
 /// The emulator that runs the outer machine (and, carried inside, the baseline inner VMM).
 pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The emulator that runs the outer machine of the arm64 rig (Debian package
+/// `qemu-system-arm`).
+pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
+
+/// The architecture of a rig's outer machine, and so of the guests its VMMs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// An emulated AMD x86_64 machine with `kvm_amd` ([`Rig::new`]).
+    X86_64,
+    /// An emulated arm64 `virt` machine with EL2 and KVM/arm64 ([`Rig::arm64`]).
+    Arm64,
+}
+
+impl Arch {
+    /// The emulator that runs the outer machine.
+    pub fn emulator(self) -> &'static str {
+        match self {
+            Arch::X86_64 => QEMU,
+            Arch::Arm64 => QEMU_AARCH64,
+        }
+    }
+
+    /// Why this rig cannot run here, or `None` when it can: its emulator must be installed.
+    pub fn missing_prerequisite(self) -> Option<String> {
+        find_program(self.emulator())
+            .is_none()
+            .then(|| emulator_missing(self))
+    }
+}
+
+/// The fixtures a rig boots with.
+#[derive(Debug, Clone)]
+enum Machine {
+    X86_64(Fixtures),
+    Arm64(Arm64Fixtures),
+}
 
 /// Marker of the outer init once the kvm modules are loaded: `VIVARIUM-RIG-READY kvm=yes|no`.
 pub const READY_MARKER: &str = "VIVARIUM-RIG-READY";
@@ -100,13 +146,16 @@ const QEMU_FIRMWARE: &[&str] = &[
 /// A run of the nested rig, described before it starts.
 #[derive(Debug, Clone)]
 pub struct Rig {
-    fixtures: Fixtures,
+    machine: Machine,
     script: String,
-    binaries: Vec<PathBuf>,
+    /// Programs, each with the path to give it in the rig (`None`: its host path).
+    binaries: Vec<(PathBuf, Option<String>)>,
     data: Vec<PathBuf>,
     files: Vec<(PathBuf, String)>,
     timeout: Duration,
     memory_mib: u32,
+    cpus: u32,
+    arm64_qemu: bool,
     compress: bool,
     echo: bool,
     kernel_log: bool,
@@ -180,37 +229,72 @@ impl Rig {
     /// `$VIVARIUM_RIG_MONITOR` set to a path, the outer QEMU's monitor listens on that Unix
     /// socket (for looking into a stalled run by hand).
     pub fn new(fixtures: &Fixtures, script: &str) -> Rig {
+        Rig::with_machine(Machine::X86_64(fixtures.clone()), script)
+    }
+
+    /// An arm64 rig run of `script`, as [`Rig::new`] otherwise: the outer machine is QEMU's
+    /// `virt` with EL2 and a GICv3 (`-cpu max,pauth-impdef=on`, 2 CPUs), booting the arm64
+    /// fixtures' kernel and outer initramfs; `/rig/fixtures` has the arm64 guest kernel
+    /// (`Image`) and initramfs. Carried programs ([`Rig::binary`]) must be arm64 programs.
+    pub fn arm64(fixtures: &Arm64Fixtures, script: &str) -> Rig {
+        Rig {
+            cpus: 2,
+            ..Rig::with_machine(Machine::Arm64(fixtures.clone()), script)
+        }
+    }
+
+    fn with_machine(machine: Machine, script: &str) -> Rig {
         let timeout = std::env::var("VIVARIUM_RIG_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(300);
         Rig {
-            fixtures: fixtures.clone(),
+            machine,
             script: script.to_string(),
             binaries: Vec::new(),
             data: Vec::new(),
             files: Vec::new(),
             timeout: Duration::from_secs(timeout),
             memory_mib: 2048,
+            cpus: 1,
+            arm64_qemu: false,
             compress: false,
             echo: std::env::var("VIVARIUM_RIG_ECHO").is_ok_and(|v| v == "1"),
             kernel_log: std::env::var("VIVARIUM_RIG_KERNEL_LOG").is_ok_and(|v| v == "1"),
         }
     }
 
+    /// The architecture of the outer machine.
+    pub fn arch(&self) -> Arch {
+        match self.machine {
+            Machine::X86_64(_) => Arch::X86_64,
+            Machine::Arm64(_) => Arch::Arm64,
+        }
+    }
+
     /// Carries a host program (a path, or a name looked up on `PATH`) at its host path, with
     /// the shared libraries `ldd` lists and the dynamic loader. Vivarium's CLI (a program named
     /// `vivarium`) brings the VM process program installed beside it (`vivarium-vm`), which
-    /// `vivarium start` runs.
+    /// `vivarium start` runs. In the arm64 rig the program is an arm64 program (a path: one
+    /// cross-built by [`crate::cross`], say), and its loader and libraries come from the arm64
+    /// fixtures' sysroot, at their Debian arm64 paths.
     pub fn binary(mut self, program: impl AsRef<Path>) -> Rig {
         let program = program.as_ref();
-        self.binaries.push(program.to_path_buf());
+        self.binaries.push((program.to_path_buf(), None));
         if program.file_name().is_some_and(|n| n == "vivarium") {
             let vm = program.with_file_name("vivarium-vm");
             if vm.is_file() {
-                self.binaries.push(vm);
+                self.binaries.push((vm, None));
             }
         }
+        self
+    }
+
+    /// Carries a host program as [`Rig::binary`] does, but at path `at` in the rig (for a
+    /// program built in a temporary folder: `/rig/bin/NAME`, say).
+    pub fn binary_at(mut self, program: impl AsRef<Path>, at: &str) -> Rig {
+        self.binaries
+            .push((program.as_ref().to_path_buf(), Some(at.to_string())));
         self
     }
 
@@ -229,8 +313,15 @@ impl Rig {
     }
 
     /// Carries QEMU (`qemu-system-x86_64` from `PATH`) with its libraries and the firmware it
-    /// needs for `-M microvm` and direct kernel boot, so the script can run it as a VMM.
+    /// needs for `-M microvm` and direct kernel boot, so the script can run it as a VMM. In the
+    /// arm64 rig: Debian's arm64 `qemu-system-aarch64` from the arm64 fixtures, at
+    /// `/usr/bin/qemu-system-aarch64` with its arm64 libraries (`-M virt` boots a kernel
+    /// directly without firmware files).
     pub fn qemu(mut self) -> Result<Rig, String> {
+        if self.arch() == Arch::Arm64 {
+            self.arm64_qemu = true;
+            return Ok(self);
+        }
         let qemu = find_program(QEMU).ok_or_else(qemu_missing)?;
         let share = qemu
             .parent()
@@ -262,6 +353,12 @@ impl Rig {
         self
     }
 
+    /// CPUs of the outer machine (1 for x86, 2 for arm64 unless set).
+    pub fn cpus(mut self, cpus: u32) -> Rig {
+        self.cpus = cpus;
+        self
+    }
+
     /// Gzip the outer initramfs (smaller, but slower to unpack on the emulated CPU).
     pub fn compress(mut self, compress: bool) -> Rig {
         self.compress = compress;
@@ -285,7 +382,8 @@ impl Rig {
     /// end or the timeout. An error means the rig could not be set up or started; a failing
     /// script or a timeout is reported in the [`RigRun`].
     pub fn run(&self) -> Result<RigRun, String> {
-        let qemu = find_program(QEMU).ok_or_else(qemu_missing)?;
+        let arch = self.arch();
+        let qemu = find_program(arch.emulator()).ok_or_else(|| emulator_missing(arch))?;
         let scratch = tempfile::Builder::new()
             .prefix("vivarium-rig-")
             .tempdir()
@@ -323,15 +421,40 @@ impl Rig {
     }
 
     fn write_initramfs(&self, path: &Path) -> Result<(), String> {
-        let file =
+        let io = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let mut file =
             File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let sysroot = match &self.machine {
+            Machine::X86_64(_) => None,
+            Machine::Arm64(fixtures) => {
+                // The fixtures' base archive, then this run's: the kernel unpacks
+                // concatenated archives one after the other.
+                let mut base = File::open(fixtures.outer_initramfs()).map_err(|e| {
+                    format!("cannot open {}: {e}", fixtures.outer_initramfs().display())
+                })?;
+                std::io::copy(&mut base, &mut file).map_err(io)?;
+                Some(fixtures.sysroot())
+            }
+        };
         let mut cpio = Packer {
             cpio: Cpio::new(BufWriter::new(file)),
             carried: BTreeSet::new(),
+            sysroot,
         };
-        cpio.base(&self.fixtures, &self.script)?;
-        for program in &self.binaries {
-            cpio.binary(program)?;
+        match &self.machine {
+            Machine::X86_64(fixtures) => cpio.base(fixtures, &self.script)?,
+            Machine::Arm64(_) => cpio
+                .cpio
+                .file("rig/script.sh", 0o755, self.script.as_bytes())
+                .map_err(io)?,
+        }
+        if self.arm64_qemu
+            && let Machine::Arm64(fixtures) = &self.machine
+        {
+            cpio.arm64_binary(&fixtures.qemu(), fixtures_arm64::QEMU_PROGRAM)?;
+        }
+        for (program, at) in &self.binaries {
+            cpio.binary(program, at.as_deref())?;
         }
         for path in &self.data {
             cpio.data(path)?;
@@ -346,18 +469,33 @@ impl Rig {
     }
 
     fn qemu_command(&self, qemu: &Path, initramfs: &Path) -> Command {
-        let kernel = self
-            .fixtures
-            .vmlinux()
-            .unwrap_or_else(|| self.fixtures.vmlinuz());
-        let cpu = if host_is_intel() {
-            "max,vendor=AuthenticAMD"
-        } else {
-            "max"
-        };
         let mut cmd = Command::new(qemu);
-        cmd.args(["-accel", "tcg", "-cpu", cpu, "-M", "microvm"])
-            .args(["-m", &self.memory_mib.to_string(), "-smp", "1"])
+        let kernel = match &self.machine {
+            Machine::X86_64(fixtures) => {
+                let cpu = if host_is_intel() {
+                    "max,vendor=AuthenticAMD"
+                } else {
+                    "max"
+                };
+                cmd.args(["-accel", "tcg", "-cpu", cpu, "-M", "microvm"]);
+                fixtures.vmlinux().unwrap_or_else(|| fixtures.vmlinuz())
+            }
+            Machine::Arm64(fixtures) => {
+                // EL2 for KVM inside, and a GICv3 (the only GIC the outer KVM emulates for its
+                // guests). pauth-impdef: pointer authentication with QEMU's own cheap algorithm
+                // instead of QARMA5, which makes the emulated CPU 2.5-3 times faster.
+                cmd.args([
+                    "-accel",
+                    "tcg",
+                    "-M",
+                    "virt,virtualization=on,gic-version=3",
+                ])
+                .args(["-cpu", "max,pauth-impdef=on"]);
+                fixtures.kernel()
+            }
+        };
+        cmd.args(["-m", &self.memory_mib.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-serial", "stdio", "-no-reboot"])
             .arg("-kernel")
@@ -383,6 +521,15 @@ impl Rig {
     /// fails now and then and the boot hangs; giving it the host's TSC rate (which is what TCG's
     /// TSC counts at) and trusting the TSC avoids that.
     fn kernel_command_line(&self) -> String {
+        if self.arch() == Arch::Arm64 {
+            let mut line = String::from("console=ttyAMA0 panic=-1 rdinit=/init");
+            line.push_str(if self.kernel_log {
+                " loglevel=7"
+            } else {
+                " quiet loglevel=3"
+            });
+            return line;
+        }
         // nohz=off highres=off: the outer kernel ticks with its local APIC timer in periodic
         // mode. Under TCG, a one-shot APIC timer interrupt that comes due while a nested guest
         // runs is now and then lost; the outer kernel then never sees another timer
@@ -410,7 +557,7 @@ impl Rig {
         let started = Instant::now();
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {QEMU}: {e}"))?;
+            .map_err(|e| format!("cannot start {}: {e}", self.arch().emulator()))?;
         let lines = spawn_line_reader(child.stdout.take().expect("stdout is piped"), started);
         let stderr = spawn_reader(child.stderr.take().expect("stderr is piped"));
         let mut run = RigRun {
@@ -601,6 +748,8 @@ fn marker_rest<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
 struct Packer<W: Write> {
     cpio: Cpio<W>,
     carried: BTreeSet<String>,
+    /// The arm64 fixtures' sysroot, in the arm64 rig: where carried programs' libraries are.
+    sysroot: Option<PathBuf>,
 }
 
 impl<W: Write> Packer<W> {
@@ -635,17 +784,47 @@ impl<W: Write> Packer<W> {
         )
     }
 
-    /// A program at its path, its libraries at theirs.
-    fn binary(&mut self, program: &Path) -> Result<(), String> {
+    /// A program at `at` (else its path), its libraries at theirs.
+    fn binary(&mut self, program: &Path, at: Option<&str>) -> Result<(), String> {
         let path = if program.components().count() > 1 {
             program.to_path_buf()
         } else {
             find_program(&program.to_string_lossy())
                 .ok_or_else(|| format!("`{}` is not on PATH", program.display()))?
         };
-        self.add(&path.to_string_lossy(), &path, 0o755)?;
+        let at = at.map_or_else(|| path.to_string_lossy().into_owned(), str::to_string);
+        if self.sysroot.is_some() {
+            return self.arm64_binary(&path, &at);
+        }
+        self.add(&at, &path, 0o755)?;
         for library in shared_libraries(&path)? {
             self.add(&library.to_string_lossy(), &library, 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// An arm64 program at `at` in the rig, with its loader and libraries from the sysroot at
+    /// their paths there.
+    fn arm64_binary(&mut self, program: &Path, at: &str) -> Result<(), String> {
+        let sysroot = self
+            .sysroot
+            .clone()
+            .ok_or("an arm64 program carried into an x86 rig")?;
+        let bytes =
+            fs::read(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
+        let needs = crate::elf::needs(&bytes).map_err(|e| format!("{}: {e}", program.display()))?;
+        if needs.machine != crate::elf::EM_AARCH64 {
+            return Err(format!(
+                "{} is not an arm64 program (ELF machine {}): the arm64 rig runs arm64                  programs only (cross-build it with vivarium_e2e::cross)",
+                program.display(),
+                needs.machine
+            ));
+        }
+        self.add(at, program, 0o755)?;
+        for inside in crate::elf::library_closure(&sysroot, program)? {
+            let host = crate::elf::resolve_in(&sysroot, &inside)
+                .ok_or_else(|| format!("{inside} vanished from {}", sysroot.display()))?;
+            self.add(&inside, &host, 0o755)?;
         }
         Ok(())
     }
@@ -715,11 +894,22 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Why the rig cannot run here, or `None` when it can: QEMU must be installed.
 pub fn missing_prerequisite() -> Option<String> {
-    find_program(QEMU).is_none().then(qemu_missing)
+    Arch::X86_64.missing_prerequisite()
 }
 
 fn qemu_missing() -> String {
-    format!("{QEMU} is not on PATH: install the Debian package qemu-system-x86")
+    emulator_missing(Arch::X86_64)
+}
+
+fn emulator_missing(arch: Arch) -> String {
+    let package = match arch {
+        Arch::X86_64 => "qemu-system-x86",
+        Arch::Arm64 => "qemu-system-arm",
+    };
+    format!(
+        "{} is not on PATH: install the Debian package {package}",
+        arch.emulator()
+    )
 }
 
 /// The host's TSC rate in kHz: the kernel's own figure when it exports it, else the first
@@ -836,6 +1026,25 @@ pub fn fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Fixtures> {
         .or(extra)
         .map(Err)
         .unwrap_or_else(Fixtures::locate);
+    match prerequisites {
+        Ok(fixtures) => Some(fixtures),
+        Err(reason) => {
+            crate::gate::skip(test, &format!("{reason} (cargo xtask test sets this up)"));
+            None
+        }
+    }
+}
+
+/// The arm64 fixtures for the arm64 rig test `test`, or `None` after saying loudly why the
+/// test is skipped (no `qemu-system-aarch64`, no arm64 fixtures, or `extra`); under
+/// `VIVARIUM_REQUIRE_RIG=1` the test fails instead, as with [`fixtures_or_skip`].
+#[track_caller]
+pub fn arm64_fixtures_or_skip(test: &str, extra: Option<String>) -> Option<Arm64Fixtures> {
+    let prerequisites = Arch::Arm64
+        .missing_prerequisite()
+        .or(extra)
+        .map(Err)
+        .unwrap_or_else(Arm64Fixtures::locate);
     match prerequisites {
         Ok(fixtures) => Some(fixtures),
         Err(reason) => {

@@ -1,18 +1,26 @@
 #!/bin/sh
 # Vivarium nested test rig: the /init of the outer machine (busybox sh).
 #
-# The rig is a machine run by QEMU's software emulator (TCG) with an emulated AMD CPU; the
-# Debian kernel's kvm_amd module gives it a genuine /dev/kvm, so a VMM run inside it boots real
-# guest kernels (see vivarium_e2e::rig). Built by vivarium_e2e::rig into rig.cpio.
+# The rig is a machine run by QEMU's software emulator (TCG) with real hardware
+# virtualisation inside (see vivarium_e2e::rig), in one of two architectures:
+# - x86_64: an emulated AMD CPU; the Debian kernel's kvm_amd module gives it a genuine
+#   /dev/kvm. Built by vivarium_e2e::rig into rig.cpio.
+# - arm64: QEMU's virt machine with EL2 (virtualization=on) and a GICv3; Debian's arm64
+#   kernel has KVM built in. The fixtures' outer-initramfs.cpio, with the run's own archive
+#   appended by vivarium_e2e::rig.
+# Either way a VMM run inside it boots real guest kernels of that architecture.
 #
 # Layout of the outer initramfs:
-#   /rig/modules/*.ko, /rig/modules/load-order   the kvm modules, in dependency order
+#   /rig/modules/*.ko, /rig/modules/load-order   the rig's modules, in dependency order
 #   /rig/script.sh                                the script under test (run with sh)
-#   /rig/fixtures/                                guest fixtures (vmlinuz, guest-initramfs.cpio.gz)
+#   /rig/fixtures/                                guest fixtures: the kernel (vmlinuz on x86,
+#                                                 Image on arm64) and guest-initramfs.cpio.gz
 #   /rig/files/                                   files the caller carried in
-#   carried binaries, their libraries and data at their host paths
+#   carried binaries, their libraries and data at their host paths (an arm64 program's
+#   libraries at their Debian arm64 paths)
 #
-# Protocol on the console (ttyS0), each marker at the start of its own line:
+# Protocol on the console (ttyS0 on x86, ttyAMA0 on arm64), each marker at the start of its
+# own line:
 #   VIVARIUM-RIG-READY kvm=yes|no   modules loaded; whether /dev/kvm exists
 #   ...                             whatever the script prints (its stdout and stderr)
 #   VIVARIUM-RIG-EXIT <code>        the script's exit code; the machine powers off next
@@ -80,7 +88,11 @@ fi
 # token has no line ending; the reader removes it from whatever line it lands in).
 (while :; do sleep 5; printf '<VIVARIUM-RIG-ALIVE>'; done) &
 
-export VIVARIUM_GUEST_KERNEL=/rig/fixtures/vmlinuz
+if [ -e /rig/fixtures/vmlinuz ]; then
+    export VIVARIUM_GUEST_KERNEL=/rig/fixtures/vmlinuz
+else
+    export VIVARIUM_GUEST_KERNEL=/rig/fixtures/Image
+fi
 export VIVARIUM_GUEST_INITRD=/rig/fixtures/guest-initramfs.cpio.gz
 export VIVARIUM_RIG_FILES=/rig/files
 cd /rig/work

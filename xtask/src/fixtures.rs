@@ -1,7 +1,9 @@
 //! `cargo xtask fixtures`: builds the guest fixtures (a Debian kernel, its modules, busybox and
 //! a guest initramfs) into the cache outside the repository, or says they are up to date. With
 //! `--installer-iso` it also builds the Debian installer ISO (a separate cache entry, a larger
-//! download, used only by the tests of ISO import).
+//! download, used only by the tests of ISO import). With `--arm64` it also builds the arm64
+//! fixtures (`vivarium_e2e::fixtures_arm64`: the Debian arm64 kernel, busybox, guest and rig
+//! initramfs and Debian's arm64 QEMU with its libraries, in the cache's `arm64/`).
 //!
 //! The work is done by `vivarium_e2e::fixtures` and `vivarium_e2e::installer_iso`, which the
 //! tests use as well; this command only parses the arguments and prints where the fixtures are.
@@ -10,10 +12,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use vivarium_e2e::fixtures::{self, Fixtures};
+use vivarium_e2e::fixtures_arm64::{self, Arm64Fixtures};
 use vivarium_e2e::installer_iso;
 
 const USAGE: &str =
-    "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest] [--dir DIR]";
+    "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest] [--arm64] [--dir DIR]";
 
 /// Entry point of `cargo xtask fixtures [--installer-iso] [--dir DIR]`.
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -21,12 +24,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut with_iso = false;
     let mut with_bios_disk = false;
     let mut with_memtest = false;
+    let mut with_arm64 = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--installer-iso" => with_iso = true,
             "--bios-disk" => with_bios_disk = true,
             "--memtest" => with_memtest = true,
+            "--arm64" => with_arm64 = true,
             "--dir" => dir = Some(PathBuf::from(rest.next().ok_or(USAGE)?)),
             _ => return Err(USAGE.into()),
         }
@@ -61,8 +66,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
             isos.version()
         );
     }
+    if with_arm64 {
+        let arm64 = fixtures_arm64::build(&dir.join(fixtures_arm64::DEBIAN_ARCH))?;
+        print_arm64_summary(&arm64);
+    }
     eprintln!("fixtures: took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The arm64 fixtures in the default cache, built first when missing or out of date.
+pub fn ensure_arm64() -> Result<Arm64Fixtures, String> {
+    fixtures_arm64::build(&fixtures_arm64::default_dir()?)
+}
+
+fn print_arm64_summary(fixtures: &Arm64Fixtures) {
+    println!("arm64 fixtures in {}", fixtures.dir().display());
+    println!("  kernel release   {}", fixtures.kernel_release());
+    println!("  Image            {}", fixtures.kernel().display());
+    println!(
+        "  guest initramfs  {}",
+        fixtures.guest_initramfs().display()
+    );
+    println!(
+        "  rig initramfs    {}",
+        fixtures.outer_initramfs().display()
+    );
+    println!("  arm64 QEMU       {}", fixtures.qemu().display());
 }
 
 /// The fixtures in the default cache, built first when missing or out of date.

@@ -10,7 +10,8 @@
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
 //!   with `--installer-iso` also the Debian installer ISO.
 //! - `fuzz`: build every fuzz target and run each for a set time (see `fuzz.rs`).
-//! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm).
+//! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm;
+//!   `--arch arm64` for the arm64 rig, an emulated arm64 machine with KVM/arm64).
 
 use std::process::ExitCode;
 
@@ -43,12 +44,14 @@ fn usage() -> &'static str {
      \x20 bench firmware  an installed GRUB disk through SeaBIOS, Vivarium vs QEMU -M pc, in\n\
      \x20                the rig (docs/BENCHMARKS.md)\n\
      \x20 bench vm       size of vivarium-vm and its start-up CPU time (docs/BENCHMARKS.md)\n\
-     \x20 fixtures [--installer-iso] [--bios-disk]  build the guest fixtures (kernel,\n\
-     \x20                initramfs; the Debian installer ISO, the GRUB disk) into the cache\n\
+     \x20 fixtures [--installer-iso] [--bios-disk] [--arm64]  build the guest fixtures (kernel,\n\
+     \x20                initramfs; the Debian installer ISO, the GRUB disk; the arm64 set)\n\
+     \x20                into the cache\n\
      \x20 fuzz [--time SECONDS] [--jobs N] [--sanitizer none|address] [TARGET...]\n\
      \x20                build every fuzz target and run each for a while (default 15 s);\n\
      \x20                a crash, hang or runaway allocation fails\n\
-     \x20 rig [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig (see `cargo xtask rig --help`)\n"
+     \x20 rig [--arch arm64] [OPTIONS] -- SCRIPT  run SCRIPT in the nested rig, x86_64 or arm64\n\
+     \x20                (see `cargo xtask rig --help`)\n"
 }
 
 fn main() -> ExitCode {

@@ -1,26 +1,36 @@
 //! `cargo xtask rig`: runs a shell script inside the nested test rig (an emulated AMD machine
-//! with a real `/dev/kvm`) and prints its console.
+//! with a real `/dev/kvm`, or with `--arch arm64` an emulated arm64 machine with KVM/arm64) and
+//! prints its console.
 //!
 //! The rig itself is `vivarium_e2e::rig`, shared with the tests; this command builds the guest
-//! fixtures when needed, parses the arguments and passes the script's exit code on.
+//! fixtures when needed (the arm64 ones for `--arch arm64`), cross-builds the workspace
+//! binaries named with `--cross-bin`, parses the arguments and passes the script's exit code
+//! on.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use vivarium_e2e::rig::Rig;
 
-const USAGE: &str = "usage: cargo xtask rig [--qemu] [--bin PROGRAM]... [--data PATH]... \
-                     [--file PATH[:NAME]]... [--timeout SECONDS] [--gzip] [--kernel-log] -- SCRIPT\n\
+const USAGE: &str = "usage: cargo xtask rig [--arch x86_64|arm64] [--qemu] [--bin PROGRAM]... \
+                     [--cross-bin PACKAGE:BIN]... [--data PATH]... [--file PATH[:NAME]]... \
+                     [--timeout SECONDS] [--gzip] [--kernel-log] -- SCRIPT\n\
                      \n\
                      SCRIPT is a file, or else the words after `--` as one shell command.\n\
-                     --qemu carries qemu-system-x86_64 and its firmware in; --bin a host \
-                     program with its libraries; --data a file or folder at its host path; \
-                     --file a file as /rig/files/NAME; --gzip compresses the outer initramfs; \
-                     --kernel-log lets the outer kernel log to the console.";
+                     --arch arm64 runs the arm64 rig (an emulated arm64 machine with KVM/arm64; \
+                     the default is x86_64); --qemu carries QEMU in (qemu-system-x86_64 and its \
+                     firmware, or Debian's arm64 qemu-system-aarch64 with its libraries); --bin \
+                     a program with its libraries (an arm64 program in the arm64 rig); \
+                     --cross-bin a workspace binary cross-built for the arm64 rig, carried at \
+                     /rig/bin/BIN; --data a file or folder at its host path; --file a file as \
+                     /rig/files/NAME; --gzip compresses the outer initramfs; --kernel-log lets \
+                     the outer kernel log to the console.";
 
 /// Options of `cargo xtask rig`.
 #[derive(Default)]
 struct Options {
+    arm64: bool,
+    cross_binaries: Vec<(String, String)>,
     qemu: bool,
     binaries: Vec<String>,
     data: Vec<String>,
@@ -38,8 +48,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let options = parse(args)?;
-    let fixtures = crate::fixtures::ensure()?;
-    let mut rig = Rig::new(&fixtures, &options.script)
+    let mut rig = if options.arm64 {
+        Rig::arm64(&crate::fixtures::ensure_arm64()?, &options.script)
+    } else if !options.cross_binaries.is_empty() {
+        return Err("--cross-bin is for the arm64 rig (--arch arm64)".into());
+    } else {
+        Rig::new(&crate::fixtures::ensure()?, &options.script)
+    };
+    let stripped = vivarium_e2e::cross::cross_target_dir().join("stripped");
+    std::fs::create_dir_all(&stripped)
+        .map_err(|e| format!("cannot create {}: {e}", stripped.display()))?;
+    for (package, bin) in &options.cross_binaries {
+        let built = vivarium_e2e::cross::small_arm64_binary(package, bin, &stripped)?;
+        rig = rig.binary_at(&built, &format!("/rig/bin/{bin}"));
+    }
+    rig = rig
         .echo(true)
         .compress(options.gzip)
         .kernel_log(options.kernel_log);
@@ -88,6 +111,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match arg.as_str() {
             "--qemu" => options.qemu = true,
+            "--arch" => match value()?.as_str() {
+                "arm64" | "aarch64" => options.arm64 = true,
+                "x86_64" | "amd64" => options.arm64 = false,
+                other => return Err(format!("unknown --arch {other}\n\n{USAGE}")),
+            },
+            "--cross-bin" => {
+                let v = value()?;
+                let (package, bin) = v
+                    .split_once(':')
+                    .ok_or(format!("--cross-bin needs PACKAGE:BIN, not {v}"))?;
+                options.cross_binaries.push((package.into(), bin.into()));
+            }
             "--gzip" => options.gzip = true,
             "--kernel-log" => options.kernel_log = true,
             "--bin" => options.binaries.push(value()?),

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+use vivarium_e2e::cross;
+
 use crate::util::{self, ensure_apt_packages, workspace_root};
 
 /// Debian packages the tests use: `qemu-utils` gives `qemu-img`, which checks the qcow2 images
@@ -20,7 +22,10 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// clicks with `xdotool`. `seabios` is the BIOS VMs boot disks and CDs through (its VGA BIOS
 /// `vgabios-stdvga.bin` sets the standard VGA's text and VESA modes; the Memtest86+ ISOs of
 /// the VGA text-mode test are downloaded into the fixture cache, not installed), and `ovmf` the UEFI firmware; `e2fsprogs`'s `mke2fs -d` makes the root file system of the
-/// GRUB disk fixture.
+/// GRUB disk fixture. The arm64 rig runs on `qemu-system-arm` (its `qemu-system-aarch64`
+/// emulates the arm64 machine; the arm64 QEMU inside it comes with the arm64 fixtures, which are
+/// downloaded, not installed), and the programs it runs are cross-built with
+/// `gcc-aarch64-linux-gnu` against `libc6-dev-arm64-cross`.
 const APT_PACKAGES: &[&str] = &[
     "seabios",
     "ovmf",
@@ -43,10 +48,16 @@ const APT_PACKAGES: &[&str] = &[
     "libfontconfig1",
     "imagemagick",
     "xdotool",
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 /// The macOS target the shared crates are checked for.
 const MACOS_TARGET: &str = "aarch64-apple-darwin";
+
+/// The program the arm64 rig's KVM test cross-builds (package, binary).
+const ARM64_PROBE: (&str, &str) = ("vivarium-e2e", "vivarium-arm64-kvm-probe");
 
 /// Entry point of `cargo xtask test`. `--no-install` skips the package step (for machines set
 /// up by hand).
@@ -77,7 +88,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     step(&["build", "--workspace"])?;
     // The crates shared with the macOS (Hypervisor.framework) build must type-check for it.
     if util::have_program("rustup") {
-        util::run(Command::new("rustup").args(["target", "add", MACOS_TARGET]))?;
+        util::run(Command::new("rustup").args([
+            "target",
+            "add",
+            MACOS_TARGET,
+            cross::ARM64_TARGET,
+        ]))?;
     }
     step(&[
         "check",
@@ -96,8 +112,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "-p",
         "vivarium-vm",
     ])?;
+    // The programs the arm64 rig runs are cross-built: the aarch64-only one passes clippy for
+    // its target, and is built before the tests (which would build it themselves otherwise).
+    step(&[
+        "clippy",
+        "--target",
+        cross::ARM64_TARGET,
+        "-p",
+        ARM64_PROBE.0,
+        "--bin",
+        ARM64_PROBE.1,
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cross::build_arm64(ARM64_PROBE.0, ARM64_PROBE.1)?;
     // Tests that boot real guests use the guest fixtures (kept in a cache outside the repo).
     let fixtures = crate::fixtures::ensure()?;
+    crate::fixtures::ensure_arm64()?;
     crate::fixtures::ensure_installer_iso()?;
     crate::fixtures::ensure_bios_disk(&fixtures)?;
     crate::fixtures::ensure_memtest()?;
