@@ -5,16 +5,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Once};
 
-use kvm_bindings::{
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-    kvm_userspace_memory_region,
-};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, kvm_userspace_memory_region};
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vivarium_hypervisor::{
     HostSupport, Hypervisor, InterruptLine, Kicker, MemoryMapping, Vcpu, VcpuExit, Vm, VmSpec,
 };
 use vmm_sys_util::eventfd::EventFd;
 
+#[cfg(target_arch = "aarch64")]
+use crate::arm64;
+#[cfg(target_arch = "x86_64")]
 use crate::cpu;
 use crate::error::{Error, Result, kvm_error};
 use crate::probe::{self, HostPaths};
@@ -55,28 +57,40 @@ impl Hypervisor for Kvm {
         let fd = kvm
             .create_vm()
             .map_err(kvm_error("KVM refused creating a VM"))?;
-        // The TSS (three pages) and the identity map (one page) of Intel's real-mode
-        // emulation live where the board keeps room for them.
-        let pages = spec.hypervisor_pages.ok_or_else(|| {
-            Error::Invalid("a KVM x86 VM needs four guest pages for KVM's own use".into())
-        })?;
-        fd.set_identity_map_address(pages)
-            .map_err(kvm_error("KVM refused placing the identity map"))?;
-        fd.set_tss_address((pages + 0x1000) as usize)
-            .map_err(kvm_error("KVM refused placing the TSS"))?;
-        fd.create_irq_chip()
-            .map_err(kvm_error("KVM refused creating the interrupt controllers"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
+        #[cfg(target_arch = "x86_64")]
+        {
+            // The TSS (three pages) and the identity map (one page) of Intel's real-mode
+            // emulation live where the board keeps room for them.
+            let pages = spec.hypervisor_pages.ok_or_else(|| {
+                Error::Invalid("a KVM x86 VM needs four guest pages for KVM's own use".into())
+            })?;
+            fd.set_identity_map_address(pages)
+                .map_err(kvm_error("KVM refused placing the identity map"))?;
+            fd.set_tss_address((pages + 0x1000) as usize)
+                .map_err(kvm_error("KVM refused placing the TSS"))?;
+            fd.create_irq_chip()
+                .map_err(kvm_error("KVM refused creating the interrupt controllers"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit)
+                .map_err(kvm_error("KVM refused creating the PIT"))?;
+        }
+        #[cfg(target_arch = "aarch64")]
+        let gic = {
+            let layout = spec.gic.as_ref().ok_or_else(|| {
+                Error::Invalid("a KVM/arm64 VM needs a place for its GICv3".into())
+            })?;
+            Mutex::new(Some(arm64::create_gic(&fd, layout)?))
         };
-        fd.create_pit2(pit)
-            .map_err(kvm_error("KVM refused creating the PIT"))?;
         let read_only = kvm.check_extension(Cap::ReadonlyMem);
         let max_slots = kvm.get_nr_memslots() as u32;
         Ok(Arc::new(KvmVm {
             kvm,
             fd: Arc::new(fd),
+            #[cfg(target_arch = "aarch64")]
+            gic,
             cpus: spec.cpus,
             read_only,
             slots: Mutex::new(Slots {
@@ -124,8 +138,13 @@ impl Slots {
 
 /// A KVM VM.
 pub struct KvmVm {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     kvm: kvm_ioctls::Kvm,
     fd: Arc<VmFd>,
+    /// The in-kernel GICv3, initialised once every vCPU exists.
+    #[cfg(target_arch = "aarch64")]
+    gic: Mutex<Option<kvm_ioctls::DeviceFd>>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     cpus: u32,
     read_only: bool,
     slots: Mutex<Slots>,
@@ -245,6 +264,16 @@ impl Vm for KvmVm {
         }))
     }
 
+    #[cfg(target_arch = "aarch64")]
+    fn signal_msi(&self, _address: u64, _data: u32) -> Result<()> {
+        Err(Error::Unsupported(
+            "a KVM/arm64 VM here has no ITS: MSIs reach the GIC through the board's MSI frame \
+             as SPIs"
+                .into(),
+        ))
+    }
+
+    #[cfg(target_arch = "x86_64")]
     fn signal_msi(&self, address: u64, data: u32) -> Result<()> {
         let msi = kvm_bindings::kvm_msi {
             address_lo: address as u32,
@@ -263,20 +292,35 @@ impl Vm for KvmVm {
             .fd
             .create_vcpu(u64::from(index))
             .map_err(kvm_error("KVM refused creating a vCPU"))?;
-        cpu::setup_cpuid(&self.kvm, &fd, index, self.cpus)?;
-        cpu::setup_msrs(&fd)?;
-        cpu::setup_fpu(&fd)?;
-        cpu::setup_lapic(&fd)?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            cpu::setup_cpuid(&self.kvm, &fd, index, self.cpus)?;
+            cpu::setup_msrs(&fd)?;
+            cpu::setup_fpu(&fd)?;
+            cpu::setup_lapic(&fd)?;
+        }
+        #[cfg(target_arch = "aarch64")]
+        arm64::init_vcpu(&self.fd, &fd, index)?;
         Ok(Box::new(KvmVcpu {
             fd,
             // SAFETY: pthread_self has no preconditions.
             thread: unsafe { libc::pthread_self() },
         }))
     }
+
+    #[cfg(target_arch = "aarch64")]
+    fn vcpus_created(&self) -> Result<()> {
+        let gic = self.gic.lock().unwrap_or_else(|e| e.into_inner());
+        match gic.as_ref() {
+            Some(gic) => arm64::finish_gic(gic),
+            None => Ok(()),
+        }
+    }
 }
 
-/// A GSI of KVM's in-kernel IOAPIC and PIC: edges through an irqfd (no ioctl on the device's
-/// thread), levels through `KVM_IRQ_LINE`.
+/// A line of KVM's in-kernel interrupt controller (a GSI of the IOAPIC and PIC on x86, an SPI
+/// of the GICv3 on arm64): edges through an irqfd (no ioctl on the device's thread), levels
+/// through `KVM_IRQ_LINE`.
 struct KvmInterruptLine {
     vm: Arc<VmFd>,
     line: u32,
@@ -292,8 +336,12 @@ impl InterruptLine for KvmInterruptLine {
     }
 
     fn set_level(&self, asserted: bool) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        let line = self.line;
+        #[cfg(target_arch = "aarch64")]
+        let line = arm64::spi_irq_line(self.line);
         self.vm
-            .set_irq_line(self.line, asserted)
+            .set_irq_line(line, asserted)
             .map_err(kvm_error("KVM refused setting an interrupt line"))
     }
 }
@@ -374,10 +422,19 @@ impl Vcpu for KvmVcpu {
     }
 
     fn describe_registers(&self) -> String {
-        cpu::describe_registers(&self.fd)
+        #[cfg(target_arch = "x86_64")]
+        return cpu::describe_registers(&self.fd);
+        #[cfg(target_arch = "aarch64")]
+        return arm64::describe_registers(&self.fd);
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn set_x86_entry(&mut self, entry: &vivarium_hypervisor::x86::Entry) -> Result<()> {
         cpu::set_entry(&self.fd, entry)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn set_aarch64_entry(&mut self, entry: &vivarium_hypervisor::aarch64::Entry) -> Result<()> {
+        arm64::set_entry(&self.fd, entry)
     }
 }

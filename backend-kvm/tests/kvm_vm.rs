@@ -66,6 +66,7 @@ fn vm(test: &str) -> Option<Arc<dyn Vm>> {
         kvm.create_vm(&VmSpec {
             cpus: 1,
             hypervisor_pages: Some(0xfeff_c000),
+            gic: None,
         })
         .expect("KVM makes a VM"),
     )

@@ -17,6 +17,7 @@
 //!   hypervisor may be lost, so the VMM kicks until the vCPU acknowledges.
 //! - A read exit's data is taken as the guest's value at the next [`Vcpu::run`].
 
+pub mod aarch64;
 pub mod x86;
 
 use std::sync::Arc;
@@ -81,6 +82,9 @@ pub struct VmSpec {
     /// identity-map pages), four pages from this address, where neither RAM nor a device
     /// is; `None` where the hypervisor needs none.
     pub hypervisor_pages: Option<u64>,
+    /// On aarch64: where the GICv3 goes. Its shared interrupts are the VM's interrupt lines
+    /// (line `n` is SPI `n`, INTID 32 + `n`).
+    pub gic: Option<aarch64::GicV3>,
 }
 
 /// A range of host memory mapped into a VM's guest-physical address space.
@@ -134,8 +138,15 @@ pub trait Vm: Send + Sync {
     fn signal_msi(&self, address: u64, data: u32) -> Result<()>;
 
     /// Makes vCPU `index` (0 is the boot CPU) in the state of a CPU after reset, set up as
-    /// this machine's CPUs are. Call it on the thread that will run the vCPU.
+    /// this machine's CPUs are (on aarch64 an application processor starts powered off,
+    /// until the boot CPU's PSCI `CPU_ON`). Call it on the thread that will run the vCPU.
     fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>>;
+
+    /// Called once every vCPU of the VM exists, before any runs (KVM initialises its GICv3
+    /// then, sized by the vCPUs).
+    fn vcpus_created(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An interrupt line into the VM's interrupt controller.
@@ -160,7 +171,35 @@ pub trait Vcpu {
 
     /// Sets where and how an x86 CPU enters the guest (a board's direct boot); a CPU that is
     /// not told starts at the reset vector, as a PC's does.
-    fn set_x86_entry(&mut self, entry: &x86::Entry) -> Result<()>;
+    fn set_x86_entry(&mut self, entry: &x86::Entry) -> Result<()> {
+        let _ = entry;
+        Err(Error::Unsupported("this vCPU is not an x86 CPU".into()))
+    }
+
+    /// Sets where an aarch64 CPU enters the guest (a board's direct boot).
+    fn set_aarch64_entry(&mut self, entry: &aarch64::Entry) -> Result<()> {
+        let _ = entry;
+        Err(Error::Unsupported("this vCPU is not an aarch64 CPU".into()))
+    }
+}
+
+/// Where and how a vCPU enters the guest when the board boots it directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An x86 CPU.
+    X86(x86::Entry),
+    /// An aarch64 CPU.
+    Aarch64(aarch64::Entry),
+}
+
+impl Entry {
+    /// Puts `vcpu` there.
+    pub fn apply(&self, vcpu: &mut dyn Vcpu) -> Result<()> {
+        match self {
+            Entry::X86(entry) => vcpu.set_x86_entry(entry),
+            Entry::Aarch64(entry) => vcpu.set_aarch64_entry(entry),
+        }
+    }
 }
 
 /// Interrupts a running vCPU from another thread.

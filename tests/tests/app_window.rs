@@ -198,6 +198,9 @@ fn the_app_in_a_real_window_with_screenshots() {
     }
     let home = library.home().to_path_buf();
     let (_xvfb, display) = start_xvfb();
+    // What the app says goes to a file, so a window that never appears is explained.
+    let app_log = library.scratch().join("app-window.log");
+    let app_stderr = std::fs::File::create(&app_log).expect("the app's log file");
     let app = Command::new(binary())
         .env("DISPLAY", &display)
         .env("VIVARIUM_HOME", &home)
@@ -205,17 +208,34 @@ fn the_app_in_a_real_window_with_screenshots() {
         .env("XDG_DATA_HOME", home.join("data"))
         .env_remove("WAYLAND_DISPLAY")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(app_stderr)
         .spawn()
         .expect("the app starts");
-    let _app = KillOnDrop(app);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut app = KillOnDrop(app);
+    // A debug build drawing with the software Vulkan driver takes a while on a busy machine
+    // to open its window; the bound is generous, and an app that ends early fails at once.
+    let deadline = Instant::now() + Duration::from_secs(180);
     let window = loop {
         let found = xdotool(&display, &["search", "--name", "^Vivarium$"]);
         if let Some(id) = found.lines().next().filter(|id| !id.is_empty()) {
             break id.to_string();
         }
-        assert!(Instant::now() < deadline, "the app's window did not appear");
+        let said = || {
+            let text = read_text(&app_log);
+            let start = text.len().saturating_sub(3000);
+            text[text.floor_char_boundary(start)..].to_string()
+        };
+        if let Ok(Some(status)) = app.0.try_wait() {
+            panic!(
+                "the app ended ({status}) before its window appeared; it said:\n{}",
+                said()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app's window did not appear within 180 s; the app said:\n{}",
+            said()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     xdotool(&display, &["windowmove", &window, "0", "0"]);

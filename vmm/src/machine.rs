@@ -19,7 +19,7 @@ use vivarium_core::backend::{
 use vivarium_devices::acpi_pm::AcpiPm;
 use vivarium_devices::bus::Bus;
 use vivarium_devices::i8042::Ps2Input;
-use vivarium_hypervisor::{Hypervisor, Kicker, Vcpu, VcpuExit, Vm, x86};
+use vivarium_hypervisor::{Entry, Hypervisor, Kicker, Vcpu, VcpuExit, Vm};
 
 use crate::error::{Error, Result};
 use crate::memory::GuestRam;
@@ -47,6 +47,10 @@ struct ControlState {
     vcpus_running: usize,
     /// vCPU threads parked because the machine is paused.
     vcpus_parked: usize,
+    /// vCPUs of the current boot that exist (created and set up).
+    vcpus_created: usize,
+    /// Whether the current boot's vCPUs may run (every one exists and the VM was told).
+    vcpus_released: bool,
     /// What kicks each running vCPU out of the hypervisor.
     kickers: Vec<Arc<dyn Kicker>>,
     /// Set when the machine thread has ended.
@@ -503,7 +507,7 @@ pub(crate) struct Boot {
     pub(crate) vm: Arc<dyn Vm>,
     /// Where each vCPU enters the guest (`None`: at the reset vector, or, for an application
     /// processor, when the firmware wakes it).
-    pub(crate) entries: Vec<Option<x86::Entry>>,
+    pub(crate) entries: Vec<Option<Entry>>,
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     /// What the boot keeps alive while it runs: `early` goes once the vCPUs are joined, before
@@ -566,6 +570,25 @@ impl Boot {
                 Err(e) => control.stop(Stop::Failed(format!("could not start a vCPU thread: {e}"))),
             }
         }
+        // Every vCPU exists before any runs: the VM is told (KVM/arm64 initialises its GIC
+        // then), and the vCPUs are let go.
+        let all_created = {
+            let mut state = control.lock();
+            while state.vcpus_created < threads.len() && state.stop.is_none() {
+                state = control
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            state.stop.is_none()
+        };
+        if all_created {
+            match vm.vcpus_created() {
+                Ok(()) => control.lock().vcpus_released = true,
+                Err(e) => control.stop(Stop::Failed(format!("could not finish the vCPUs: {e}"))),
+            }
+            control.changed.notify_all();
+        }
         // Wait for a reason to stop, then for every vCPU thread to leave its loop.
         {
             let mut state = control.lock();
@@ -577,7 +600,12 @@ impl Boot {
             }
         }
         control.kick_until(Duration::from_secs(10), |s| s.vcpus_running == 0);
-        control.lock().kickers.clear();
+        {
+            let mut state = control.lock();
+            state.kickers.clear();
+            state.vcpus_created = 0;
+            state.vcpus_released = false;
+        }
         for thread in threads {
             let _ = thread.join();
         }
@@ -614,7 +642,7 @@ impl Drop for RunningVcpu<'_> {
 fn vcpu_thread(
     index: usize,
     vm: &dyn Vm,
-    entry: Option<x86::Entry>,
+    entry: Option<Entry>,
     control: &Control,
     pio: &Bus,
     mmio: &Bus,
@@ -622,7 +650,7 @@ fn vcpu_thread(
     let _running = RunningVcpu::enter(control);
     let made = vm.create_vcpu(index as u32).and_then(|mut vcpu| {
         if let Some(entry) = &entry {
-            vcpu.set_x86_entry(entry)?;
+            entry.apply(vcpu.as_mut())?;
         }
         Ok(vcpu)
     });
@@ -633,8 +661,18 @@ fn vcpu_thread(
             return;
         }
     };
-    control.lock().kickers.push(vcpu.kicker());
-    control.changed.notify_all();
+    {
+        let mut state = control.lock();
+        state.kickers.push(vcpu.kicker());
+        state.vcpus_created += 1;
+        control.changed.notify_all();
+        while !state.vcpus_released && state.stop.is_none() {
+            state = control
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
     loop {
         {
             let mut state = control.lock();

@@ -15,7 +15,7 @@ use vivarium_core::backend::BootSpec;
 use vivarium_devices::acpi_pm::AcpiPmPorts;
 use vivarium_devices::bus::{Bus, BusKind};
 use vivarium_devices::pci::PciWindows;
-use vivarium_hypervisor::{Hypervisor, MemoryMapping, VmSpec, x86};
+use vivarium_hypervisor::{Entry, Hypervisor, MemoryMapping, VmSpec};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::devices::PciPlacement;
@@ -38,6 +38,7 @@ pub(crate) fn build(
     let vm = hypervisor.create_vm(&VmSpec {
         cpus: plan.cpus,
         hypervisor_pages: Some(layout::HYPERVISOR_PAGES),
+        gic: None,
     })?;
 
     let ram = GuestRam::allocate(&layout::ram_regions(plan.memory_size))?;
@@ -287,7 +288,7 @@ pub(crate) fn build(
         )?),
     };
 
-    let mut entries: Vec<Option<x86::Entry>> = vec![None; plan.cpus as usize];
+    let mut entries: Vec<Option<Entry>> = vec![None; plan.cpus as usize];
     match &plan.boot {
         BootSpec::Linux {
             kernel,
@@ -303,13 +304,13 @@ pub(crate) fn build(
                 rsdp,
                 boot_framebuffer.as_ref(),
             )?;
-            entries[0] = Some(boot::long_mode_entry(&memory, entry.entry)?);
+            entries[0] = Some(Entry::X86(boot::long_mode_entry(&memory, entry.entry)?));
         }
         BootSpec::RealModeImage { code, load_address } => {
             memory
                 .write_slice(code, GuestAddress(*load_address))
                 .map_err(|e| Error::InvalidMachine(format!("the boot image does not fit: {e}")))?;
-            entries[0] = Some(boot::real_mode_entry(*load_address)?);
+            entries[0] = Some(Entry::X86(boot::real_mode_entry(*load_address)?));
         }
         // The vCPUs start where a PC's do after reset: at the reset vector
         // (0xfffffff0, CS base 0xffff0000), which is the top of the firmware image; the
