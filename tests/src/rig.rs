@@ -1067,6 +1067,14 @@ pub fn small_vivarium(scratch: &Path) -> PathBuf {
     copy
 }
 
+/// The arm64 `vivarium` and `vivarium-vm`, cross-built (`crate::cross`) and stripped into
+/// `scratch`; [`Rig::binary`] of the returned `vivarium` carries both into the arm64 rig.
+pub fn small_vivarium_arm64(scratch: &Path) -> Result<PathBuf, String> {
+    let vivarium = crate::cross::small_arm64_binary("vivarium", "vivarium", scratch)?;
+    crate::cross::small_arm64_binary("vivarium-vm", "vivarium-vm", scratch)?;
+    Ok(vivarium)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

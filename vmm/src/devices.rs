@@ -11,7 +11,7 @@ use vivarium_core::disk::Qcow2Disk;
 use vivarium_devices::GuestMemoryMmap;
 use vivarium_devices::bus::Bus;
 use vivarium_devices::display::bochs::{BochsDisplay, Scanout};
-use vivarium_devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
+use vivarium_devices::pci::{MsiSignaller, PciConfigIo, PciConfigMmio, PciRoot, PciWindows};
 use vivarium_devices::scsi::cdrom::{Cdrom, CdromControl};
 use vivarium_devices::virtio::VirtioDevice;
 use vivarium_devices::virtio::block::{Block, BlockBackend, RawFile};
@@ -19,11 +19,9 @@ use vivarium_devices::virtio::net::Net;
 use vivarium_devices::virtio::pci::VirtioPciDevice;
 use vivarium_devices::virtio::rng::Rng;
 use vivarium_devices::virtio::scsi::{EVENT_QUEUE, VirtioScsi};
-use vivarium_hypervisor::Vm;
 
 use crate::display::Screen;
 use crate::error::{Error, Result};
-use crate::interrupts::DeviceMsi;
 
 /// The legacy PCI configuration mechanism's address port (data at +4).
 const PCI_CONFIG_PORT: u64 = 0xcf8;
@@ -106,7 +104,7 @@ pub struct ScreenDevice {
 /// Vivarium's own bridge), and the virtio devices of the machine behind it. Returns where
 /// the boot devices went.
 pub fn attach_pci(
-    vm: &Arc<dyn Vm>,
+    msi: Arc<dyn MsiSignaller>,
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
     memory: &Arc<GuestMemoryMmap>,
@@ -160,7 +158,6 @@ pub fn attach_pci(
     if let Some(screen) = screen {
         attach_display(&root, pio, mmio, screen, placement.framebuffer)?;
     }
-    let msi: Arc<dyn vivarium_devices::pci::MsiSignaller> = Arc::new(DeviceMsi(Arc::clone(vm)));
     let add = |device: Box<dyn VirtioDevice>, what: &str| -> Result<u8> {
         let pci = VirtioPciDevice::new(device, memory.clone(), msi.clone())
             .map_err(|e| Error::Setup(format!("could not create the {what}: {e}")))?;
@@ -300,7 +297,7 @@ pub fn open_cdrom(spec: &CdromSpec) -> Result<CdromControl> {
 fn attach_cdrom(
     root: &Arc<Mutex<PciRoot>>,
     memory: &Arc<GuestMemoryMmap>,
-    msi: &Arc<dyn vivarium_devices::pci::MsiSignaller>,
+    msi: &Arc<dyn MsiSignaller>,
     cdrom: &CdromControl,
 ) -> Result<u8> {
     let unit = Cdrom::with_control("vivarium-cd0", cdrom);

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use vivarium_devices::IrqLine;
+#[cfg(target_arch = "x86_64")]
 use vivarium_devices::pci::MsiSignaller;
 use vivarium_hypervisor::{InterruptLine, Vm};
 
@@ -16,9 +17,11 @@ impl IrqLine for DeviceIrq {
     }
 }
 
-/// MSIs of a VM's devices.
+/// MSIs of a VM's devices, delivered by the hypervisor (x86: to the local APICs).
+#[cfg(target_arch = "x86_64")]
 pub struct DeviceMsi(pub Arc<dyn Vm>);
 
+#[cfg(target_arch = "x86_64")]
 impl MsiSignaller for DeviceMsi {
     fn signal_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
         self.0

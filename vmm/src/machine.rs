@@ -110,8 +110,10 @@ impl Control {
 }
 
 /// The guest's reset request (i8042 command 0xfe, ACPI reset) as a machine stop.
+#[cfg(target_arch = "x86_64")]
 pub(crate) struct GuestReset(pub(crate) Arc<Control>);
 
+#[cfg(target_arch = "x86_64")]
 impl vivarium_devices::i8042::ResetLine for GuestReset {
     fn reset(&self) {
         self.0.stop(Stop::Reset);
@@ -486,10 +488,12 @@ impl Drop for Machine {
 /// The board of this host's architecture builds a boot: the `pc` on x86_64.
 #[cfg(target_arch = "x86_64")]
 use crate::pc::build as build_boot;
+/// The `virt` board on aarch64.
+#[cfg(target_arch = "aarch64")]
+use crate::virt::build as build_boot;
 
-/// No board for this host's architecture yet (the aarch64 `virt` board is the next one): a
-/// machine cannot start, and says so.
-#[cfg(not(target_arch = "x86_64"))]
+/// No board for this host's architecture: a machine cannot start, and says so.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn build_boot(
     _hypervisor: &dyn Hypervisor,
     _plan: &MachinePlan,

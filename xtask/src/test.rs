@@ -49,6 +49,7 @@ const APT_PACKAGES: &[&str] = &[
     "imagemagick",
     "xdotool",
     "qemu-system-arm",
+    "device-tree-compiler",
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
 ];

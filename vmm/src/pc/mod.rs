@@ -226,7 +226,7 @@ pub(crate) fn build(
         framebuffer: layout::FRAMEBUFFER_START,
     };
     let slots = crate::devices::attach_pci(
-        &vm,
+        Arc::new(crate::interrupts::DeviceMsi(Arc::clone(&vm))),
         &pio,
         &mmio,
         &memory,
