@@ -12,6 +12,7 @@ use kvm_ioctls::{Cap, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vivarium_hypervisor::{
     HostSupport, Hypervisor, InterruptLine, Kicker, MemoryMapping, Vcpu, VcpuExit, Vm, VmSpec,
 };
+#[cfg(target_arch = "x86_64")]
 use vmm_sys_util::eventfd::EventFd;
 
 #[cfg(target_arch = "aarch64")]
@@ -250,16 +251,24 @@ impl Vm for KvmVm {
     }
 
     fn interrupt_line(&self, line: u32) -> Result<Arc<dyn InterruptLine>> {
-        let event = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Hypervisor {
-            context: "creating an eventfd",
-            source,
-        })?;
-        self.fd
-            .register_irqfd(&event, line)
-            .map_err(kvm_error("KVM refused registering an interrupt line"))?;
+        // On arm64 the GIC's interrupt routing exists only once the GIC is initialised (after
+        // the vCPUs), and the board wires its devices before: edges go through
+        // `KVM_IRQ_LINE` there too.
+        #[cfg(target_arch = "x86_64")]
+        let event = {
+            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Hypervisor {
+                context: "creating an eventfd",
+                source,
+            })?;
+            self.fd
+                .register_irqfd(&event, line)
+                .map_err(kvm_error("KVM refused registering an interrupt line"))?;
+            event
+        };
         Ok(Arc::new(KvmInterruptLine {
             vm: Arc::clone(&self.fd),
             line,
+            #[cfg(target_arch = "x86_64")]
             event,
         }))
     }
@@ -319,20 +328,28 @@ impl Vm for KvmVm {
 }
 
 /// A line of KVM's in-kernel interrupt controller (a GSI of the IOAPIC and PIC on x86, an SPI
-/// of the GICv3 on arm64): edges through an irqfd (no ioctl on the device's thread), levels
-/// through `KVM_IRQ_LINE`.
+/// of the GICv3 on arm64): on x86 edges through an irqfd (no ioctl on the device's thread),
+/// levels through `KVM_IRQ_LINE`; on arm64 both through `KVM_IRQ_LINE`.
 struct KvmInterruptLine {
     vm: Arc<VmFd>,
     line: u32,
+    #[cfg(target_arch = "x86_64")]
     event: EventFd,
 }
 
 impl InterruptLine for KvmInterruptLine {
+    #[cfg(target_arch = "x86_64")]
     fn pulse(&self) -> Result<()> {
         self.event.write(1).map_err(|source| Error::Hypervisor {
             context: "raising an interrupt line",
             source,
         })
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn pulse(&self) -> Result<()> {
+        self.set_level(true)?;
+        self.set_level(false)
     }
 
     fn set_level(&self, asserted: bool) -> Result<()> {

@@ -186,7 +186,10 @@ mod linux {
         Sysno::fcntl,
         Sysno::lseek,
         Sysno::fstat,
+        #[cfg(target_arch = "x86_64")]
         Sysno::newfstatat,
+        #[cfg(target_arch = "aarch64")]
+        Sysno::fstatat,
         Sysno::statx,
     ];
 
