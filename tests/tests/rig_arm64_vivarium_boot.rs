@@ -8,7 +8,11 @@
 //!    up through PSCI), memory, the disk's sha256 over virtio-blk on PCI (MSI-X through the
 //!    GICv2m frame), a write that persists, virtio-rng, the virtio devices, and powers off
 //!    (PSCI `SYSTEM_OFF`): `vivarium run` exits 0;
-//! 2. a linked clone (a qcow2 overlay over the disk) boots and reads the same disk contents.
+//! 2. a linked clone (a qcow2 overlay over the disk) boots and reads the same disk contents;
+//! 3. the VM started in the background ends in a shell on its UART: a line typed through
+//!    `vivarium console` runs there (the guest computes what only a shell that read it can
+//!    print), `reboot -f` typed the same way resets the machine (PSCI `SYSTEM_RESET`) and the
+//!    guest boots again, and `vivarium stop --force` powers it off.
 //!
 //! Prerequisites and skipping work as in `rig_arm64_qemu_baseline.rs`.
 
@@ -28,7 +32,8 @@ fn rig_script(vivarium: &Path) -> String {
     let v = vivarium.display();
     let checks = "uptime,cpus,mem,blk-sha256,blk-size,blk-write,rng,virtio";
     format!(
-        r#"export VIVARIUM_HOME=/tmp/vivarium-library
+        r#"{wait_for}
+export VIVARIUM_HOME=/tmp/vivarium-library
 V={v}
 cp "$VIVARIUM_RIG_FILES/disk.img" disk.img
 base="console=ttyS0 quiet panic=-1"
@@ -50,9 +55,21 @@ $V run clone > clone.log 2>&1
 echo "VIVARIUM-RESULT clone_exit=$?"
 echo "VIVARIUM-RESULT clone_$(grep -m1 -o 'blk_sha256=[0-9a-f]*' clone.log)"
 tail -n 3 clone.log
+$V set guest --cmdline "$base vivarium.then=shell" || exit 13
+$V start guest || exit 14
+S="$VIVARIUM_HOME/vms/guest.vivm/logs/serial.log"
+wait_for "$S" VIVARIUM-GUEST-DONE 90 || exit 15
+(usleep 500000; printf 'echo VIVARIUM-CONSOLE-$((6*7))\n'; sleep 2) | $V console guest > console.log 2>&1
+wait_for "$S" VIVARIUM-CONSOLE-42 30 && echo "VIVARIUM-RESULT console_line=ran"
+(usleep 500000; printf 'reboot -f\n'; sleep 1) | $V console guest >> console.log 2>&1
+wait_for "$S" VIVARIUM-GUEST-READY 90 2 && echo "VIVARIUM-RESULT rebooted=yes"
+$V stop guest --force
+echo "VIVARIUM-RESULT stop_exit=$?"
+$V list
 exit 0
 "#,
         skip = WRITE_OFFSET / 512,
+        wait_for = rig::WAIT_FOR_SH,
     )
 }
 
@@ -126,4 +143,7 @@ fn vivarium_boots_the_arm64_kernel_on_kvm_arm64_and_so_does_a_linked_clone() {
         "the guest's write changed the first MiB"
     );
     run.expect("clone_blk_sha256", &parent);
+    run.expect("console_line", "ran");
+    run.expect("rebooted", "yes");
+    run.expect("stop_exit", "0");
 }
