@@ -386,7 +386,28 @@ pub enum InputEvent {
         #[serde(default)]
         buttons: MouseButtons,
     },
+    /// The pointer is at (`x`, `y`) on the guest's screen, as fractions of its width and
+    /// height in units of [`POINTER_POSITION_MAX`] (0: the left or top edge,
+    /// `POINTER_POSITION_MAX`: the right or bottom one), the wheel turned `wheel` detents
+    /// up, with `buttons` held: what an absolute pointer (a tablet) reports, which needs no
+    /// grab. A device with only relative motion (a PS/2 mouse) takes the buttons and the
+    /// wheel.
+    PointerPosition {
+        /// Across the screen, from the left edge.
+        x: u16,
+        /// Down the screen, from the top edge.
+        y: u16,
+        /// Wheel detents up (negative: down).
+        #[serde(default)]
+        wheel: i32,
+        /// The buttons held.
+        #[serde(default)]
+        buttons: MouseButtons,
+    },
 }
+
+/// The right or bottom edge of the screen in [`InputEvent::PointerPosition`]'s units.
+pub const POINTER_POSITION_MAX: u16 = u16::MAX;
 
 impl InputEvent {
     /// A key going down.
@@ -399,6 +420,22 @@ impl InputEvent {
         InputEvent::Key {
             key,
             pressed: false,
+        }
+    }
+
+    /// The pointer at `x` across and `y` down the screen, as fractions from 0.0 (left, top)
+    /// to 1.0 (right, bottom; values outside are taken as the nearest edge), with `buttons`
+    /// held.
+    pub fn pointer_at(x: f64, y: f64, buttons: MouseButtons) -> InputEvent {
+        let scale = |f: f64| {
+            let f = if f.is_nan() { 0.0 } else { f.clamp(0.0, 1.0) };
+            (f * f64::from(POINTER_POSITION_MAX)).round() as u16
+        };
+        InputEvent::PointerPosition {
+            x: scale(x),
+            y: scale(y),
+            wheel: 0,
+            buttons,
         }
     }
 }
@@ -721,6 +758,42 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<InputEvent>(r#"{"type":"key","key":"KeyA"}"#).is_err());
+        let at = InputEvent::pointer_at(0.5, 1.0, MouseButtons::default());
+        let wire = serde_json::to_string(&at).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"type":"pointer-position","x":32768,"y":65535,"wheel":0,"buttons":{"left":false,"right":false,"middle":false}}"#
+        );
+        assert_eq!(serde_json::from_str::<InputEvent>(&wire).unwrap(), at);
+        assert_eq!(
+            serde_json::from_str::<InputEvent>(r#"{"type":"pointer-position","x":1,"y":2}"#)
+                .unwrap(),
+            InputEvent::PointerPosition {
+                x: 1,
+                y: 2,
+                wheel: 0,
+                buttons: MouseButtons::default()
+            }
+        );
+        assert!(
+            serde_json::from_str::<InputEvent>(r#"{"type":"pointer-position","x":70000,"y":0}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pointer_positions_are_clamped_fractions() {
+        let at = |x, y| match InputEvent::pointer_at(x, y, MouseButtons::default()) {
+            InputEvent::PointerPosition { x, y, .. } => (x, y),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(0.0, 1.0), (0, POINTER_POSITION_MAX));
+        assert_eq!(at(-3.0, 7.5), (0, POINTER_POSITION_MAX));
+        assert_eq!(at(f64::NAN, 0.25), (0, 16384));
+        assert_eq!(
+            at(f64::INFINITY, f64::NEG_INFINITY),
+            (POINTER_POSITION_MAX, 0)
+        );
     }
 
     #[test]

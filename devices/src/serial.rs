@@ -54,6 +54,16 @@ impl Serial {
     }
 }
 
+impl crate::ConsoleInput for Serial {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        Serial::enqueue_input(self, bytes)
+    }
+
+    fn input_room(&self) -> usize {
+        Serial::input_room(self)
+    }
+}
+
 impl BusDevice for Serial {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0);

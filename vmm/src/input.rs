@@ -175,6 +175,17 @@ pub fn deliver(ps2: &Ps2Input, events: &[InputEvent]) {
                     middle: buttons.middle,
                 },
             ),
+            // A PS/2 mouse has no position: it takes the buttons and the wheel.
+            InputEvent::PointerPosition { wheel, buttons, .. } => ps2.mouse_motion(
+                0,
+                0,
+                wheel,
+                MouseButtons {
+                    left: buttons.left,
+                    right: buttons.right,
+                    middle: buttons.middle,
+                },
+            ),
         };
         if let Err(e) = result {
             tracing::debug!("input {event:?} dropped: {e}");

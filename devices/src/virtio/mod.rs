@@ -5,6 +5,7 @@
 //! backend calls [`pci::VirtioPciDevice::notify_queue`]), in the calling thread.
 
 pub mod block;
+pub mod input;
 pub mod net;
 pub mod pci;
 pub mod rng;
