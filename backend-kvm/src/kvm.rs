@@ -270,6 +270,8 @@ impl Vm for KvmVm {
             line,
             #[cfg(target_arch = "x86_64")]
             event,
+            #[cfg(target_arch = "aarch64")]
+            pulsing: Mutex::new(()),
         }))
     }
 
@@ -335,6 +337,10 @@ struct KvmInterruptLine {
     line: u32,
     #[cfg(target_arch = "x86_64")]
     event: EventFd,
+    /// Held across a pulse's rise and fall, so two threads pulsing at once give two edges
+    /// rather than one rise, one fall and a lost interrupt.
+    #[cfg(target_arch = "aarch64")]
+    pulsing: Mutex<()>,
 }
 
 impl InterruptLine for KvmInterruptLine {
@@ -348,6 +354,7 @@ impl InterruptLine for KvmInterruptLine {
 
     #[cfg(target_arch = "aarch64")]
     fn pulse(&self) -> Result<()> {
+        let _edge = self.pulsing.lock().unwrap_or_else(|e| e.into_inner());
         self.set_level(true)?;
         self.set_level(false)
     }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use vivarium_devices::IrqLine;
 #[cfg(target_arch = "x86_64")]
 use vivarium_devices::pci::MsiSignaller;
+use vivarium_devices::{IrqLine, LevelIrq};
 use vivarium_hypervisor::{InterruptLine, Vm};
 
 /// A device's interrupt on a line of the VM's interrupt controller.
@@ -33,4 +33,14 @@ impl MsiSignaller for DeviceMsi {
 /// The device-side line of `line` on `vm`.
 pub fn device_irq(vm: &dyn Vm, line: u32) -> crate::Result<Arc<dyn IrqLine>> {
     Ok(Arc::new(DeviceIrq(vm.interrupt_line(line)?)))
+}
+
+/// A device's level-triggered interrupt (a PL011's) on a line of the VM's controller.
+#[allow(dead_code)] // The PL011 is not on a board yet (see `virt::build`).
+pub struct DeviceLevelIrq(pub Arc<dyn InterruptLine>);
+
+impl LevelIrq for DeviceLevelIrq {
+    fn set_level(&self, asserted: bool) -> std::io::Result<()> {
+        self.0.set_level(asserted).map_err(std::io::Error::other)
+    }
 }

@@ -60,7 +60,7 @@ struct ControlState {
     /// The current boot's PS/2 keyboard and mouse input (a reset builds a new i8042).
     ps2_input: Option<Ps2Input>,
     /// The current boot's serial port, where console input goes.
-    serial: Option<Arc<Mutex<vivarium_devices::serial::Serial>>>,
+    serial: Option<Arc<Mutex<dyn vivarium_devices::ConsoleInput>>>,
 }
 
 impl Control {
@@ -529,8 +529,8 @@ pub(crate) struct BootHandles {
     pub(crate) acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
     /// The PS/2 keyboard and mouse input.
     pub(crate) ps2_input: Option<Ps2Input>,
-    /// The serial port, where console input goes.
-    pub(crate) serial: Option<Arc<Mutex<vivarium_devices::serial::Serial>>>,
+    /// The serial port (a 16550, a PL011), where console input goes.
+    pub(crate) serial: Option<Arc<Mutex<dyn vivarium_devices::ConsoleInput>>>,
 }
 
 impl Control {

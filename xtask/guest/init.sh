@@ -46,6 +46,9 @@
 #                  from tty1, then reports input_typed=<hex of the line> and
 #                  input_mouse=<hex of the input_event records the mouse sent meanwhile>
 #                  (every one of them: reported once the listener has read them all)
+#     console-echo prints VIVARIUM-GUEST-CONSOLE-READY, reads one line from the console (the
+#                  serial port: what `vivarium console` types), then reports
+#                  console_typed=<hex of the line>
 #     fb           fb=<name of /dev/fb0's driver or none>
 #     rtc          rtc_epoch=<seconds since the epoch by /dev/rtc0, or none>
 #                  rtc_driver=<the driver of rtc0, or none>
@@ -324,6 +327,11 @@ run_check() {
         ;;
     input) check_input ;;
     input-echo) check_input_echo ;;
+    console-echo)
+        echo VIVARIUM-GUEST-CONSOLE-READY
+        IFS= read -r line
+        result console_typed "$(printf '%s' "$line" | od -An -v -tx1 | tr -d ' \n')"
+        ;;
     fb) result fb "$(cat /sys/class/graphics/fb0/name 2>/dev/null || echo none)" ;;
     virtio) check_virtio ;;
     dmesg-blk)
