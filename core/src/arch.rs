@@ -66,10 +66,26 @@ impl Arch {
     pub fn machine_for(self, what: &str) -> Result<Arch> {
         self.machine().ok_or_else(|| {
             Error::InvalidInput(format!(
-                "{what} is built for {self}, and Vivarium has no {self} machine: it has \
-                 {MACHINES} machines"
+                "{what} is built for {self}, and {}",
+                self.no_machine()
             ))
         })
+    }
+
+    /// [`Arch::machine`], or an error saying that Vivarium has no machine of this
+    /// architecture (for a VM asked to be one).
+    pub fn machine_or_refuse(self) -> Result<Arch> {
+        self.machine().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "a VM cannot be {} machine: {}",
+                self.with_article(),
+                self.no_machine()
+            ))
+        })
+    }
+
+    fn no_machine(self) -> String {
+        format!("Vivarium has no {self} machine: it has {MACHINES} machines")
     }
 
     /// Parses the names distributions use (`amd64`, `x86_64`, `i386`, `arm64`, ...).
@@ -142,7 +158,7 @@ impl std::str::FromStr for Arch {
                 "unknown architecture `{s}`: choose x86_64 or aarch64"
             ))
         })?;
-        arch.machine_for(&format!("a VM of architecture `{s}`"))
+        arch.machine_or_refuse()
     }
 }
 

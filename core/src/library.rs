@@ -517,6 +517,9 @@ impl Library {
             None => None,
         };
         let mut warnings = Vec::new();
+        if let Some(why) = arch.cannot_start_on(Arch::host_machine()) {
+            warnings.push(format!("`{}` cannot start here: {why}", spec.name));
+        }
         let import_info = match &spec.disk {
             NewDisk::Import { path } => {
                 let info = disk::probe(path)?;
@@ -1430,7 +1433,7 @@ impl Library {
 /// one was; else the one asked for; else this computer's.
 fn decide_arch(wanted: Option<Arch>, found: Option<(Arch, String)>) -> Result<Arch> {
     let wanted = match wanted {
-        Some(arch) => Some(arch.machine_for(&format!("a VM of architecture {arch}"))?),
+        Some(arch) => Some(arch.machine_or_refuse()?),
         None => None,
     };
     let found = match found {
