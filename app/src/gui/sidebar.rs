@@ -27,7 +27,11 @@ pub enum SidebarAction {
 
 /// The label a row has for screen readers and tests: `name, State`.
 pub fn row_label(vm: &VmRow) -> String {
-    format!("{}, {}", vm.name(), vm.state.label())
+    if vm.state.is_stopped() && vm.cannot_start.is_some() {
+        format!("{}, {}, cannot start here", vm.name(), vm.state.label())
+    } else {
+        format!("{}, {}", vm.name(), vm.state.label())
+    }
 }
 
 /// Draws the sidebar.
