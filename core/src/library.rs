@@ -1427,7 +1427,6 @@ impl Library {
     }
 }
 
-/// Where a new VM's boot source comes from.
 /// The machine of a new VM: the one its boot files need (`found`: their architecture, and
 /// what they are, e.g. "the kernel `vmlinuz`"), which must be the one asked for (`wanted`) if
 /// one was; else the one asked for; else this computer's.
@@ -1459,6 +1458,7 @@ fn decide_arch(wanted: Option<Arch>, found: Option<(Arch, String)>) -> Result<Ar
     }
 }
 
+/// Where a new VM's boot source comes from.
 enum BootPrep<'a> {
     /// As given (already checked).
     Given(BootSource),

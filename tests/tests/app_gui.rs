@@ -244,7 +244,10 @@ fn a_vm_of_another_machine_says_why_it_cannot_start() {
     assert!(has_label(&harness, &format!("It cannot start here: {why}")));
     let start = harness.get_by_role_and_label(Role::Button, "Start");
     assert!(start.accesskit_node().is_disabled(), "{start:?}");
-    assert!(!has_label(&harness, &why), "no tooltip before the pointer is there");
+    assert!(
+        !has_label(&harness, &why),
+        "no tooltip before the pointer is there"
+    );
     let start = harness.get_by_role_and_label(Role::Button, "Start");
     start.hover();
     wait_until(&mut harness, "the Start button's tooltip", |h| {
