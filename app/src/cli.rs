@@ -17,12 +17,15 @@ use vivarium_core::control::LiveState;
 use vivarium_core::disk::ProgressFn;
 use vivarium_core::fsutil::{format_size, parse_size};
 use vivarium_core::text;
-use vivarium_core::{CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConfig, VmEntry};
+use vivarium_core::{
+    Arch, CloneMode, Error, ErrorKind, Library, NewDisk, NewVm, VmConfig, VmEntry,
+};
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 operating system error, 2 bad usage, \
 3 no such VM, 4 name already exists, 5 invalid input, 6 VM is running or busy, \
 7 damaged or newer configuration, 8 cancelled, 9 the guest crashed, \
-10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down).";
+10 this host cannot run VMs, 11 the VM is not running, 12 timed out (the guest did not shut down), \
+13 the VM is a machine of another architecture than this computer runs.";
 
 /// The help text after `vivarium mouse --help`: the actions.
 const MOUSE_ACTIONS: &str = "Actions:
@@ -283,6 +286,12 @@ pub struct BootArgs {
 /// Hardware settings of a new VM.
 #[derive(Debug, Args)]
 pub struct HardwareArgs {
+    /// The VM's machine: `x86_64` (also for i686 systems) or `aarch64`. By default what the
+    /// kernel's header or the ISO says, else this computer's; boot files of another
+    /// architecture are refused. A VM of another machine than this computer's is made, listed
+    /// and copied here, but starts only on a computer of its own architecture.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Virtual CPUs (default 2, or what the ISO's OS needs).
     #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<i64>,
@@ -617,6 +626,7 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
         (None, None) => BootSource::Disk,
     };
     let mut spec = NewVm::with_defaults(name, boot_source);
+    spec.arch = arch_arg(hw)?;
     if let Some(cpus) = cpus_arg(hw.cpus)? {
         spec.cpus = cpus;
     }
@@ -652,6 +662,11 @@ fn new_vm(name: String, boot: &BootArgs, hw: &HardwareArgs, disk: NewDisk) -> Re
     Ok(spec)
 }
 
+/// The `--arch` of a new VM: a machine Vivarium has (i686 gives the x86_64 one).
+fn arch_arg(hw: &HardwareArgs) -> Result<Option<Arch>, Error> {
+    hw.arch.as_deref().map(str::parse::<Arch>).transpose()
+}
+
 /// The disk options of `create --iso`.
 struct IsoCreate {
     name: Option<String>,
@@ -670,11 +685,10 @@ fn create_from_iso(
     options: IsoCreate,
     json: bool,
 ) -> Result<(), Error> {
-    let inspection = vivarium_core::iso::inspect_entry(
-        iso,
-        vivarium_core::iso::Arch::host(),
-        boot.boot_entry.as_deref(),
-    )?;
+    // The ISO is inspected for the machine the VM is to be: this computer's unless
+    // `--arch` says another.
+    let target = arch_arg(hw)?.or_else(Arch::host);
+    let inspection = vivarium_core::iso::inspect_entry(iso, target, boot.boot_entry.as_deref())?;
     if !json {
         print_inspection(&inspection);
     }
@@ -1146,17 +1160,33 @@ fn live_of(library: &Library, entry: &VmEntry) -> Option<LiveState> {
         .map(|_| vivarium_core::control::live_state(library, &entry.name))
 }
 
-fn state_word(live: Option<&LiveState>) -> &'static str {
+/// The state `list` shows of a stopped VM that cannot start on this computer (its machine is
+/// of another architecture).
+const OTHER_ARCH_STATE: &str = "other-arch";
+
+/// Why the VM of this entry cannot start here, if its configuration loads and it cannot.
+fn cannot_start(entry: &VmEntry) -> Option<String> {
+    entry
+        .config
+        .as_ref()
+        .ok()
+        .and_then(VmConfig::cannot_start_here)
+}
+
+fn state_word(live: Option<&LiveState>, cannot_start: Option<&str>) -> &'static str {
     match live {
         None => "broken",
+        Some(LiveState::Stopped { .. }) if cannot_start.is_some() => OTHER_ARCH_STATE,
         Some(LiveState::Stopped { .. }) => "stopped",
         Some(LiveState::Running(status)) => status.state.as_str(),
         Some(LiveState::Busy) => "busy",
     }
 }
 
-/// The JSON fields of a VM's live state (state, pid or last run).
-fn live_fields(row: &mut Value, live: Option<&LiveState>) {
+/// The JSON fields of a VM's live state (state, pid or last run), and why it cannot start
+/// here (`cannot_start`, in the shape of every `error`) if it cannot: then a stopped VM's
+/// state is `other-arch`.
+fn live_fields(row: &mut Value, live: Option<&LiveState>, cannot_start: Option<&str>) {
     match live {
         None => row["state"] = json!("broken"),
         Some(live) => {
@@ -1164,6 +1194,13 @@ fn live_fields(row: &mut Value, live: Option<&LiveState>) {
                 (row.as_object_mut(), crate::lifecycle::live_json(live))
             {
                 row.extend(fields);
+            }
+            if let Some(why) = cannot_start {
+                if matches!(live, LiveState::Stopped { .. }) {
+                    row["state"] = json!(OTHER_ARCH_STATE);
+                }
+                row["cannot_start"] =
+                    json!({"kind": ErrorKind::OtherArch.as_str(), "message": why});
             }
         }
     }
@@ -1181,9 +1218,10 @@ fn list(library: &Library, json: bool) -> Result<(), Error> {
                     "name": vm.name,
                     "disk_usage_bytes": vm.disk_usage,
                 });
-                live_fields(&mut row, live.as_ref());
+                live_fields(&mut row, live.as_ref(), cannot_start(vm).as_deref());
                 match &vm.config {
                     Ok(c) => {
+                        row["arch"] = json!(c.arch);
                         row["os"] = json!(c.os.id);
                         row["os_name"] = json!(c.os.name);
                         row["cpus"] = json!(c.cpus);
@@ -1214,17 +1252,23 @@ fn list(library: &Library, json: bool) -> Result<(), Error> {
         "NAME", "STATE", "OS", "CPUS", "MEMORY", "DISK USE"
     );
     for (vm, live) in vms.iter().zip(&live) {
-        let last = match live {
-            Some(LiveState::Stopped {
-                last_run: Some(run),
-            }) => run.exit.as_str(),
+        let why = cannot_start(vm);
+        // A VM that cannot start here says why where its last run would be.
+        let last = match (live, &why) {
+            (Some(LiveState::Stopped { .. }), Some(why)) => why.as_str(),
+            (
+                Some(LiveState::Stopped {
+                    last_run: Some(run),
+                }),
+                None,
+            ) => run.exit.as_str(),
             _ => "",
         };
         match &vm.config {
             Ok(c) => println!(
                 "{:<width$}  {:<13}  {:<16}  {:>4}  {:>9}  {:>9}  {last}",
                 text::for_terminal(&vm.name),
-                state_word(live.as_ref()),
+                state_word(live.as_ref(), why.as_deref()),
                 text::for_terminal(&c.os.name),
                 c.cpus,
                 format_size(c.memory_mib << 20),
@@ -1249,7 +1293,7 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
             "path": entry.path,
             "disk_usage_bytes": entry.disk_usage,
         });
-        live_fields(&mut out, live.as_ref());
+        live_fields(&mut out, live.as_ref(), cannot_start(&entry).as_deref());
         match &entry.config {
             Ok(config) => out["config"] = config_json(config),
             Err(reason) => out["error"] = broken_json(reason),
@@ -1274,6 +1318,10 @@ fn info(library: &Library, name: &str, json: bool) -> Result<(), Error> {
         }
     };
     println!("Id:        {}", config.id);
+    match config.cannot_start_here() {
+        None => println!("Machine:   {}", config.arch),
+        Some(why) => println!("Machine:   {} (cannot start here: {why})", config.arch),
+    }
     println!(
         "OS:        {} ({})",
         text::for_terminal(&config.os.name),

@@ -455,6 +455,7 @@ mod tests {
             id: uuid::Uuid::new_v4(),
             name: "installer".into(),
             created: "2026-11-24T10:00:00Z".into(),
+            arch: crate::Arch::X86_64,
             os: OsInfo::linux(),
             cpus: 1,
             memory_mib: 512,

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 
 /// The `format` value this build reads and writes.
@@ -39,6 +40,12 @@ pub struct VmConfig {
     pub name: String,
     /// When the VM was created (RFC 3339, UTC).
     pub created: String,
+    /// The guest's machine: `x86_64` (the PC, which also runs 32-bit x86 systems) or
+    /// `aarch64`. Decided at creation and always written; configurations from before the key
+    /// existed are x86_64 machines. A VM starts only on a computer whose machine this is
+    /// ([`VmConfig::cannot_start_here`]).
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
     /// The guest operating system.
     pub os: OsInfo,
     /// Number of virtual CPUs.
@@ -66,6 +73,11 @@ pub struct VmConfig {
     /// Free-form notes of the user.
     #[serde(default)]
     pub notes: String,
+}
+
+/// The machine of a configuration written before `arch` existed: every VM was a PC then.
+fn default_arch() -> Arch {
+    Arch::X86_64
 }
 
 /// The guest operating system, as recognised or chosen at creation.
@@ -598,6 +610,15 @@ impl VmConfig {
             });
         }
         validate_name(&self.name)?;
+        if let Some(machine) = self.arch.machine()
+            && machine != self.arch
+        {
+            return Err(Error::InvalidInput(format!(
+                "`arch = \"{}\"` names a guest, not a machine: {} guests run on the {machine} \
+                 machine, so write `arch = \"{machine}\"`",
+                self.arch, self.arch
+            )));
+        }
         validate_cpus(self.cpus)?;
         validate_memory_mib(self.memory_mib)?;
         if let BootSource::Linux { kernel, initrd, .. }
@@ -633,6 +654,24 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+
+    /// Why this VM cannot start on this computer, if it cannot: its machine is of another
+    /// architecture than this computer's (see [`Arch::cannot_start_on`]).
+    pub fn cannot_start_here(&self) -> Option<String> {
+        self.arch.cannot_start_on(Arch::host_machine())
+    }
+
+    /// Fails with [`Error::OtherArch`] when this VM cannot start on this computer (see
+    /// [`VmConfig::cannot_start_here`]). Every start checks it before anything else.
+    pub fn check_starts_here(&self) -> Result<()> {
+        match self.cannot_start_here() {
+            None => Ok(()),
+            Some(reason) => Err(Error::OtherArch {
+                name: self.name.clone(),
+                reason,
+            }),
+        }
     }
 
     /// Parses `vm.toml` text. The `format` key is checked before anything else so that a file
@@ -687,6 +726,7 @@ mod tests {
             id: Uuid::new_v4(),
             name: "debian".into(),
             created: "2026-11-24T10:00:00Z".into(),
+            arch: Arch::X86_64,
             os: OsInfo::linux(),
             cpus: 2,
             memory_mib: 1024,
@@ -749,6 +789,71 @@ mod tests {
         assert!(!old.contains("display"), "{old}");
         let config = VmConfig::from_toml(&old).unwrap();
         assert_eq!(config.display, DisplayConfig::default_framebuffer());
+    }
+
+    #[test]
+    fn the_architecture_round_trips_and_defaults_to_x86_64() {
+        let text = sample().to_toml();
+        assert!(text.contains("\narch = \"x86_64\"\n"), "{text}");
+        let mut arm = sample();
+        arm.arch = Arch::Aarch64;
+        let text = arm.to_toml();
+        assert!(text.contains("\narch = \"aarch64\"\n"), "{text}");
+        assert_eq!(VmConfig::from_toml(&text).unwrap(), arm);
+        // A bundle written before the key existed is an x86_64 machine, and keeps working.
+        let pc = sample();
+        let old = pc.to_toml().replace("arch = \"x86_64\"\n", "");
+        assert!(!old.contains("arch"), "{old}");
+        let config = VmConfig::from_toml(&old).unwrap();
+        assert_eq!(config.arch, Arch::X86_64);
+        assert_eq!(config, pc);
+        // Rewritten, it says so.
+        assert!(config.to_toml().contains("arch = \"x86_64\""));
+        // The names distributions use are read as the machine they name.
+        let text = sample()
+            .to_toml()
+            .replace("arch = \"x86_64\"", "arch = \"arm64\"");
+        assert_eq!(VmConfig::from_toml(&text).unwrap().arch, Arch::Aarch64);
+        // A guest architecture that runs on a machine of another name says which to write.
+        let text = sample()
+            .to_toml()
+            .replace("arch = \"x86_64\"", "arch = \"i686\"");
+        let e = VmConfig::from_toml(&text).unwrap_err();
+        assert!(matches!(e, Error::CorruptConfig(_)), "{e:?}");
+        assert!(e.to_string().contains("arch = \"x86_64\""), "{e}");
+        // An unknown one is damage.
+        let text = sample()
+            .to_toml()
+            .replace("arch = \"x86_64\"", "arch = \"mips\"");
+        let e = VmConfig::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("unknown architecture `mips`"), "{e}");
+        // One Vivarium has no machine for (a newer Vivarium's, say) is read, and cannot start.
+        let text = sample()
+            .to_toml()
+            .replace("arch = \"x86_64\"", "arch = \"riscv64\"");
+        let config = VmConfig::from_toml(&text).unwrap();
+        assert!(config.cannot_start_here().is_some());
+    }
+
+    #[test]
+    fn a_vm_of_another_architecture_cannot_start_here() {
+        let mut config = sample();
+        config.arch = Arch::host_machine().unwrap_or(Arch::X86_64);
+        assert_eq!(config.cannot_start_here(), None);
+        config.check_starts_here().unwrap();
+        config.arch = if config.arch == Arch::X86_64 {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        let e = config.check_starts_here().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::OtherArch);
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("this VM is an {} machine", config.arch)),
+            "{text}"
+        );
+        assert!(text.contains("VM `debian` cannot start here"), "{text}");
     }
 
     #[test]

@@ -56,6 +56,17 @@ pub enum Error {
         supported: u32,
     },
 
+    /// The VM is a machine of another architecture than this computer runs (see
+    /// [`crate::VmConfig::cannot_start_here`]): it is listed, cloned, renamed and deleted
+    /// here, but cannot start.
+    #[error("VM `{name}` cannot start here: {reason}")]
+    OtherArch {
+        /// The VM.
+        name: String,
+        /// Why, e.g. "this VM is an aarch64 machine; this computer runs x86_64 VMs".
+        reason: String,
+    },
+
     /// The VM's configuration is damaged, so the operation cannot be done on it.
     #[error("VM `{name}` cannot be used: {reason}")]
     Broken {
@@ -138,6 +149,7 @@ impl Error {
             Error::CorruptConfig(_) | Error::UnsupportedFormat { .. } | Error::Broken { .. } => {
                 ErrorKind::Broken
             }
+            Error::OtherArch { .. } => ErrorKind::OtherArch,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Io { .. } => ErrorKind::Io,
             Error::Reported { kind, .. } => *kind,
@@ -184,11 +196,13 @@ pub enum ErrorKind {
     NotRunning,
     /// The VM did not do what was asked in the time allowed (e.g. shut down).
     Timeout,
+    /// The VM is a machine of another architecture than this computer runs.
+    OtherArch,
 }
 
 impl ErrorKind {
     /// Every kind, for parsing [`ErrorKind::as_str`] back.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::InvalidInput,
@@ -199,6 +213,7 @@ impl ErrorKind {
         ErrorKind::HostUnsupported,
         ErrorKind::NotRunning,
         ErrorKind::Timeout,
+        ErrorKind::OtherArch,
     ];
 
     /// The kind whose [`ErrorKind::as_str`] is `name`.
@@ -219,6 +234,7 @@ impl ErrorKind {
             ErrorKind::HostUnsupported => "host-unsupported",
             ErrorKind::NotRunning => "not-running",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::OtherArch => "other-arch",
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches a hypervisor API; the backends do.
 
+pub mod arch;
 pub mod backend;
 pub mod config;
 #[cfg(unix)]
@@ -21,6 +22,7 @@ pub mod logfile;
 pub mod passt;
 pub mod text;
 
+pub use arch::Arch;
 pub use config::VmConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use library::{CloneMode, Library, NewDisk, NewVm, VmEntry};

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::arch::Arch;
 use crate::config::{
     BootSource, CONFIG_FORMAT, CdromConfig, DiskConfig, DiskFormat, DisplayConfig, Firmware,
     NetworkConfig, OsInfo, VmConfig, validate_cpus, validate_memory_mib, validate_name,
@@ -76,6 +77,11 @@ impl VmEntry {
 pub struct NewVm {
     /// Name of the VM.
     pub name: String,
+    /// Its machine's architecture, if chosen: `None` takes what its boot files say (the
+    /// kernel's header, the ISO's inspection), else this computer's machine. Boot files of
+    /// another architecture than the one chosen are refused, and so is an architecture
+    /// Vivarium has no machine for.
+    pub arch: Option<Arch>,
     /// Guest OS.
     pub os: OsInfo,
     /// Virtual CPUs.
@@ -104,6 +110,7 @@ impl NewVm {
     pub fn with_defaults(name: impl Into<String>, boot: BootSource) -> Self {
         NewVm {
             name: name.into(),
+            arch: None,
             os: OsInfo::other(),
             cpus: 2,
             memory_mib: 2048,
@@ -491,6 +498,18 @@ impl Library {
         validate_name(&spec.name)?;
         validate_cpus(spec.cpus)?;
         validate_memory_mib(spec.memory_mib)?;
+        let found = match &boot_prep {
+            BootPrep::Given(BootSource::Linux { kernel, .. }) => {
+                crate::arch::kernel_file_arch(kernel)?
+                    .map(|arch| (arch, format!("the kernel `{}`", kernel.display())))
+            }
+            BootPrep::Given(_) => None,
+            BootPrep::Iso(inspection) => inspection
+                .os
+                .arch
+                .map(|arch| (arch, format!("the ISO `{}`", inspection.path.display()))),
+        };
+        let arch = decide_arch(spec.arch, found)?;
         let cdrom = match &spec.cdrom {
             Some(iso) => Some(CdromConfig {
                 image: Some(check_readable_file(iso, "CD-ROM image")?),
@@ -498,6 +517,9 @@ impl Library {
             None => None,
         };
         let mut warnings = Vec::new();
+        if let Some(why) = arch.cannot_start_on(Arch::host_machine()) {
+            warnings.push(format!("`{}` cannot start here: {why}", spec.name));
+        }
         let import_info = match &spec.disk {
             NewDisk::Import { path } => {
                 let info = disk::probe(path)?;
@@ -601,6 +623,7 @@ impl Library {
             id: Uuid::new_v4(),
             name: spec.name.clone(),
             created: now_rfc3339(),
+            arch,
             os: spec.os.clone(),
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
@@ -661,6 +684,8 @@ impl Library {
         after.name = before.name.clone();
         after.format = CONFIG_FORMAT;
         after.created = before.created.clone();
+        // The machine is the VM's for its life: its disks hold a system of that architecture.
+        after.arch = before.arch;
         // Disks change through their own operations; a settings edit may only flip whether
         // the guest can write them.
         let read_only: Vec<bool> = after.disks.iter().map(|d| d.read_only).collect();
@@ -669,6 +694,19 @@ impl Library {
             disk.read_only = read_only;
         }
         after.boot = check_boot_source(&after.boot)?;
+        if after.boot != before.boot
+            && let BootSource::Linux { kernel, .. } = &after.boot
+            && let Some(found) = crate::arch::kernel_file_arch(kernel)?
+            && found.machine() != Some(after.arch)
+        {
+            return Err(Error::InvalidInput(format!(
+                "the kernel `{}` is built for {found}, but `{name}` is {} machine: give it \
+                 {} kernel",
+                kernel.display(),
+                after.arch.with_article(),
+                after.arch.with_article()
+            )));
+        }
         if let Some(CdromConfig { image: Some(iso) }) = &after.cdrom {
             let checked = check_readable_file(iso, "CD-ROM image")?;
             after.cdrom = Some(CdromConfig {
@@ -1389,6 +1427,37 @@ impl Library {
     }
 }
 
+/// The machine of a new VM: the one its boot files need (`found`: their architecture, and
+/// what they are, e.g. "the kernel `vmlinuz`"), which must be the one asked for (`wanted`) if
+/// one was; else the one asked for; else this computer's.
+fn decide_arch(wanted: Option<Arch>, found: Option<(Arch, String)>) -> Result<Arch> {
+    let wanted = match wanted {
+        Some(arch) => Some(arch.machine_or_refuse()?),
+        None => None,
+    };
+    let found = match found {
+        Some((arch, what)) => Some((arch.machine_for(&what)?, arch, what)),
+        None => None,
+    };
+    match (wanted, found) {
+        (Some(wanted), Some((machine, arch, what))) if wanted != machine => {
+            Err(Error::InvalidInput(format!(
+                "{what} is built for {arch}, which runs on the {machine} machine, not on the \
+                 {wanted} one asked for: leave the architecture out, or give {wanted} boot files"
+            )))
+        }
+        (_, Some((machine, ..))) => Ok(machine),
+        (Some(wanted), None) => Ok(wanted),
+        (None, None) => Arch::host_machine().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "Vivarium has no machine for this computer's architecture ({}): choose the VM's \
+                 architecture (x86_64 or aarch64)",
+                std::env::consts::ARCH
+            ))
+        }),
+    }
+}
+
 /// Where a new VM's boot source comes from.
 enum BootPrep<'a> {
     /// As given (already checked).
@@ -1796,6 +1865,134 @@ mod tests {
 
     fn count(dir: PathBuf) -> usize {
         fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// A VM booting `kernel` (whose contents are `head`), with `arch` asked for.
+    fn kernel_vm(
+        library: &Library,
+        name: &str,
+        head: &[u8],
+        arch: Option<Arch>,
+    ) -> Result<VmConfig> {
+        let kernel = library.root().join(format!("{name}.kernel"));
+        fs::write(&kernel, head).unwrap();
+        let mut spec = NewVm::with_defaults(
+            name,
+            BootSource::Linux {
+                kernel,
+                initrd: None,
+                cmdline: String::new(),
+            },
+        );
+        spec.arch = arch;
+        spec.disk = NewDisk::None;
+        library
+            .create(&spec, &NoProgress)
+            .map(|outcome| outcome.config)
+    }
+
+    fn arm64_image() -> Vec<u8> {
+        let mut image = vec![0u8; 64];
+        image[56..60].copy_from_slice(b"ARM\x64");
+        image
+    }
+
+    fn bzimage() -> Vec<u8> {
+        let mut image = vec![0u8; 0x400];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x236] = 1;
+        image
+    }
+
+    #[test]
+    fn a_new_vm_gets_the_machine_its_kernel_is_built_for() {
+        let (_dir, library) = library();
+        let arm = kernel_vm(&library, "arm", &arm64_image(), None).unwrap();
+        assert_eq!(arm.arch, Arch::Aarch64);
+        assert_eq!(
+            read_config(&library.bundle_path("arm")).unwrap().arch,
+            Arch::Aarch64
+        );
+        let pc = kernel_vm(&library, "pc", &bzimage(), None).unwrap();
+        assert_eq!(pc.arch, Arch::X86_64);
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[5] = 1;
+        elf[18] = 0x3E;
+        assert_eq!(
+            kernel_vm(&library, "elf", &elf, None).unwrap().arch,
+            Arch::X86_64
+        );
+        // A header that says nothing: the architecture asked for, else this computer's.
+        let unknown = b"not a kernel header".to_vec();
+        let vm = kernel_vm(&library, "plain", &unknown, None).unwrap();
+        assert_eq!(Some(vm.arch), Arch::host_machine());
+        let vm = kernel_vm(&library, "chosen", &unknown, Some(Arch::Aarch64)).unwrap();
+        assert_eq!(vm.arch, Arch::Aarch64);
+        // i686 guests are PCs.
+        let vm = kernel_vm(&library, "old", &unknown, Some(Arch::X86)).unwrap();
+        assert_eq!(vm.arch, Arch::X86_64);
+        // A kernel of another machine than the one asked for, or one of no machine: refused,
+        // nothing made.
+        let e = kernel_vm(&library, "mixed", &arm64_image(), Some(Arch::X86_64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("built for aarch64") && e.contains("x86_64"),
+            "{e}"
+        );
+        let mut riscv = vec![0u8; 64];
+        riscv[56..60].copy_from_slice(b"RSC\x05");
+        let e = kernel_vm(&library, "riscv", &riscv, None).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("no riscv64 machine"), "{e}");
+        let e = kernel_vm(&library, "riscv2", &unknown, Some(Arch::Riscv64)).unwrap_err();
+        assert!(e.to_string().contains("no riscv64 machine"), "{e}");
+        for name in ["mixed", "riscv", "riscv2"] {
+            assert!(library.get(name).is_err(), "{name}");
+        }
+        assert_eq!(count(library.staging_dir()), 0);
+    }
+
+    #[test]
+    fn a_vm_of_another_machine_is_cloned_renamed_changed_and_deleted_but_keeps_its_machine() {
+        let (_dir, library) = library();
+        kernel_vm(&library, "arm", &arm64_image(), None).unwrap();
+        let clone = library
+            .clone_vm("arm", "arm copy", CloneMode::Full, &NoProgress)
+            .unwrap();
+        assert_eq!(clone.config.arch, Arch::Aarch64);
+        library.rename("arm copy", "arm two").unwrap();
+        let changed = library
+            .update("arm two", |config| {
+                config.cpus = 3;
+                config.arch = Arch::X86_64;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((changed.cpus, changed.arch), (3, Arch::Aarch64));
+        // Its kernel can be replaced by another arm64 one, not by an x86 one.
+        let x86 = library.root().join("bzImage");
+        fs::write(&x86, bzimage()).unwrap();
+        let e = library
+            .update("arm two", |config| {
+                config.boot = BootSource::Linux {
+                    kernel: x86.clone(),
+                    initrd: None,
+                    cmdline: String::new(),
+                };
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("built for x86_64") && e.contains("an aarch64 machine"),
+            "{e}"
+        );
+        library.delete("arm two").unwrap();
+        library.delete("arm").unwrap();
+        assert!(library.list().unwrap().is_empty());
     }
 
     #[test]

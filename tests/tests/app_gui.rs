@@ -213,6 +213,52 @@ fn create_through_the_dialog_then_edit_notes() {
     assert!(settings.is_ok_and(|text| text.contains("new_vm_cpus = 3")));
 }
 
+/// A VM of another machine than this computer runs: the sidebar and the details say why it
+/// cannot start, and the Start button is off with the reason as its tooltip; cloning and
+/// deleting stay on.
+#[test]
+fn a_vm_of_another_machine_says_why_it_cannot_start() {
+    use egui_kittest::kittest::NodeT;
+    use vivarium_core::Arch;
+    let fx = Fixture::new();
+    let here = Arch::host_machine().expect("a host Vivarium has a machine for");
+    let other = if here == Arch::X86_64 {
+        Arch::Aarch64
+    } else {
+        Arch::X86_64
+    };
+    let mut spec = NewVm::with_defaults(
+        "far",
+        BootSource::Linux {
+            kernel: fx.file("Image", 4096),
+            initrd: None,
+            cmdline: String::new(),
+        },
+    );
+    spec.arch = Some(other);
+    spec.disk = NewDisk::None;
+    fx.library.create(&spec, &NoProgress).unwrap();
+    let why = other.cannot_start_on(Some(here)).unwrap();
+    let mut harness = fx.harness();
+    select_vm_in_state(&mut harness, "far", "Stopped, cannot start here");
+    assert!(has_label(&harness, &format!("It cannot start here: {why}")));
+    let start = harness.get_by_role_and_label(Role::Button, "Start");
+    assert!(start.accesskit_node().is_disabled(), "{start:?}");
+    assert!(
+        !has_label(&harness, &why),
+        "no tooltip before the pointer is there"
+    );
+    let start = harness.get_by_role_and_label(Role::Button, "Start");
+    start.hover();
+    wait_until(&mut harness, "the Start button's tooltip", |h| {
+        has_label(h, &why)
+    });
+    for button in ["Clone…", "Delete…", "Settings"] {
+        let node = harness.get_by_role_and_label(Role::Button, button);
+        assert!(!node.accesskit_node().is_disabled(), "{button}: {node:?}");
+    }
+}
+
 /// A file dropped on the window, as egui-winit reports one.
 #[derive(Debug)]
 struct Dropped(PathBuf);

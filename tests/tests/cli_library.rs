@@ -817,3 +817,204 @@ fn walk_allocated(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+const OTHER_ARCH: i32 = 13;
+
+/// A small kernel image of the machine this computer does not run (an arm64 `Image` header
+/// on an x86_64 host, an x86 bzImage header on an aarch64 one), that machine, and this
+/// computer's.
+fn other_machine_kernel(lib: &TempLibrary) -> (String, &'static str, &'static str) {
+    let (image, other, here) = if cfg!(target_arch = "aarch64") {
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        bz[0x236] = 1; // XLF_KERNEL_64
+        (bz, "x86_64", "aarch64")
+    } else {
+        // The arm64 boot header: its magic "ARM\x64" at byte 56.
+        let mut image = vec![0u8; 64];
+        image[56..60].copy_from_slice(b"ARM\x64");
+        (image, "aarch64", "x86_64")
+    };
+    let path = lib.scratch().join("Image");
+    fs::write(&path, image).unwrap();
+    (path.to_string_lossy().into_owned(), other, here)
+}
+
+#[test]
+fn a_vm_of_another_machine_is_listed_as_such_refuses_to_start_and_can_be_copied_and_removed() {
+    let lib = TempLibrary::new();
+    let (image, other, here) = other_machine_kernel(&lib);
+    let why = format!("this VM is an {other} machine; this computer runs {here} VMs");
+    let created = lib.json(&["create", "far", "--kernel", &image, "--disk-size", "1G"]);
+    assert_eq!(created["created"]["arch"], other, "{created}");
+    assert!(
+        created["warnings"][0].as_str().unwrap().contains(&why),
+        "{created}"
+    );
+    let text = fs::read_to_string(lib.bundle("far").join("vm.toml")).unwrap();
+    assert!(text.contains(&format!("\narch = \"{other}\"\n")), "{text}");
+
+    // Listed, with the state and the reason.
+    let list = lib.json(&["list"]);
+    let row = &list[0];
+    assert_eq!(row["state"], "other-arch", "{list}");
+    assert_eq!(row["arch"], other);
+    assert_eq!(row["cannot_start"]["kind"], "other-arch");
+    assert_eq!(row["cannot_start"]["message"], why.as_str());
+    let text = lib.ok(&["list"]);
+    assert!(text.contains("other-arch") && text.contains(&why), "{text}");
+    let info = lib.json(&["info", "far"]);
+    assert_eq!(info["state"], "other-arch");
+    assert_eq!(info["config"]["arch"], other);
+    assert_eq!(info["cannot_start"]["message"], why.as_str());
+    let text = lib.ok(&["info", "far"]);
+    assert!(
+        text.contains(&format!("Machine:   {other} (cannot start here: {why})")),
+        "{text}"
+    );
+
+    // `start` and `run` refuse it with their own exit code, and record no run.
+    for command in ["start", "run"] {
+        let err = lib.fails(OTHER_ARCH, &[command, "far"]);
+        assert!(
+            err.contains("cannot start here") && err.contains(&why),
+            "{err}"
+        );
+    }
+    let out = lib.run(&["--json", "start", "far"]);
+    assert_eq!(out.status.code(), Some(OTHER_ARCH));
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "other-arch", "{error}");
+    assert!(!lib.bundle("far").join("state/last-run.toml").exists());
+    assert!(!lib.bundle("far").join("logs/vm.log").exists());
+    assert_eq!(
+        lib.json(&["info", "far"])["last_run"],
+        serde_json::Value::Null
+    );
+
+    // Everything but starting works on it, and its copies are of its machine too.
+    lib.ok(&[
+        "set",
+        "far",
+        "--cpus",
+        "3",
+        "--notes",
+        "from another computer",
+    ]);
+    lib.ok(&["clone", "far", "near"]);
+    lib.ok(&["clone", "far", "linked", "--linked"]);
+    lib.ok(&["rename", "near", "copy"]);
+    for name in ["far", "copy", "linked"] {
+        let info = lib.json(&["info", name]);
+        assert_eq!(info["config"]["arch"], other, "{name}: {info}");
+        assert_eq!(info["state"], "other-arch", "{name}: {info}");
+    }
+    assert_eq!(lib.json(&["info", "copy"])["config"]["cpus"], 3);
+    for name in ["linked", "copy", "far"] {
+        lib.ok(&["delete", name]);
+    }
+    assert!(lib.list().is_empty());
+}
+
+#[test]
+fn the_machine_is_chosen_or_taken_from_the_kernel_and_old_bundles_are_x86_64() {
+    let lib = TempLibrary::new();
+    let (image, other, here) = other_machine_kernel(&lib);
+    let plain = kernel(&lib);
+    // A kernel that says nothing: this computer's machine, or the one asked for.
+    let vm = lib.json(&["create", "plain", "--kernel", &plain, "--no-disk"]);
+    assert_eq!(vm["created"]["arch"], here);
+    let vm = lib.json(&[
+        "create",
+        "chosen",
+        "--kernel",
+        &plain,
+        "--no-disk",
+        "--arch",
+        other,
+    ]);
+    assert_eq!(vm["created"]["arch"], other);
+    // i686 systems run on the PC.
+    let vm = lib.json(&[
+        "create",
+        "old-pc",
+        "--kernel",
+        &plain,
+        "--no-disk",
+        "--arch",
+        "i686",
+    ]);
+    assert_eq!(vm["created"]["arch"], "x86_64");
+    // A kernel of another machine than the one asked for; a machine Vivarium has not.
+    let err = lib.fails(
+        INVALID,
+        &[
+            "create",
+            "mixed",
+            "--kernel",
+            &image,
+            "--no-disk",
+            "--arch",
+            here,
+        ],
+    );
+    assert!(err.contains(&format!("built for {other}")), "{err}");
+    for arch in ["riscv64", "mips"] {
+        let err = lib.fails(
+            INVALID,
+            &[
+                "create",
+                "odd",
+                "--kernel",
+                &plain,
+                "--no-disk",
+                "--arch",
+                arch,
+            ],
+        );
+        assert!(err.contains(arch), "{err}");
+    }
+    // An imported disk cannot say: this computer's machine, or the one asked for.
+    let disk = lib.scratch().join("disk.raw");
+    File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    let disk = disk.to_string_lossy().into_owned();
+    let vm = lib.json(&["import", "imported", &disk]);
+    assert_eq!(vm["created"]["arch"], here);
+    let vm = lib.json(&["import", "imported-far", &disk, "--arch", other]);
+    assert_eq!(vm["created"]["arch"], other);
+    assert_eq!(lib.json(&["info", "imported-far"])["state"], "other-arch");
+    let names: Vec<String> = lib.list().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        ["chosen", "imported", "imported-far", "old-pc", "plain"]
+    );
+
+    // A bundle written before `arch` existed is an x86_64 machine, unchanged until a change
+    // of its settings writes it out with the key.
+    let toml = lib.bundle("plain").join("vm.toml");
+    let text = fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("arch = \"{here}\"\n"), "");
+    assert!(!text.contains("arch"), "{text}");
+    fs::write(&toml, &text).unwrap();
+    let info = lib.json(&["info", "plain"]);
+    assert_eq!(info["config"]["arch"], "x86_64");
+    let expected_state = if here == "x86_64" {
+        "stopped"
+    } else {
+        "other-arch"
+    };
+    assert_eq!(info["state"], expected_state, "{info}");
+    assert_eq!(
+        fs::read_to_string(&toml).unwrap(),
+        text,
+        "listing leaves it as it was"
+    );
+    lib.ok(&["set", "plain", "--cpus", "1"]);
+    assert!(
+        fs::read_to_string(&toml)
+            .unwrap()
+            .contains("\narch = \"x86_64\"\n")
+    );
+}

@@ -41,7 +41,9 @@ pub fn vm_binary() -> Result<PathBuf, Error> {
 }
 
 /// Starts VM `name` in a process of its own and returns its pid once the VM answers on its
-/// control socket. If the VM cannot start, the error is the one the VM process reported.
+/// control socket. If the VM cannot start, the error is the one the VM process reported; a
+/// VM of another machine than this computer runs fails at once with
+/// [`Error::OtherArch`].
 /// `boot_once` boots another device this once (`vivarium start --boot-from`).
 pub fn spawn(library: &Library, name: &str, boot_once: Option<BootOnce>) -> Result<u32, Error> {
     spawn_with(&vm_binary()?, library, name, boot_once)
@@ -55,7 +57,8 @@ pub fn spawn_with(
     name: &str,
     boot_once: Option<BootOnce>,
 ) -> Result<u32, Error> {
-    library.get(name)?.config()?;
+    // A VM of another machine is refused here, before a process is started for it.
+    library.get(name)?.config()?.check_starts_here()?;
     let mut command = Command::new(vm_binary);
     command.arg(name);
     if let Some(once) = boot_once {

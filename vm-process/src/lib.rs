@@ -34,6 +34,7 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::HostUnsupported => 10,
         ErrorKind::NotRunning => 11,
         ErrorKind::Timeout => 12,
+        ErrorKind::OtherArch => 13,
     }
 }
 

@@ -105,7 +105,8 @@ pub struct Session {
 impl Session {
     /// Locks VM `name`, opens its logs, records the run, builds and starts the machine and
     /// serves its control socket. Serial output also goes to `echo`, if given. A failure after
-    /// the lock was taken is recorded as the last run ([`LastExit::Failed`]).
+    /// the lock was taken is recorded as the last run ([`LastExit::Failed`]); a VM of another
+    /// machine than this computer runs is refused before ([`Error::OtherArch`]).
     pub fn start(
         library: &Library,
         name: &str,
@@ -117,6 +118,8 @@ impl Session {
         })?;
         let entry = library.get(name)?;
         let config = entry.config()?.clone();
+        // Before the lock: a VM of another machine never ran here, so no run is recorded.
+        config.check_starts_here()?;
         let lock = library.lock_bundle(name).map_err(|e| match e {
             Error::Busy { name, .. } => Error::Busy {
                 todo: format!(

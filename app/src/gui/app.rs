@@ -624,6 +624,7 @@ impl VivariumApp {
                 self.snapshot.find(name).is_some_and(|vm| {
                     !vm.state.is_live()
                         && vm.entry.config.is_ok()
+                        && vm.cannot_start.is_none()
                         && self.jobs.busy_with(name).is_none()
                 })
             });
@@ -754,7 +755,12 @@ impl VivariumApp {
         }
         ui.add_space(8.0);
         let busy = self.jobs.busy_with(vm.name()).map(|job| job.label.clone());
-        let cannot_start = self.host.status().cannot_start();
+        // The VM's own reason first: a VM of another machine cannot start on any host of
+        // this one's architecture.
+        let cannot_start = vm
+            .cannot_start
+            .clone()
+            .or_else(|| self.host.status().cannot_start());
         let cx = DetailsContext {
             icons: &self.icons,
             busy: busy.as_deref(),

@@ -89,7 +89,8 @@ pub struct DetailsContext<'a> {
     pub icons: &'a Icons,
     /// A job working on this VM (its buttons are off meanwhile).
     pub busy: Option<&'a str>,
-    /// Why VMs cannot start on this host, if they cannot.
+    /// Why this VM cannot start on this host, if it cannot: its machine is of another
+    /// architecture, or no VM can start here.
     pub cannot_start: Option<&'a str>,
 }
 
@@ -156,6 +157,7 @@ pub fn ui(
                     .num_columns(2)
                     .spacing([24.0, 6.0])
                     .show(ui, |ui| {
+                        row(ui, "Machine", config.arch.as_str());
                         row(ui, "Processors", &config.cpus.to_string());
                         row(ui, "Memory", &format_size(config.memory_mib << 20));
                         let boot = match &config.boot {
@@ -289,6 +291,12 @@ fn header(ui: &mut egui::Ui, vm: &VmRow, cx: &DetailsContext<'_>) {
                     ui.label(RichText::new(job).weak());
                 }
             });
+            if let Some(why) = &vm.cannot_start {
+                ui.label(
+                    RichText::new(format!("It cannot start here: {why}"))
+                        .color(crate::gui::style::CANNOT_START),
+                );
+            }
         });
     });
 }

@@ -102,6 +102,9 @@ pub struct VmRow {
     pub state: VmState,
     /// What its VM process (or the record of its last run) says.
     pub live: Option<LiveState>,
+    /// Why it cannot start on this computer (its machine is of another architecture), if
+    /// it cannot.
+    pub cannot_start: Option<String>,
     /// Its OS icon.
     pub os: OsKind,
     /// Lowercase name and OS name, for the filter.
@@ -122,10 +125,16 @@ impl VmRow {
             Err(_) => (OsKind::Other, String::new()),
         };
         let search_text = format!("{} {}", entry.name, os_name).to_lowercase();
+        let cannot_start = entry
+            .config
+            .as_ref()
+            .ok()
+            .and_then(vivarium_core::VmConfig::cannot_start_here);
         VmRow {
             entry,
             state,
             live,
+            cannot_start,
             os,
             search_text,
         }

@@ -27,7 +27,11 @@ pub enum SidebarAction {
 
 /// The label a row has for screen readers and tests: `name, State`.
 pub fn row_label(vm: &VmRow) -> String {
-    format!("{}, {}", vm.name(), vm.state.label())
+    if vm.state.is_stopped() && vm.cannot_start.is_some() {
+        format!("{}, {}, cannot start here", vm.name(), vm.state.label())
+    } else {
+        format!("{}, {}", vm.name(), vm.state.label())
+    }
 }
 
 /// Draws the sidebar.
@@ -153,8 +157,12 @@ fn row(
     let color = state_color(vm.state);
     let dot = egui::pos2(text_left + 4.0, card.top() + 34.0);
     painter.circle_filled(dot, 3.5, color);
+    let other_arch = vm.state.is_stopped() && vm.cannot_start.is_some();
     let detail = match (&vm.state, &vm.entry.config) {
         (VmState::Broken, Err(reason)) => format!("Broken: {reason}"),
+        (_, Ok(config)) if other_arch => {
+            format!("{}, cannot start here · {}", config.arch, config.os.name)
+        }
         (state, Ok(config)) => format!("{} · {}", state.label(), config.os.name),
         (state, Err(_)) => state.label().to_string(),
     };
@@ -163,6 +171,8 @@ fn row(
         VmState::Broken | VmState::Crashed | VmState::Failed
     ) {
         color
+    } else if other_arch {
+        crate::gui::style::CANNOT_START
     } else if selected {
         visuals.strong_text_color().gamma_multiply(0.8)
     } else {
@@ -180,7 +190,7 @@ fn row(
         detail_galley,
         detail_color,
     );
-    if response.hovered() && vm.state == VmState::Broken {
+    if response.hovered() && (vm.state == VmState::Broken || other_arch) {
         response.clone().on_hover_text(detail_text(vm));
     }
     response.clicked()
@@ -189,7 +199,10 @@ fn row(
 fn detail_text(vm: &VmRow) -> String {
     match &vm.entry.config {
         Err(reason) => format!("vm.toml cannot be read: {reason}"),
-        Ok(_) => String::new(),
+        Ok(_) => match &vm.cannot_start {
+            Some(why) => format!("It cannot start here: {why}"),
+            None => String::new(),
+        },
     }
 }
 

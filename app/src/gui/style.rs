@@ -21,6 +21,9 @@ pub fn state_color(state: VmState) -> Color32 {
     }
 }
 
+/// The colour of a note that a stopped VM cannot start on this computer.
+pub const CANNOT_START: Color32 = Color32::from_rgb(0xE0, 0x9B, 0x1A);
+
 /// Applies the theme choice and the app's spacing to every theme.
 pub fn apply(ctx: &egui::Context, theme: ThemeChoice) {
     ctx.set_theme(match theme {

@@ -460,16 +460,74 @@ fn a_data_disc_is_refused() {
     assert!(reason.contains("not an installer"), "{reason}");
 }
 
-#[test]
-fn another_architecture_is_refused() {
-    let layout = Layout::new("Debian 12 arm64 n")
+fn debian_arm64_netinst<'a>() -> Layout<'a> {
+    Layout::new("Debian 12 arm64 n")
         .file("install.a64/vmlinuz", arm64_image())
         .file("install.a64/initrd.gz", vec![1u8; 100])
         .file(
             "boot/grub/grub.cfg",
             "menuentry 'Install' {\n linux /install.a64/vmlinuz --- quiet\n initrd /install.a64/initrd.gz\n}\n",
         )
-        .efi("boot/grub/efi.img");
+        .efi("boot/grub/efi.img")
+}
+
+#[test]
+fn an_arm64_iso_makes_an_aarch64_vm_and_a_32_bit_x86_one_an_x86_64_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(iso) = debian_arm64_netinst().build(&dir.path().join("arm")) else {
+        return;
+    };
+    let library = crate::Library::open(&dir.path().join("library")).unwrap();
+    // Inspected for an aarch64 machine (an aarch64 host, or `create --arch aarch64`).
+    let inspection = inspect_for(&iso, Some(Arch::Aarch64)).unwrap();
+    assert!(
+        !matches!(inspection.plan, BootPlan::Refused { .. }),
+        "{inspection:?}"
+    );
+    let spec = crate::NewVm::with_defaults("arm", crate::config::BootSource::Disk);
+    let config = library
+        .create_from_iso(&spec, &inspection, &crate::disk::NoProgress)
+        .unwrap()
+        .config;
+    assert_eq!(config.arch, Arch::Aarch64);
+    let on_disk = library.get("arm").unwrap().config.unwrap();
+    assert_eq!(on_disk.arch, Arch::Aarch64);
+    // Asked for another machine than the ISO's: refused, nothing made.
+    let mut spec = crate::NewVm::with_defaults("pc", crate::config::BootSource::Disk);
+    spec.arch = Some(Arch::X86_64);
+    let e = library
+        .create_from_iso(&spec, &inspection, &crate::disk::NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("built for aarch64") && e.contains("x86_64"),
+        "{e}"
+    );
+    assert!(library.get("pc").is_err());
+
+    // A 32-bit x86 ISO runs on the x86_64 PC: an x86_64 VM.
+    let layout = Layout::new("Debian 12 i386 n")
+        .file(
+            ".disk/info",
+            "Debian GNU/Linux 12.5.0 \"Bookworm\" - Official i386 NETINST 20240210-11:27",
+        )
+        .bios("isolinux/isolinux.bin");
+    let Some(iso) = layout.build(&dir.path().join("i386")) else {
+        return;
+    };
+    let inspection = inspect_for(&iso, Some(Arch::X86_64)).unwrap();
+    assert_eq!(inspection.os.arch, Some(Arch::X86));
+    let spec = crate::NewVm::with_defaults("old", crate::config::BootSource::Disk);
+    let config = library
+        .create_from_iso(&spec, &inspection, &crate::disk::NoProgress)
+        .unwrap()
+        .config;
+    assert_eq!(config.arch, Arch::X86_64);
+}
+
+#[test]
+fn another_architecture_is_refused() {
+    let layout = debian_arm64_netinst();
     let Some(found) = inspect_layout(&layout) else {
         return;
     };
@@ -635,6 +693,7 @@ fn create_from_iso_extracts_the_installer_and_leaves_nothing_on_failure() {
         .create_from_iso(&spec, &inspection, &crate::disk::NoProgress)
         .unwrap();
     let config = outcome.config;
+    assert_eq!(config.arch, Arch::X86_64);
     let crate::config::BootSource::Installer {
         kernel,
         initrd,

@@ -3,77 +3,14 @@
 
 use serde::Serialize;
 
+pub use crate::arch::{Arch, kernel_arch};
+
 use super::IsoError;
 use super::osdb::OsFamily;
 use super::reader::{ImageSource, IsoImage};
 
 /// Largest marker file (`.disk/info`, `.treeinfo`) read, in bytes.
 const MAX_MARKER_BYTES: u64 = 64 << 10;
-
-/// A CPU architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// 64-bit x86 (amd64).
-    X86_64,
-    /// 32-bit x86 (i386/i686).
-    X86,
-    /// 64-bit ARM (arm64).
-    Aarch64,
-    /// 32-bit ARM.
-    Arm,
-    /// 64-bit RISC-V.
-    Riscv64,
-    /// 64-bit little-endian POWER.
-    Ppc64le,
-    /// IBM Z.
-    S390x,
-}
-
-impl Arch {
-    /// The architecture this program runs on, if it is one of the above.
-    pub fn host() -> Option<Arch> {
-        Arch::from_name(std::env::consts::ARCH)
-    }
-
-    /// Parses the names distributions use (`amd64`, `x86_64`, `i386`, `arm64`, ...).
-    pub fn from_name(name: &str) -> Option<Arch> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "x86_64" | "amd64" | "x64" | "x86-64" => Arch::X86_64,
-            "i386" | "i486" | "i586" | "i686" | "x86" | "ia32" => Arch::X86,
-            "aarch64" | "arm64" | "a64" | "aa64" => Arch::Aarch64,
-            "armhf" | "armel" | "armv7" | "armv7hl" | "arm" => Arch::Arm,
-            "riscv64" => Arch::Riscv64,
-            "ppc64el" | "ppc64le" => Arch::Ppc64le,
-            "s390x" => Arch::S390x,
-            _ => return None,
-        })
-    }
-
-    /// The usual name (`x86_64`, `aarch64`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::X86 => "i686",
-            Arch::Aarch64 => "aarch64",
-            Arch::Arm => "arm",
-            Arch::Riscv64 => "riscv64",
-            Arch::Ppc64le => "ppc64le",
-            Arch::S390x => "s390x",
-        }
-    }
-}
-
-impl Serialize for Arch {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The operating system recognised on an ISO.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -442,61 +379,6 @@ fn arch_from_layout<S: ImageSource + ?Sized>(
     None
 }
 
-/// The architecture a kernel image is built for, from its header: an x86 bzImage (`HdrS`),
-/// an arm64 or RISC-V `Image`, an ELF file, or a PE/COFF (EFI) executable.
-pub fn kernel_arch(head: &[u8]) -> Option<Arch> {
-    let at = |i: usize, n: usize| head.get(i..i + n);
-    if at(0x202, 4) == Some(b"HdrS") {
-        let version = at(0x206, 2).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
-        let xloadflags = at(0x236, 2).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
-        return Some(if version >= 0x020c && xloadflags & 1 != 0 {
-            Arch::X86_64
-        } else {
-            Arch::X86
-        });
-    }
-    if at(0x38, 4) == Some(b"ARM\x64") {
-        return Some(Arch::Aarch64);
-    }
-    if at(0x38, 4) == Some(b"RSC\x05") {
-        return Some(Arch::Riscv64);
-    }
-    if at(0, 4) == Some(b"\x7fELF") {
-        let little = head.get(5) == Some(&1);
-        let machine = at(18, 2).map(|b| {
-            if little {
-                u16::from_le_bytes([b[0], b[1]])
-            } else {
-                u16::from_be_bytes([b[0], b[1]])
-            }
-        })?;
-        return match machine {
-            0x3E => Some(Arch::X86_64),
-            0x03 => Some(Arch::X86),
-            0xB7 => Some(Arch::Aarch64),
-            0x28 => Some(Arch::Arm),
-            0xF3 => Some(Arch::Riscv64),
-            0x15 => Some(Arch::Ppc64le),
-            0x16 => Some(Arch::S390x),
-            _ => None,
-        };
-    }
-    if at(0, 2) == Some(b"MZ") {
-        let pe = at(0x3c, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))? as usize;
-        if at(pe, 4) == Some(b"PE\0\0") {
-            let machine = at(pe + 4, 2).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
-            return match machine {
-                0x8664 => Some(Arch::X86_64),
-                0x014c => Some(Arch::X86),
-                0xAA64 => Some(Arch::Aarch64),
-                0x5064 => Some(Arch::Riscv64),
-                _ => None,
-            };
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,35 +426,5 @@ mod tests {
         assert_eq!(os.name, "Rocky Linux 9");
         assert_eq!(os.arch, Some(Arch::Aarch64));
         assert!(from_treeinfo("garbage").is_none());
-    }
-
-    #[test]
-    fn kernel_headers() {
-        let mut bz = vec![0u8; 0x240];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        bz[0x236] = 1;
-        assert_eq!(kernel_arch(&bz), Some(Arch::X86_64));
-        bz[0x236] = 0;
-        assert_eq!(kernel_arch(&bz), Some(Arch::X86));
-        let mut arm = vec![0u8; 0x40];
-        arm[0] = b'M';
-        arm[1] = b'Z';
-        arm[0x38..0x3c].copy_from_slice(b"ARM\x64");
-        assert_eq!(kernel_arch(&arm), Some(Arch::Aarch64));
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[5] = 1;
-        elf[18] = 0x3E;
-        assert_eq!(kernel_arch(&elf), Some(Arch::X86_64));
-        let mut pe = vec![0u8; 0x100];
-        pe[..2].copy_from_slice(b"MZ");
-        pe[0x3c] = 0x80;
-        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
-        pe[0x84..0x86].copy_from_slice(&0xAA64u16.to_le_bytes());
-        assert_eq!(kernel_arch(&pe), Some(Arch::Aarch64));
-        pe[0x3c] = 0xff; // PE header past the end
-        assert_eq!(kernel_arch(&pe), None);
-        assert_eq!(kernel_arch(&[]), None);
     }
 }
