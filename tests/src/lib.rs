@@ -11,6 +11,7 @@ pub mod elf;
 pub mod fixtures;
 pub mod fixtures_arm64;
 pub mod gate;
+pub mod grub_rescue;
 pub mod handmade;
 pub mod installer_cd_modules;
 pub mod installer_iso;

@@ -27,8 +27,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("display") => crate::bench_display::run(),
         Some("installer") => crate::bench_installer::run(),
         Some("firmware") => crate::bench_firmware::run(),
+        Some("memtest") => crate::bench_memtest::run(),
         Some("vm") => crate::bench_vm::run(),
-        _ => Err("usage: cargo xtask bench clone|boot|app|display|installer|firmware|vm".into()),
+        _ => Err(
+            "usage: cargo xtask bench clone|boot|app|display|installer|firmware|memtest|vm".into(),
+        ),
     }
 }
 

@@ -4,6 +4,9 @@
 //! download, used only by the tests of ISO import). With `--arm64` it also builds the arm64
 //! fixtures (`vivarium_e2e::fixtures_arm64`: the Debian arm64 kernel, busybox, guest and rig
 //! initramfs and Debian's arm64 QEMU with its libraries, in the cache's `arm64/`).
+//! `--bios-disk`, `--memtest` and `--grub-rescue` build the GRUB-on-BIOS disk, unpack
+//! Memtest86+'s ISOs and GRUB's rescue ISO (each a cache entry of its own) for the firmware
+//! tests.
 //!
 //! The work is done by `vivarium_e2e::fixtures` and `vivarium_e2e::installer_iso`, which the
 //! tests use as well; this command only parses the arguments and prints where the fixtures are.
@@ -15,16 +18,18 @@ use vivarium_e2e::fixtures::{self, Fixtures};
 use vivarium_e2e::fixtures_arm64::{self, Arm64Fixtures};
 use vivarium_e2e::installer_iso;
 
-const USAGE: &str =
-    "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest] [--arm64] [--dir DIR]";
+const USAGE: &str = "usage: cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest] \
+     [--grub-rescue] [--arm64] [--dir DIR]";
 
-/// Entry point of `cargo xtask fixtures [--installer-iso] [--dir DIR]`.
+/// Entry point of `cargo xtask fixtures [--installer-iso] [--bios-disk] [--memtest]
+/// [--grub-rescue] [--arm64] [--dir DIR]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut dir = None;
     let mut with_iso = false;
     let mut with_bios_disk = false;
     let mut with_memtest = false;
     let mut with_arm64 = false;
+    let mut with_grub_rescue = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -32,6 +37,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--bios-disk" => with_bios_disk = true,
             "--memtest" => with_memtest = true,
             "--arm64" => with_arm64 = true,
+            "--grub-rescue" => with_grub_rescue = true,
             "--dir" => dir = Some(PathBuf::from(rest.next().ok_or(USAGE)?)),
             _ => return Err(USAGE.into()),
         }
@@ -64,6 +70,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             isos.version()
+        );
+    }
+    if with_grub_rescue {
+        let iso = vivarium_e2e::grub_rescue::build(&dir)?;
+        println!(
+            "  GRUB rescue ISO  {} (grub-rescue-pc {})",
+            iso.path().display(),
+            iso.version()
         );
     }
     if with_arm64 {
@@ -112,6 +126,11 @@ pub fn ensure_bios_disk(fixtures: &Fixtures) -> Result<vivarium_e2e::bios_disk::
 /// Memtest86+'s ISOs in the default cache, unpacked first when missing or out of date.
 pub fn ensure_memtest() -> Result<vivarium_e2e::memtest::MemtestIsos, String> {
     vivarium_e2e::memtest::build(&fixtures::default_dir()?)
+}
+
+/// GRUB's rescue ISO in the default cache, unpacked first when missing or out of date.
+pub fn ensure_grub_rescue() -> Result<vivarium_e2e::grub_rescue::GrubRescueIso, String> {
+    vivarium_e2e::grub_rescue::build(&fixtures::default_dir()?)
 }
 
 fn ensure_in(dir: &std::path::Path) -> Result<Fixtures, String> {

@@ -6,9 +6,12 @@
 //! - `bench clone`: clone benchmarks, side by side with `cp`.
 //! - `bench display`: the VM side's screen refresh cost.
 //! - `bench installer`: the Debian installer ISO to its first screen, Vivarium vs QEMU.
+//! - `bench firmware`: an installed GRUB disk through SeaBIOS, Vivarium vs QEMU `-M pc`.
+//! - `bench memtest`: Memtest86+ to its ready screen through SeaBIOS, Vivarium vs QEMU `-M pc`.
 //! - `bench vm`: the VM process's size and start-up CPU time.
 //! - `fixtures`: build the guest fixtures (Debian kernel, busybox initramfs) into the cache;
-//!   with `--installer-iso` also the Debian installer ISO.
+//!   with `--installer-iso` also the Debian installer ISO, with `--bios-disk`, `--memtest` and
+//!   `--grub-rescue` the firmware tests' GRUB disk, Memtest86+ ISOs and GRUB rescue ISO.
 //! - `fuzz`: build every fuzz target and run each for a set time (see `fuzz.rs`).
 //! - `rig`: run a script inside the nested test rig (an emulated machine with a real /dev/kvm;
 //!   `--arch arm64` for the arm64 rig, an emulated arm64 machine with KVM/arm64).
@@ -21,6 +24,7 @@ mod bench_boot;
 mod bench_display;
 mod bench_firmware;
 mod bench_installer;
+mod bench_memtest;
 mod bench_vm;
 mod fixtures;
 mod fuzz;
@@ -43,9 +47,12 @@ fn usage() -> &'static str {
      \x20                (docs/BENCHMARKS.md)\n\
      \x20 bench firmware  an installed GRUB disk through SeaBIOS, Vivarium vs QEMU -M pc, in\n\
      \x20                the rig (docs/BENCHMARKS.md)\n\
+     \x20 bench memtest  Memtest86+ to its ready screen through SeaBIOS, Vivarium vs QEMU -M pc,\n\
+     \x20                in the rig (docs/BENCHMARKS.md)\n\
      \x20 bench vm       size of vivarium-vm and its start-up CPU time (docs/BENCHMARKS.md)\n\
-     \x20 fixtures [--installer-iso] [--bios-disk] [--arm64]  build the guest fixtures (kernel,\n\
-     \x20                initramfs; the Debian installer ISO, the GRUB disk; the arm64 set)\n\
+     \x20 fixtures [--installer-iso] [--bios-disk] [--memtest] [--grub-rescue] [--arm64]\n\
+     \x20                build the guest fixtures (kernel, initramfs; the Debian installer ISO,\n\
+     \x20                the GRUB disk, Memtest86+'s and GRUB's rescue ISOs; the arm64 set)\n\
      \x20                into the cache\n\
      \x20 fuzz [--time SECONDS] [--jobs N] [--sanitizer none|address] [TARGET...]\n\
      \x20                build every fuzz target and run each for a while (default 15 s);\n\

@@ -20,8 +20,9 @@ use crate::util::{self, ensure_apt_packages, workspace_root};
 /// egui_kittest needs nothing else), and the real-window test runs the app under `xvfb` with
 /// the X libraries winit loads at run time, screenshots it with ImageMagick's `import` and
 /// clicks with `xdotool`. `seabios` is the BIOS VMs boot disks and CDs through (its VGA BIOS
-/// `vgabios-stdvga.bin` sets the standard VGA's text and VESA modes; the Memtest86+ ISOs of
-/// the VGA text-mode test are downloaded into the fixture cache, not installed), and `ovmf` the UEFI firmware; `e2fsprogs`'s `mke2fs -d` makes the root file system of the
+/// `vgabios-stdvga.bin` sets the standard VGA's text and VESA modes; the Memtest86+ ISOs and
+/// GRUB's rescue ISO of the VGA text-mode tests are downloaded into the fixture cache, not
+/// installed), and `ovmf` the UEFI firmware; `e2fsprogs`'s `mke2fs -d` makes the root file system of the
 /// GRUB disk fixture. The arm64 rig runs on `qemu-system-arm` (its `qemu-system-aarch64`
 /// emulates the arm64 machine; the arm64 QEMU inside it comes with the arm64 fixtures, which are
 /// downloaded, not installed), and the programs it runs are cross-built with
@@ -134,6 +135,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     crate::fixtures::ensure_installer_iso()?;
     crate::fixtures::ensure_bios_disk(&fixtures)?;
     crate::fixtures::ensure_memtest()?;
+    crate::fixtures::ensure_grub_rescue()?;
     // Everything the rig needs was installed above, so a rig test that cannot run is a
     // failure here, not a skip.
     let mut test = Command::new(&cargo);

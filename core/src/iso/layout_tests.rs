@@ -446,6 +446,73 @@ fn freebsd_needs_firmware() {
     assert!(matches!(found.plan, BootPlan::NeedsFirmware { .. }));
 }
 
+/// A fake 32-bit x86 bzImage: the setup header's magic, no `XLF_KERNEL_64`.
+fn bzimage_32() -> Vec<u8> {
+    let mut k = bzimage();
+    k[0x236] = 0;
+    k
+}
+
+/// A 32-bit PC's installer (Debian's i386 netinst) is a guest on an x86_64 host, not a
+/// foreign ISO: its 32-bit kernel starts from the ISO's own isolinux, through the BIOS.
+#[test]
+fn a_32_bit_x86_installer_gets_a_bios_vm() {
+    let layout = Layout::new("Debian 12.5.0 i386 n")
+        .file(
+            ".disk/info",
+            "Debian GNU/Linux 12.5.0 \"Bookworm\" - Official i386 NETINST with firmware 20240210-11:27",
+        )
+        .file("install.386/vmlinuz", bzimage_32())
+        .file("install.386/initrd.gz", vec![1u8; 3000])
+        .file(
+            "isolinux/isolinux.cfg",
+            "default install\nlabel install\n\tkernel /install.386/vmlinuz\n\
+             \tappend vga=788 initrd=/install.386/initrd.gz --- quiet\n",
+        )
+        .bios("isolinux/isolinux.bin");
+    let Some(found) = inspect_layout(&layout) else {
+        return;
+    };
+    assert_eq!(found.os.family, OsFamily::Debian);
+    assert_eq!(found.os.arch, Some(Arch::X86));
+    assert!(found.bios_bootable && !found.uefi_bootable);
+    let BootPlan::NeedsFirmware { reason, firmware } = &found.plan else {
+        panic!("expected firmware, got {:?}", found.plan);
+    };
+    assert_eq!(*firmware, crate::config::Firmware::Bios);
+    assert!(reason.contains("32-bit"), "{reason}");
+}
+
+/// GRUB's rescue CD (`grub-mkrescue` for BIOS PCs, as Debian's `grub-rescue-pc` ships it):
+/// GRUB's El Torito image and modules, and a sample `grub.cfg` whose default entry names a
+/// kernel that is not on the disc. Nothing to boot directly: a BIOS VM booting the CD.
+#[test]
+fn a_grub_rescue_cd_gets_a_bios_vm() {
+    let layout = Layout::new("ISOIMAGE")
+        .file(
+            "boot/grub/grub.cfg",
+            "set timeout=30\nset default=gnulinux\nset fallback=gnuhurd\n\
+             menuentry \"GNU/Linux\" --id gnulinux {\n\tset root=(hd0,msdos1)\n\
+             \tlinux /vmlinuz root=/dev/sda1\n\tinitrd /initrd.img\n}\n\
+             menuentry \"GNU (aka GNU/Hurd)\" --id gnuhurd {\n\tset root=(hd0,msdos1)\n\
+             \tmultiboot /boot/gnumach.gz root=device:hd0s1\n}\n\
+             menuentry \"Memtest86+\" {\n\tset root=(hd0,1)\n\tlinux16 /memtest86+.bin\n}\n",
+        )
+        .file("boot/grub/i386-pc/normal.mod", vec![0x7f, b'E', b'L', b'F'])
+        .file("boot/grub/fonts/unicode.pf2", vec![0u8; 100])
+        .bios("boot/grub/i386-pc/eltorito.img");
+    let Some(found) = inspect_layout(&layout) else {
+        return;
+    };
+    assert!(found.bios_bootable && !found.uefi_bootable);
+    let BootPlan::NeedsFirmware { reason, firmware } = &found.plan else {
+        panic!("expected firmware, got {:?}", found.plan);
+    };
+    assert_eq!(*firmware, crate::config::Firmware::Bios);
+    assert!(reason.contains("not on the ISO"), "{reason}");
+    assert!(reason.contains("through the VM's BIOS"), "{reason}");
+}
+
 #[test]
 fn a_data_disc_is_refused() {
     let layout = Layout::new("PHOTOS").file("holiday/beach.jpg", vec![0u8; 5000]);
