@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::fuzz_target;
 use vivarium_devices::LevelIrq;
 use vivarium_devices::bus::BusDevice;
-use vivarium_devices::pl011::{PL011_MMIO_SIZE, PL011_PERIPH_ID, PRIMECELL_ID, Pl011, RX_FIFO_SIZE};
+use vivarium_devices::pl011::{
+    PL011_MMIO_SIZE, PL011_PERIPH_ID, PRIMECELL_ID, Pl011, RX_FIFO_SIZE,
+};
 use vivarium_devices_fuzz::{Access, Cursor, perform};
 
 const BASE: u64 = 0x0900_0000;
@@ -85,7 +87,11 @@ fuzz_target!(|input: &[u8]| {
             );
         } else {
             // Mostly the registers, sometimes anywhere in (or past) the window.
-            let range = if op & 2 == 0 { 0x50 } else { PL011_MMIO_SIZE + 0x10 };
+            let range = if op & 2 == 0 {
+                0x50
+            } else {
+                PL011_MMIO_SIZE + 0x10
+            };
             let access = c.access(range);
             if let Access::Write { offset: 0, .. } = access {
                 data_writes += 1;
